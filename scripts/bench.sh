@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# scripts/bench.sh NAME [ARGS...]: runs `ember bench NAME ARGS...` on a KVM host (the emulated
+# one where this machine has no hardware KVM) and passes its output through.
+# For `boot` it also runs the peer (scripts/bench-peer.sh: QEMU -M microvm on the same kernel,
+# image and KVM, in the same host run) and prints the ratio last:
+#   boot ratio_vs_qemu=<ember p50 / qemu p50>
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+cd "$ember_repo"
+
+[ $# -ge 1 ] || { echo "usage: scripts/bench.sh NAME [ARGS...]" >&2; exit 2; }
+name=$1
+shift
+
+scripts/build-guest.sh >/dev/null
+cargo build --release --locked --bin ember >&2
+exe=$ember_repo/target/release/ember
+
+runner=$(mktemp "$ember_repo/target/bench.XXXXXX.sh")
+out=$(mktemp)
+trap 'rm -f "$runner" "$out"' EXIT
+{
+    echo 'set -e'
+    printf '%q bench %q' "$exe" "$name"
+    printf ' %q' "$@"
+    echo
+    if [ "$name" = boot ]; then
+        printf '%q' "$ember_repo/scripts/bench-peer.sh"
+        printf ' %q' "$@"
+        echo
+    fi
+} >"$runner"
+ember_on_kvm_host bash "$runner" | tee "$out"
+
+if [ "$name" = boot ]; then
+    python3 - "$out" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+ours = re.search(r"^boot ready_ms p50=(\d+)", text, re.M)
+peer = re.search(r"^peer qemu-microvm ready_ms p50=(\d+)", text, re.M)
+if not ours or not peer:
+    sys.exit("bench.sh: missing the ember or the peer p50 line")
+print(f"boot ratio_vs_qemu={int(ours.group(1)) / int(peer.group(1)):.2f}")
+PY
+fi

@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# Runs a command inside the emulated KVM host ("L1"): QEMU TCG with -cpu max (AMD SVM) booting
+# Debian's kernel with kvm-amd, so that /dev/kvm is hardware-style KVM there. See
+# shared/KVM-HOST.md for why: on these machines /dev/kvm is kvm_pvm and cannot run Linux guests.
+#
+# Usage: scripts/kvm-host.sh [options] -- COMMAND [ARGS...]
+#
+# L1 sees this machine's root filesystem read-only (9p) at the same paths, with fresh /proc,
+# /sys, /dev (with /dev/kvm), and tmpfs on /tmp and /run. Read-write at the same paths: the
+# repository root, the cache ($EMBER_CACHE, default ~/.cache/ember), the directories listed in
+# $EMBER_L1_RW (space-separated, created if missing) and the current directory when it lies
+# under /tmp or /run. COMMAND runs in the current directory with stdin from /dev/null; its
+# stdout and stderr come back here live (stdout line by line) and its exit status becomes this
+# script's. Passed through: PATH, HOME, USER, LANG/LC_*, TZ, CI, RUST_*, CARGO_TERM_*,
+# NO_COLOR, TERM (when stdout is a terminal), every EMBER_* variable, and --env ones;
+# EMBER_L1=1 is set inside.
+#
+# Options:
+#   --timeout SECS   kill L1 after SECS seconds (default 3600); exit status 124 then
+#   --fwd PORT       forward 127.0.0.1:PORT here to PORT inside L1 (repeatable)
+#   --env NAME[=VALUE]  pass one more environment variable (repeatable)
+#   --verbose        show the L1 kernel's boot messages and the QEMU command line
+# Environment: EMBER_L1_CPUS (default 2), EMBER_L1_MEM_MIB (default 6144),
+#   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64), EMBER_L1_RW.
+# Exit status: COMMAND's; 124 on timeout; 125 when L1 could not be set up or died before
+# COMMAND finished.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+die() {
+    echo "kvm-host: error: $*" >&2
+    exit 125
+}
+
+usage() {
+    sed -n '2,/^set -uo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+}
+
+timeout_s=3600
+fwd_ports=()
+extra_env=()
+verbose=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --timeout) timeout_s=${2:?--timeout needs a value}; shift 2 ;;
+    --timeout=*) timeout_s=${1#*=}; shift ;;
+    --fwd) fwd_ports+=("${2:?--fwd needs a port}"); shift 2 ;;
+    --fwd=*) fwd_ports+=("${1#*=}"); shift ;;
+    --env) extra_env+=("${2:?--env needs a name}"); shift 2 ;;
+    --env=*) extra_env+=("${1#*=}"); shift ;;
+    --verbose) verbose=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; break ;;
+    -*) usage >&2; die "unknown option $1" ;;
+    *) break ;;
+    esac
+done
+[ $# -gt 0 ] || { usage >&2; die "no command given"; }
+[[ $timeout_s =~ ^[0-9]+$ ]] || die "--timeout needs whole seconds, got '$timeout_s'"
+for p in "${fwd_ports[@]}"; do
+    [[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "bad --fwd port '$p'"
+done
+
+l1_dir=$ember_cache/l1
+mkdir -p "$l1_dir" || die "cannot create $l1_dir"
+
+ember_apt_install qemu-system-x86 busybox-static cpio kmod xz-utils ||
+    die "cannot install the packages L1 needs"
+
+# --- The L1 kernel: Debian's generic flavour, unpacked into the cache ------------------------
+# (The cloud flavour has no 9p: CONFIG_NET_9P is not set there.)
+kernel_pkg=${EMBER_L1_KERNEL_PACKAGE:-linux-image-amd64}
+
+# Newest unpacked kernel in the cache, if any.
+find_cached_kernel() {
+    local d best=
+    for d in "$l1_dir"/linux-*/; do
+        [ -e "$d.complete" ] || continue
+        best=${d%/}
+    done
+    [ -n "$best" ] && echo "$best"
+}
+
+fetch_kernel() {
+    local real kver tmp deb off
+    ember_apt_update || return 1
+    # linux-image-amd64 is a metapackage: take the versioned image it depends on.
+    real=$(apt-cache depends "$kernel_pkg" 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+    [ -n "$real" ] || real=$kernel_pkg
+    kver=${real#linux-image-}
+    echo "kvm-host: fetching $real for L1 (once)" >&2
+    tmp=$l1_dir/tmp.$$
+    rm -rf "$tmp" && mkdir -p "$tmp" || return 1
+    (cd "$tmp" && apt-get download -q "$real" >download.log 2>&1) ||
+        { cat "$tmp/download.log" >&2; rm -rf "$tmp"; return 1; }
+    deb=$(ls "$tmp"/*.deb) || return 1
+    dpkg-deb -x "$deb" "$tmp/root" || { rm -rf "$tmp"; return 1; }
+    [ -f "$tmp/root/boot/vmlinuz-$kver" ] && [ -d "$tmp/root/lib/modules/$kver" ] ||
+        { echo "kvm-host: $real has no vmlinuz-$kver or modules" >&2; rm -rf "$tmp"; return 1; }
+    depmod -b "$tmp/root" "$kver" || { rm -rf "$tmp"; return 1; }
+    # An uncompressed vmlinux boots faster under TCG (PVH entry, no in-guest xz decompression).
+    off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$tmp/root/boot/vmlinuz-$kver" | head -1 | cut -d: -f1)
+    if [ -n "$off" ] && grep -q '^CONFIG_PVH=y' "$tmp/root/boot/config-$kver"; then
+        # (xz stops after the first stream, so tail may die of SIGPIPE: check the result.)
+        tail -c +$((off + 1)) "$tmp/root/boot/vmlinuz-$kver" | xz -dcq --single-stream \
+            >"$tmp/root/boot/vmlinux-$kver" 2>/dev/null
+        [ "$(head -c 4 "$tmp/root/boot/vmlinux-$kver" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] ||
+            rm -f "$tmp/root/boot/vmlinux-$kver"
+    fi
+    echo "$kver" >"$tmp/root/kver"
+    rm -f "$deb" "$tmp/download.log"
+    rm -rf "$l1_dir/linux-$kver"
+    mv "$tmp/root" "$l1_dir/linux-$kver" && touch "$l1_dir/linux-$kver/.complete"
+    rm -rf "$tmp"
+}
+
+kdir=$(find_cached_kernel) || true
+if [ -z "$kdir" ]; then
+    fetch_kernel || die "cannot fetch the L1 kernel ($kernel_pkg)"
+    kdir=$(find_cached_kernel) || die "no L1 kernel in $l1_dir"
+fi
+kver=$(cat "$kdir/kver")
+kmoddir=$kdir/lib/modules/$kver
+if [ -f "$kdir/boot/vmlinux-$kver" ]; then
+    kernel=$kdir/boot/vmlinux-$kver
+else
+    kernel=$kdir/boot/vmlinuz-$kver
+fi
+
+# --- The initramfs: busybox, modules, init; rebuilt when any input changes -------------------
+mods_pci="virtio_pci"
+mods_mmio="virtio_mmio"
+mods_fs="9pnet_virtio 9p"
+mods_kvm="irqbypass kvm kvm-amd"
+mods_net="virtio_net"
+
+declare -A mod_path=() mod_deps=() mod_seen=()
+while IFS=: read -r path deps; do
+    name=${path##*/}
+    name=${name%.ko*}
+    mod_path[$name]=$path
+    mod_deps[$name]=$deps
+done <"$kmoddir/modules.dep"
+
+# Prints NAME's dependencies, then NAME, each once (modules.dep lists every dependency, the
+# ones needed first last).
+mod_closure() {
+    local name=$1 dep list=() i
+    [ -n "${mod_seen[$name]:-}" ] && return 0
+    mod_seen[$name]=1
+    if [ -z "${mod_path[$name]:-}" ]; then
+        grep -q "/${name//-/[-_]}\.ko" "$kmoddir/modules.builtin" && return 0
+        echo "kvm-host: module $name not found for $kver" >&2
+        return 1
+    fi
+    read -ra list <<<"${mod_deps[$name]}"
+    for ((i = ${#list[@]} - 1; i >= 0; i--)); do
+        dep=${list[i]##*/}
+        mod_closure "${dep%.ko*}" || return 1
+    done
+    echo "$name"
+}
+
+initrd_inputs() {
+    echo "kernel $kver"
+    sha256sum "$here/l1/init" /bin/busybox
+    echo "$mods_pci / $mods_mmio / $mods_fs / $mods_kvm / $mods_net"
+}
+hash=$(initrd_inputs | sha256sum | cut -c1-16)
+base_initrd=$l1_dir/initramfs-$kver-$hash.cpio
+
+build_initrd() {
+    local st=$l1_dir/initramfs.tmp.$$ group list m
+    rm -rf "$st" && mkdir -p "$st"/{bin,lib/modules,ember,proc,sys,dev,newroot,run,tmp} || return 1
+    cp /bin/busybox "$st/bin/busybox" || return 1
+    install -m 755 "$here/l1/init" "$st/init" || return 1
+    for group in pci mmio fs kvm net; do
+        list=mods_$group
+        mod_seen=()
+        # shellcheck disable=SC2086
+        for m in ${!list}; do
+            mod_closure "$m" >>"$st/ember/mods-$group" || return 1
+        done
+    done
+    # Later groups may repeat modules of earlier ones: init skips loaded ones.
+    for m in $(cat "$st"/ember/mods-*); do
+        cp "$kmoddir/${mod_path[$m]}" "$st/lib/modules/$m.ko" || return 1
+    done
+    (cd "$st" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$st.cpio" || return 1
+    rm -f "$l1_dir"/initramfs-*.cpio
+    mv "$st.cpio" "$base_initrd"
+    rm -rf "$st"
+}
+if [ ! -f "$base_initrd" ]; then
+    build_initrd || { rm -rf "$l1_dir/initramfs.tmp.$$"*; die "cannot build the L1 initramfs"; }
+fi
+
+# --- This run: command, environment, shares -------------------------------------------------
+q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ember-l1.XXXXXX") || die "mktemp failed"
+qpid=
+cleanup() {
+    [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+nonce=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+out_tty=0
+[ -t 1 ] && out_tty=1
+
+# Read-write shares, by real path (L1 mounts them before anything resolves symlinks).
+rw_dirs=("$ember_repo" "$ember_cache")
+for d in ${EMBER_L1_RW:-}; do
+    mkdir -p "$d" || die "cannot create $d (from EMBER_L1_RW)"
+    rw_dirs+=("$d")
+done
+cwd=$PWD
+cwd_real=$(pwd -P)
+case $cwd_real/ in
+/tmp/* | /run/* | /dev/shm/*)
+    covered=
+    for d in "${rw_dirs[@]}"; do
+        d=$(realpath "$d")
+        case $cwd_real/ in "$d"/*) covered=1 ;; esac
+    done
+    [ -n "$covered" ] || rw_dirs+=("$cwd_real")
+    ;;
+esac
+mapfile -t rw_real < <(for d in "${rw_dirs[@]}"; do realpath "$d"; done | LC_ALL=C sort -u)
+
+# microvm (virtio-mmio, no firmware to speak of) boots about 0.7 s faster than q35 here.
+machine=${EMBER_L1_MACHINE:-microvm}
+case $machine in
+microvm) bus=mmio vdev=device machine_args=(-M microvm) ;;
+pc | q35) bus=pci vdev=pci machine_args=(-M "$machine") ;;
+*) die "EMBER_L1_MACHINE must be microvm, q35 or pc" ;;
+esac
+fsdev_args=(-fsdev "local,id=fsroot,path=/,security_model=none,readonly=on,multidevs=remap"
+    -device "virtio-9p-$vdev,fsdev=fsroot,mount_tag=hostroot")
+mkdir -p "$tmp/run/ember"
+{
+    echo "nonce=$nonce"
+    echo "msize=512000"
+    echo "out_tty=$out_tty"
+    echo "bus=$bus"
+    echo "net=$([ ${#fwd_ports[@]} -gt 0 ] && echo 1 || echo 0)"
+    echo "kmods=$(q "$(realpath "$kdir/lib/modules")")"
+    i=0
+    for d in "${rw_real[@]}"; do
+        [ "$d" = / ] && die "cannot share / read-write"
+        case $d in *,*) die "9p cannot share a path with a comma: $d" ;; esac
+        fsdev_args+=(-fsdev "local,id=fsrw$i,path=$d,security_model=none,multidevs=remap"
+            -device "virtio-9p-$vdev,fsdev=fsrw$i,mount_tag=rw$i")
+        echo "rw_share rw$i $(q "$d")"
+        i=$((i + 1))
+    done
+} >"$tmp/run/ember/config"
+
+env_names=(PATH HOME USER LOGNAME LANG LANGUAGE LC_ALL LC_CTYPE LC_MESSAGES TZ CI NO_COLOR
+    CLICOLOR CLICOLOR_FORCE)
+[ "$out_tty" = 1 ] && env_names+=(TERM COLORTERM)
+while IFS= read -r name; do
+    env_names+=("$name")
+done < <(compgen -e | grep -E '^(EMBER_|RUST_|CARGO_TERM_)')
+{
+    echo "cd $(q "$cwd") || { echo $(q "kvm-host: cannot cd to $cwd in L1") >&2; exit 125; }"
+    for name in "${env_names[@]}"; do
+        [ -n "${!name+x}" ] && echo "export $(q "$name=${!name}")"
+    done
+    for e in "${extra_env[@]}"; do
+        case $e in
+        *=*) echo "export $(q "$e")" ;;
+        *) [ -n "${!e+x}" ] && echo "export $(q "$e=${!e}")" ;;
+        esac
+    done
+    echo "export EMBER_L1=1"
+    printf 'exec'
+    for a in "$@"; do printf ' %s' "$(q "$a")"; done
+    echo
+} >"$tmp/run/ember/run.sh"
+(cd "$tmp/run" && find ember | cpio -o -H newc -R 0:0 --quiet) >"$tmp/run.cpio" ||
+    die "cannot pack the run's settings"
+cat "$base_initrd" "$tmp/run.cpio" >"$tmp/initrd" || die "cannot write $tmp/initrd"
+
+# --- QEMU ----------------------------------------------------------------------------------
+append="console=ttyS0 panic=-1 rdinit=/init 8250.nr_uarts=2 transparent_hugepage=madvise"
+append+=" random.trust_cpu=on mitigations=off tsc=reliable"
+if [ -n "$verbose" ]; then
+    append+=" loglevel=7"
+else
+    append+=" quiet loglevel=1"
+fi
+
+net_args=()
+if [ ${#fwd_ports[@]} -gt 0 ]; then
+    nd="user,id=n0,restrict=on"
+    for p in "${fwd_ports[@]}"; do nd+=",hostfwd=tcp:127.0.0.1:$p-:$p"; done
+    net_args=(-netdev "$nd" -device "virtio-net-$vdev,netdev=n0")
+fi
+
+mkfifo "$tmp/ttyS0" "$tmp/ttyS1" || die "mkfifo failed"
+qemu=(qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max
+    -smp "${EMBER_L1_CPUS:-2}" -m "${EMBER_L1_MEM_MIB:-6144}"
+    "${machine_args[@]}" -display none -nodefaults -no-user-config -no-reboot
+    -kernel "$kernel" -initrd "$tmp/initrd" -append "$append"
+    -chardev "file,id=ttyS0,path=$tmp/ttyS0" -serial chardev:ttyS0
+    -chardev "file,id=ttyS1,path=$tmp/ttyS1" -device isa-serial,chardev=ttyS1,index=1
+    "${fsdev_args[@]}" "${net_args[@]}")
+[ -n "$verbose" ] && echo "kvm-host: ${qemu[*]}" >&2
+
+# ttyS0: the command's stdout, the kernel's console and the exit marker, which is taken out.
+awk_cmd=(awk)
+command -v mawk >/dev/null && awk_cmd=(mawk -W interactive)
+LC_ALL=C "${awk_cmd[@]}" -v marker="EMBER_L1_EXIT_$nonce=" -v rcfile="$tmp/rc" '
+done { next }
+{
+    i = index($0, marker)
+    if (i) {
+        printf "%s", substr($0, 1, i - 1)
+        print substr($0, i + length(marker)) > rcfile
+        close(rcfile)
+        done = 1
+    } else {
+        print
+    }
+    fflush()
+}' <"$tmp/ttyS0" &
+out_pid=$!
+cat <"$tmp/ttyS1" >&2 &
+err_pid=$!
+
+timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null &
+qpid=$!
+wait "$qpid"
+qrc=$?
+qpid=
+# If QEMU died before opening the serial FIFOs, their readers still wait in open(): a
+# read-write open never blocks and lets them see end-of-file.
+exec 7<>"$tmp/ttyS0" 8<>"$tmp/ttyS1"
+exec 7>&- 8>&-
+wait "$out_pid" "$err_pid"
+
+if [ -s "$tmp/rc" ]; then
+    rc=$(head -1 "$tmp/rc")
+    [[ $rc =~ ^[0-9]+$ ]] || die "bad exit marker from L1: $rc"
+    exit "$rc"
+fi
+if [ "$qrc" = 124 ]; then
+    echo "kvm-host: error: timed out after ${timeout_s}s; L1 killed" >&2
+    exit 124
+fi
+die "L1 stopped before the command finished (QEMU exit status $qrc; run with --verbose to see the L1 kernel's messages)"

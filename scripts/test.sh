@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Ember's whole test suite, as CI runs it (.ci/run calls this):
+#   1. installs what is missing (Debian packages; the kernel source comes with build-guest),
+#   2. builds the guest kernel, ember-init and the images (cached),
+#   3. cargo clippy -D warnings and the unit and CLI tests on this machine,
+#   4. the KVM integration tests (tests/kvm_*.rs) on a KVM host: directly where this machine
+#      has hardware KVM, else inside one emulated KVM host (scripts/kvm-host.sh) for all of them.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+cd "$ember_repo"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "installing packages"
+ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file
+
+step "building the guest (scripts/build-guest.sh)"
+scripts/build-guest.sh
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and CLI tests"
+cargo test --workspace --locked --lib --bins --test cli
+
+step "KVM integration tests"
+# Build the test binaries here; they run where KVM is, with the ember binary beside them.
+mapfile -t kvm_tests < <(
+    cargo test --locked --no-run --test 'kvm_*' --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["executable"])
+'
+)
+[ ${#kvm_tests[@]} -gt 0 ] || { echo "test.sh: no KVM test binaries were built" >&2; exit 1; }
+runner=$(mktemp "$ember_repo/target/kvm-tests.XXXXXX.sh")
+trap 'rm -f "$runner"' EXIT
+{
+    echo 'set -e'
+    for t in "${kvm_tests[@]}"; do
+        printf 'echo "== running %s"\n' "$(basename "$t")"
+        printf '%q --test-threads=2\n' "$t"
+    done
+} >"$runner"
+ember_on_kvm_host bash "$runner"

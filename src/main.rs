@@ -1,0 +1,193 @@
+//! The `ember` command: boot a microVM, or measure how fast it boots.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ember::vmm::{Console, Outcome, VmConfig, Vmm, DEFAULT_CMDLINE};
+
+/// Exit status of `ember boot`: the guest powered off cleanly (or reached ready with `--until-ready`).
+const EXIT_OK: u8 = 0;
+/// The VMM failed: bad arguments, KVM errors, I/O errors.
+const EXIT_VMM_ERROR: u8 = 1;
+/// The guest crashed: a kernel panic, a triple fault, a reset without power-off.
+const EXIT_GUEST_CRASH: u8 = 2;
+/// ember-init did not report ready within the boot timeout.
+const EXIT_BOOT_TIMEOUT: u8 = 3;
+/// ember-init powered off with a non-zero status (its command failed).
+const EXIT_GUEST_FAILED: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Run serverless functions in KVM microVMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a microVM and run it until the guest powers off.
+    Boot(BootArgs),
+    /// Run a benchmark.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Guest memory in MiB (128 to 10240).
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Uncompressed kernel (vmlinux) [default: target/guest/vmlinux].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Root filesystem image, attached read-only [default: target/guest/rootfs.ext4].
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Kernel command line (virtio-mmio devices are appended).
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Serial console: a file path, `-` for stdout, or `off`.
+    #[arg(long, default_value = "-")]
+    console: String,
+    /// Stop as soon as ember-init reports ready and print `ready_ms=<ms>` last.
+    #[arg(long)]
+    until_ready: bool,
+    /// Seconds ember-init has to report ready before the boot counts as failed.
+    #[arg(long, default_value_t = 120)]
+    boot_timeout: u64,
+    /// Back guest memory with transparent huge pages.
+    #[arg(long)]
+    hugepages: bool,
+    /// With --until-ready: stay idle this long after ready, then print the VMM's own resident
+    /// memory as `vmm_overhead_kib=<KiB>`.
+    #[arg(long, hide = true)]
+    idle_ms: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Cold boots to ember-init ready, with the console off.
+    Boot {
+        /// Number of boots.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 128)]
+        memory_mib: u32,
+    },
+}
+
+/// Where the guest kernel and images are by default: $EMBER_GUEST_DIR, else target/guest
+/// beside this binary's target directory, else ./target/guest.
+fn guest_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EMBER_GUEST_DIR") {
+        return dir.into();
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|target| target.join("guest")))
+        .filter(|dir| dir.is_dir());
+    beside_exe.unwrap_or_else(|| PathBuf::from("target/guest"))
+}
+
+fn boot(args: BootArgs, started: Instant) -> ExitCode {
+    let console = match args.console.as_str() {
+        "off" => Console::Off,
+        "-" => Console::Stdout,
+        path => Console::File(path.into()),
+    };
+    let config = VmConfig {
+        memory_mib: args.memory_mib,
+        vcpus: args.vcpus,
+        kernel: args.kernel.unwrap_or_else(|| guest_dir().join("vmlinux")),
+        rootfs: Some(args.rootfs.unwrap_or_else(|| guest_dir().join("rootfs.ext4"))),
+        cmdline: args.cmdline,
+        console,
+        hugepages: args.hugepages,
+    };
+    let mut vmm = match Vmm::start(&config) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            eprintln!("ember: error: {e}");
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    };
+    let outcome = vmm.wait(args.until_ready, Duration::from_secs(args.boot_timeout), started);
+    if let Some((at, info)) = vmm.ready {
+        let ms = at.duration_since(started).as_millis();
+        eprintln!(
+            "ember: guest ready after {ms} ms: memory_mib={} vcpus={} exits={}",
+            info.memory_mib, info.vcpus, info.exits
+        );
+        if args.until_ready {
+            println!("memory_mib={} vcpus={} exits={}", info.memory_mib, info.vcpus, info.exits);
+            if let Some(idle) = args.idle_ms {
+                std::thread::sleep(Duration::from_millis(idle));
+                match vmm.vmm_overhead_kib() {
+                    Ok(kib) => println!("vmm_overhead_kib={kib}"),
+                    Err(e) => eprintln!("ember: cannot read /proc/self/smaps: {e}"),
+                }
+            }
+            println!("ready_ms={ms}");
+        }
+    }
+    match outcome {
+        Outcome::Ready => ExitCode::from(EXIT_OK),
+        Outcome::PoweredOff(0) => {
+            eprintln!("ember: guest powered off");
+            ExitCode::from(EXIT_OK)
+        }
+        Outcome::PoweredOff(status) => {
+            eprintln!("ember: guest powered off with status {status}");
+            ExitCode::from(EXIT_GUEST_FAILED)
+        }
+        Outcome::Crashed(why) => {
+            eprintln!("ember: error: {why}");
+            ExitCode::from(EXIT_GUEST_CRASH)
+        }
+        Outcome::BootTimeout(t) => {
+            eprintln!("ember: error: the guest did not reach ember-init within {} s", t.as_secs());
+            ExitCode::from(EXIT_BOOT_TIMEOUT)
+        }
+        Outcome::VmmError(why) => {
+            eprintln!("ember: error: {why}");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    // Usage errors exit 1 like other VMM errors, so that 2 always means a guest crash.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_VMM_ERROR } else { EXIT_OK });
+        }
+    };
+    let code = match cli.command {
+        Command::Boot(args) => boot(args, started),
+        Command::Bench { bench: Bench::Boot { runs, memory_mib } } => match ember::bench::boot(runs, memory_mib) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("ember: bench boot: {e}");
+                ExitCode::from(EXIT_VMM_ERROR)
+            }
+        },
+    };
+    // Ending the process ends the VM: vCPU threads are not joined.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    code
+}

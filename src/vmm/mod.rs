@@ -1,0 +1,450 @@
+//! The VMM: builds one microVM in this process and runs it.
+//!
+//! Layout (by layer, as in Firecracker): `vstate` holds the KVM objects (VM, vCPUs, stats),
+//! `arch` the x86_64 boot structures, `devices` the emulation.
+//!
+//! Threads and messages:
+//! - one thread per vCPU runs `KVM_RUN` and handles port-I/O and MMIO exits
+//!   ([`vstate::vcpu::Vcpu::run`]);
+//! - one event-loop thread waits on the virtio queues' ioeventfds and processes them;
+//! - the caller's thread (the VMM main thread) builds the VM with [`Vmm::start`] and then only
+//!   receives [`VmEvent`]s from the others in [`Vmm::wait`]: status words from ember-init, a
+//!   reset, a crash or an error. It never touches vCPU or device state itself.
+//!
+//! Ending a VM is ending the process: the `ember boot` command exits once [`Vmm::wait`] has an
+//! outcome, and the kernel tears down the vCPUs, the VM and guest memory with it.
+
+pub mod arch;
+pub mod devices;
+pub mod vstate;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ember_proto::Status;
+use kvm_ioctls::Kvm;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use arch::{boot, layout, mptable};
+use devices::legacy::{ConsoleSink, PioDevices};
+use devices::virtio::block::Block;
+use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::{Interrupt, VirtioDevice};
+use devices::MmioBus;
+use vstate::stats::Counter;
+use vstate::vcpu::{ExitContext, Vcpu};
+use vstate::vm::{create_memory, Vm};
+
+/// Smallest guest memory, in MiB (Lambda's minimum).
+pub const MIN_MEMORY_MIB: u32 = 128;
+/// Largest guest memory, in MiB (Lambda's maximum).
+pub const MAX_MEMORY_MIB: u32 = 10240;
+
+/// The kernel command line used when none is given. `reboot=k panic=-1`: a panic resets the
+/// VM through the i8042 at once, which the VMM sees. `pci=off nomodule io_delay=none
+/// no_timer_check`: no probing that only costs VM exits. `random.trust_cpu=on`: the guest's
+/// RNG is ready without waiting for entropy.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule io_delay=none \
+     no_timer_check random.trust_cpu=on root=/dev/vda ro rootfstype=ext4";
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is out of range.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The VM could not be set up.
+    #[error(transparent)]
+    Vm(#[from] vstate::vm::Error),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] vstate::vcpu::Error),
+    /// The kernel could not be loaded or the zero page written.
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
+    /// The boot page tables or GDT could not be written.
+    #[error(transparent)]
+    Regs(#[from] arch::regs::Error),
+    /// A drive could not be opened.
+    #[error(transparent)]
+    Drive(#[from] devices::virtio::block::OpenError),
+    /// The console file could not be created.
+    #[error("cannot open console file {path}: {source}")]
+    Console {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An eventfd, epoll or thread could not be created.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being created.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Os { what, source }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Discarded (its last 8 KiB are still kept for error messages).
+    Off,
+    /// This process's stdout.
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+}
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// The uncompressed kernel (vmlinux ELF).
+    pub kernel: PathBuf,
+    /// The root filesystem image, attached read-only as /dev/vda.
+    pub rootfs: Option<PathBuf>,
+    /// The kernel command line (virtio-mmio device entries are appended).
+    pub cmdline: String,
+    /// The serial console.
+    pub console: Console,
+    /// Back guest memory with transparent huge pages.
+    pub hugepages: bool,
+}
+
+impl VmConfig {
+    /// Checks the ranges a caller can get wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(Error::InvalidConfig(format!(
+                "memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, not {}",
+                self.memory_mib
+            )));
+        }
+        if self.vcpus == 0 || self.vcpus > mptable::MAX_CPUS {
+            return Err(Error::InvalidConfig(format!(
+                "vCPUs must be between 1 and {}, not {}",
+                mptable::MAX_CPUS,
+                self.vcpus
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the VMM's threads tell its main thread.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// ember-init wrote a status word; `exits` is the total of all vCPUs' VM exits then.
+    Status {
+        /// The status.
+        status: Status,
+        /// When the vCPU thread saw it.
+        at: Instant,
+        /// VM exits so far (0 when KVM has no binary stats).
+        exits: u64,
+    },
+    /// The guest reset itself (a reboot, or the kernel's reaction to a panic).
+    Reset,
+    /// The guest did something that ends it: a triple fault, a KVM internal error.
+    Crash(String),
+    /// The VMM failed.
+    Error(String),
+}
+
+/// How a run ended, as [`Vmm::wait`] sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// ember-init reported ready and the caller asked to stop there.
+    Ready,
+    /// ember-init powered the VM off with this status.
+    PoweredOff(u32),
+    /// The guest crashed or reset without powering off.
+    Crashed(String),
+    /// ember-init did not report ready in time.
+    BootTimeout(Duration),
+    /// The VMM failed while running.
+    VmmError(String),
+}
+
+/// What ember-init reported when it became ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadyInfo {
+    /// Memory the guest saw, in MiB.
+    pub memory_mib: u32,
+    /// vCPUs the guest saw.
+    pub vcpus: u32,
+    /// VM exits until ready.
+    pub exits: u64,
+}
+
+/// A running microVM.
+pub struct Vmm {
+    _vm: Vm,
+    events: Receiver<VmEvent>,
+    console_tail: Arc<Mutex<VecDeque<u8>>>,
+    guest_ranges: Vec<(u64, u64)>,
+    /// What ember-init reported, filled in by [`Vmm::wait`].
+    pub ready: Option<(Instant, ReadyInfo)>,
+}
+
+struct QueueHandler {
+    notify: EventFd,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    queue: usize,
+    interrupt: Arc<Interrupt>,
+}
+
+impl Vmm {
+    /// Builds the VM described by `config` and starts its vCPUs.
+    pub fn start(config: &VmConfig) -> Result<Vmm, Error> {
+        config.validate()?;
+        let mem_size = u64::from(config.memory_mib) << 20;
+        let mem = create_memory(mem_size, config.hugepages)?;
+        let entry = boot::load_kernel(&mem, &config.kernel)?;
+        let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
+        let vm = Vm::new(&kvm, mem)?;
+        let (events_tx, events) = channel();
+
+        let mut cmdline = boot::make_cmdline(&config.cmdline)?;
+        let mut mmio = MmioBus::default();
+        let mut handlers = Vec::new();
+        if let Some(rootfs) = &config.rootfs {
+            let block = Block::open(rootfs, true, "ember-rootfs")?;
+            let base = layout::VIRTIO_MMIO_START;
+            let irq = layout::VIRTIO_IRQ_BASE;
+            attach_virtio(&vm, &mut mmio, &mut handlers, Arc::new(Mutex::new(block)), base, irq)?;
+            cmdline
+                .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
+                .map_err(|e| boot::Error::Cmdline(e.to_string()))?;
+        }
+        boot::write_boot_params(vm.memory(), &cmdline, mem_size)?;
+        mptable::setup(vm.memory(), config.vcpus)?;
+
+        let console_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let out: Option<Box<dyn std::io::Write + Send>> = match &config.console {
+            Console::Off => None,
+            Console::Stdout => Some(Box::new(std::io::stdout())),
+            Console::File(path) => Some(Box::new(
+                File::create(path).map_err(|source| Error::Console { path: path.display().to_string(), source })?,
+            )),
+        };
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+        let pio = PioDevices::new(serial_irq, ConsoleSink::new(out, console_tail.clone()), events_tx.clone());
+
+        let vcpus = (0..config.vcpus)
+            .map(|id| Vcpu::new(&vm, id, config.vcpus, entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Binary stats need Linux 5.14; without them the exit counts read as 0.
+        let exit_counters = vcpus.iter().filter_map(|v| Counter::open(v.fd(), "exits").ok()).collect();
+        let ctx = Arc::new(ExitContext {
+            pio,
+            mmio,
+            events: events_tx.clone(),
+            exit_counters,
+            _mem: vm.memory().clone(),
+        });
+
+        let guest_ranges = vm
+            .memory()
+            .iter()
+            .filter_map(|r| vm.memory().get_host_address(r.start_addr()).ok().map(|h| (h as u64, r.len())))
+            .collect();
+        if !handlers.is_empty() {
+            let tx = events_tx.clone();
+            thread::Builder::new()
+                .name("ember-events".into())
+                .spawn(move || event_loop(handlers, tx))
+                .map_err(os("spawn event loop"))?;
+        }
+        for vcpu in vcpus {
+            let ctx = ctx.clone();
+            thread::Builder::new()
+                .name("ember-vcpu".into())
+                .stack_size(256 << 10)
+                .spawn(move || vcpu.run(ctx))
+                .map_err(os("spawn vCPU thread"))?;
+        }
+        Ok(Vmm { _vm: vm, events, console_tail, guest_ranges, ready: None })
+    }
+
+    /// Waits for the run to end. With `until_ready` it ends as soon as ember-init reports
+    /// ready. ember-init must report ready within `boot_timeout`.
+    pub fn wait(&mut self, until_ready: bool, boot_timeout: Duration, started: Instant) -> Outcome {
+        let deadline = started + boot_timeout;
+        let mut info = ReadyInfo::default();
+        loop {
+            let event = if self.ready.is_none() {
+                match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(e) => e,
+                    Err(RecvTimeoutError::Timeout) => return Outcome::BootTimeout(boot_timeout),
+                    Err(RecvTimeoutError::Disconnected) => return Outcome::VmmError("all VM threads ended".into()),
+                }
+            } else {
+                match self.events.recv() {
+                    Ok(e) => e,
+                    Err(_) => return Outcome::VmmError("all VM threads ended".into()),
+                }
+            };
+            match event {
+                VmEvent::Status { status: Status::MemoryMib(m), .. } => info.memory_mib = m,
+                VmEvent::Status { status: Status::Vcpus(n), .. } => info.vcpus = n,
+                VmEvent::Status { status: Status::Ready, at, exits } => {
+                    info.exits = exits;
+                    self.ready = Some((at, info));
+                    if until_ready {
+                        return Outcome::Ready;
+                    }
+                }
+                VmEvent::Status { status: Status::PowerOff(code), .. } => return Outcome::PoweredOff(code),
+                VmEvent::Reset => return Outcome::Crashed(self.crash_reason("the guest reset without powering off")),
+                VmEvent::Crash(why) => return Outcome::Crashed(self.crash_reason(&why)),
+                VmEvent::Error(why) => return Outcome::VmmError(why),
+            }
+        }
+    }
+
+    /// Explains a crash, with the kernel's panic line when the console shows one.
+    fn crash_reason(&self, what: &str) -> String {
+        let tail = self.console_tail();
+        match tail.lines().find(|l| l.contains("Kernel panic")) {
+            Some(line) => format!("guest kernel panic: {}", line.trim()),
+            None => format!("guest crashed: {what}"),
+        }
+    }
+
+    /// The last bytes the guest wrote to its console.
+    pub fn console_tail(&self) -> String {
+        let tail = self.console_tail.lock().map(|t| t.iter().copied().collect::<Vec<u8>>()).unwrap_or_default();
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+
+    /// Resident memory of this process outside guest RAM, in KiB (from /proc/self/smaps).
+    pub fn vmm_overhead_kib(&self) -> std::io::Result<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+        let mut total = 0;
+        let mut in_guest = false;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(first) = fields.next() else { continue };
+            if let Some((start, _)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+                let start = u64::from_str_radix(start, 16).unwrap_or(0);
+                in_guest = self.guest_ranges.iter().any(|&(s, len)| start >= s && start < s + len);
+            } else if first == "Rss:" && !in_guest {
+                total += fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Wires a virtio device onto the VM in one place: its MMIO window, the ioeventfd of each
+/// queue's notify register, and its irqfd.
+fn attach_virtio(
+    vm: &Vm,
+    mmio: &mut MmioBus,
+    handlers: &mut Vec<QueueHandler>,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    base: u64,
+    irq: u32,
+) -> Result<(), Error> {
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+    vm.register_irqfd(&irqfd, irq)?;
+    let interrupt = Arc::new(Interrupt::new(irqfd));
+    let queues = device.lock().map(|d| d.queue_max_sizes().len()).unwrap_or(0);
+    for queue in 0..queues {
+        let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+        vm.register_ioevent(&notify, base + REG_QUEUE_NOTIFY, queue as u32)?;
+        handlers.push(QueueHandler { notify, device: device.clone(), queue, interrupt: interrupt.clone() });
+    }
+    let transport = MmioTransport::new(device, interrupt, vm.memory().clone());
+    mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)));
+    Ok(())
+}
+
+/// The device event loop: processes a queue each time the guest notifies it.
+fn event_loop(handlers: Vec<QueueHandler>, events: Sender<VmEvent>) {
+    let fail = |what: String| {
+        let _ = events.send(VmEvent::Error(what));
+    };
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("epoll: {e}")),
+    };
+    for (i, h) in handlers.iter().enumerate() {
+        let event = EpollEvent::new(EventSet::IN, i as u64);
+        if let Err(e) = epoll.ctl(ControlOperation::Add, std::os::unix::io::AsRawFd::as_raw_fd(&h.notify), event) {
+            return fail(format!("epoll_ctl: {e}"));
+        }
+    }
+    let mut ready = vec![EpollEvent::default(); handlers.len().max(1)];
+    let mut reported = vec![false; handlers.len()];
+    loop {
+        let n = match epoll.wait(-1, &mut ready) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return fail(format!("epoll_wait: {e}")),
+        };
+        for ev in &ready[..n] {
+            let i = ev.data() as usize;
+            let Some(h) = handlers.get(i) else { continue };
+            let _ = h.notify.read();
+            let result = match h.device.lock() {
+                Ok(mut dev) => dev.process_queue(h.queue, &h.interrupt),
+                Err(_) => continue,
+            };
+            // A guest that corrupts its own rings breaks only its own device; say so once.
+            if let Err(e) = result {
+                if !std::mem::replace(&mut reported[i], true) {
+                    eprintln!("ember: virtio queue {}: {e}", h.queue);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(memory_mib: u32, vcpus: u8) -> VmConfig {
+        VmConfig {
+            memory_mib,
+            vcpus,
+            kernel: "vmlinux".into(),
+            rootfs: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            console: Console::Off,
+            hugepages: false,
+        }
+    }
+
+    #[test]
+    fn limits() {
+        assert!(config(128, 1).validate().is_ok());
+        assert!(config(10240, 32).validate().is_ok());
+        for (m, v) in [(127, 1), (10241, 1), (128, 0), (128, 33)] {
+            let err = config(m, v).validate().unwrap_err().to_string();
+            assert!(err.contains("must be between"), "{err}");
+        }
+    }
+}
