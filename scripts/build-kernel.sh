@@ -84,7 +84,11 @@ install_vmlinux() {
 ensure_deps
 
 SRC_VERSION="$(dpkg-query -W -f='${Version}' "$SRC_PKG")"
-KEY="$({ cat "$FRAGMENT"; printf '%s\n' "$SRC_VERSION"; cat "$SELF"; } | sha256sum | cut -d' ' -f1)"
+# Read the fragment once: the key, the merge and the check all use these exact
+# bytes, even if someone edits the file while a build is running.
+FRAG_TEXT="$(cat "$FRAGMENT"; printf x)"
+FRAG_TEXT="${FRAG_TEXT%x}"
+KEY="$({ printf '%s' "$FRAG_TEXT"; printf '%s\n' "$SRC_VERSION"; cat "$SELF"; } | sha256sum | cut -d' ' -f1)"
 KEY_DIR="$CACHE_ROOT/$KEY"
 
 if [[ -f "$KEY_DIR/vmlinux" ]]; then
@@ -109,6 +113,8 @@ fi
 
 SRC_DIR="$KEY_DIR/src"
 BUILD_LOG="$KEY_DIR/build.log"
+FRAG_COPY="$KEY_DIR/$(basename "$FRAGMENT")" # kept next to vmlinux as a record
+printf '%s' "$FRAG_TEXT" >"$FRAG_COPY"
 log "building $SRC_PKG $SRC_VERSION with $(basename "$FRAGMENT") in $KEY_DIR"
 
 # --- Unpack (once per key; an interrupted unpack is redone) ------------------
@@ -135,7 +141,7 @@ MAKE_ARGS=(ARCH=x86_64 KBUILD_BUILD_USER=ember KBUILD_BUILD_HOST=ember
 log "[2/4] configuring: make tinyconfig + merge_config.sh -n $(basename "$FRAGMENT")"
 {
     make "${MAKE_ARGS[@]}" tinyconfig
-    ARCH=x86_64 scripts/kconfig/merge_config.sh -n .config "$FRAGMENT"
+    ARCH=x86_64 scripts/kconfig/merge_config.sh -n .config "$FRAG_COPY"
 } >>"$BUILD_LOG" 2>&1 || { tail -n 30 "$BUILD_LOG" >&2; die "configuring failed (log: $BUILD_LOG)"; }
 
 # Keep the fragment honest: every CONFIG_X=value line must be in .config
@@ -154,13 +160,13 @@ while IFS= read -r line; do
             problems+=("# $sym is not set  ->  $got")
         fi
     fi
-done <"$FRAGMENT"
+done <"$FRAG_COPY"
 if ((${#problems[@]})); then
     log "the final .config does not honour $(basename "$FRAGMENT"):"
     printf '[build-kernel]     %s\n' "${problems[@]}" >&2
     die "${#problems[@]} option(s) dropped or changed; add the missing dependencies to the fragment (or fix it), see $SRC_DIR/.config"
 fi
-log "      all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set$)' "$FRAGMENT") fragment lines honoured ($(elapsed))"
+log "      all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set$)' "$FRAG_COPY") fragment lines honoured ($(elapsed))"
 
 # --- Compile -----------------------------------------------------------------
 log "[3/4] compiling: make -j$JOBS vmlinux (log: $BUILD_LOG)"

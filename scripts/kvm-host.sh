@@ -239,7 +239,7 @@ mapfile -t rw_real < <(for d in "${rw_dirs[@]}"; do realpath "$d"; done | LC_ALL
 # microvm (virtio-mmio, no firmware to speak of) boots about 0.7 s faster than q35 here.
 machine=${EMBER_L1_MACHINE:-microvm}
 case $machine in
-microvm) bus=mmio vdev=device machine_args=(-M microvm) ;;
+microvm) bus=mmio vdev=device machine_args=(-M microvm,pit=on,pic=on,rtc=on) ;;
 pc | q35) bus=pci vdev=pci machine_args=(-M "$machine") ;;
 *) die "EMBER_L1_MACHINE must be microvm, q35 or pc" ;;
 esac

@@ -12,7 +12,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
 cd "$ember_repo"
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [%s] %s\n' "$(date +%T)" "$*"; }
 
 step "installing packages"
 ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file

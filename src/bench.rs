@@ -72,10 +72,8 @@ pub fn boot(runs: usize, memory_mib: u32) -> Result<String, Error> {
         exits.push(field(&out, "exits").unwrap_or(0));
     }
     let idle = boot_once(runs, 128, &["--idle-ms", "1000"])?;
-    let overhead = field(&idle, "vmm_overhead_kib").ok_or_else(|| Error::Run {
-        run: runs,
-        detail: format!("no vmm_overhead_kib in {idle:?}"),
-    })?;
+    let overhead = field(&idle, "vmm_overhead_kib")
+        .ok_or_else(|| Error::Run { run: runs, detail: format!("no vmm_overhead_kib in {idle:?}") })?;
     Ok(format!(
         "boot ready_ms p50={} p90={} n={} exits={}\nboot vmm_overhead_kib={}\n",
         percentile(&ready, 50),

@@ -50,10 +50,7 @@ pub struct Error {
 
 impl Error {
     fn new(what: impl Into<String>, source: io::Error) -> Self {
-        Error {
-            what: what.into(),
-            source,
-        }
+        Error { what: what.into(), source }
     }
 }
 
@@ -76,15 +73,31 @@ fn main() {
         power::power_off(FAILURE)
     }));
 
-    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     let status = match boot() {
-        Ok(signals) => supervise::run(&signals, &argv),
+        Ok(signals) => {
+            let argv = std::fs::read_to_string("/proc/cmdline").map(|c| command_from_cmdline(&c)).unwrap_or_else(|e| {
+                log!("cannot read /proc/cmdline: {e}");
+                Vec::new()
+            });
+            supervise::run(&signals, &argv)
+        }
         Err(e) => {
             log_error!("{e}");
             FAILURE
         }
     };
     power::power_off(status)
+}
+
+/// The command to run: the words after `--` on the kernel command line. (The kernel also passes
+/// them as init's arguments, but mixed with any word before `--` it did not recognise, such as
+/// a parameter of a driver that is not built in, so argv cannot tell them apart.)
+fn command_from_cmdline(cmdline: &str) -> Vec<OsString> {
+    let mut words = cmdline.split_whitespace();
+    if !words.any(|w| w == "--") {
+        return Vec::new();
+    }
+    words.map(OsString::from).collect()
 }
 
 /// Steps 1 to 3: takes over the signals, mounts the filesystems and reports to the VMM.
@@ -110,4 +123,16 @@ fn boot() -> Result<supervise::Signals, Error> {
     port::write(Status::Ready);
     log!("ready memory_mib={memory_mib} vcpus={vcpus}");
     Ok(signals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_what_follows_the_double_dash() {
+        assert!(command_from_cmdline("console=ttyS0 quiet nomodule root=/dev/vda\n").is_empty());
+        assert_eq!(command_from_cmdline("quiet nomodule -- /bin/echo hi there\n"), ["/bin/echo", "hi", "there"]);
+        assert!(command_from_cmdline("quiet --\n").is_empty());
+    }
 }

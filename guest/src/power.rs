@@ -40,10 +40,7 @@ pub fn power_off(status: u32) -> ! {
 pub fn route_ctrl_alt_del() {
     // SAFETY: reboot takes no pointers with this command; it only flips a kernel flag.
     if unsafe { libc::reboot(libc::RB_DISABLE_CAD) } != 0 {
-        log!(
-            "cannot disable Ctrl-Alt-Delete: {}",
-            std::io::Error::last_os_error()
-        );
+        log!("cannot disable Ctrl-Alt-Delete: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -22,8 +22,7 @@ pub fn memory_mib() -> Result<u32, Error> {
 /// The number of online vCPUs.
 pub fn vcpus() -> Result<u32, Error> {
     let list = fs::read_to_string(CPU_ONLINE).map_err(|e| Error::new(CPU_ONLINE, e))?;
-    count_cpu_list(&list)
-        .ok_or_else(|| Error::new(CPU_ONLINE, invalid(format!("bad CPU list {list:?}"))))
+    count_cpu_list(&list).ok_or_else(|| Error::new(CPU_ONLINE, invalid(format!("bad CPU list {list:?}"))))
 }
 
 /// Sums `end - start + 1` over the entries of a firmware memmap directory (`<dir>/<n>/{start,end}`,
@@ -36,13 +35,10 @@ fn memmap_bytes(dir: &Path) -> io::Result<u64> {
         let read = |name: &str| -> io::Result<u64> {
             let file = path.join(name);
             let text = fs::read_to_string(&file)?;
-            parse_hex(&text)
-                .ok_or_else(|| invalid(format!("{}: bad address {text:?}", file.display())))
+            parse_hex(&text).ok_or_else(|| invalid(format!("{}: bad address {text:?}", file.display())))
         };
         let (start, end) = (read("start")?, read("end")?);
-        let len = end
-            .checked_sub(start)
-            .ok_or_else(|| invalid(format!("{}: end before start", path.display())))?;
+        let len = end.checked_sub(start).ok_or_else(|| invalid(format!("{}: end before start", path.display())))?;
         total = total.saturating_add(len).saturating_add(1);
         entries += 1;
     }
@@ -61,10 +57,7 @@ fn bytes_to_mib(bytes: u64) -> u32 {
 /// Parses `0x1f` (as sysfs writes it; the `0x` is optional) with surrounding whitespace.
 fn parse_hex(text: &str) -> Option<u64> {
     let text = text.trim();
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
     u64::from_str_radix(digits, 16).ok()
 }
 
@@ -163,19 +156,10 @@ mod tests {
     #[test]
     fn memmap_errors() {
         let dir = temp_dir("errors");
-        assert_eq!(
-            memmap_bytes(&dir).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        assert_eq!(memmap_bytes(&dir).unwrap_err().kind(), io::ErrorKind::InvalidData);
         add_entry(&dir, 0, 0x2000, 0x1000, "System RAM");
-        assert_eq!(
-            memmap_bytes(&dir).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        assert_eq!(memmap_bytes(&dir).unwrap_err().kind(), io::ErrorKind::InvalidData);
         fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            memmap_bytes(&dir).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
+        assert_eq!(memmap_bytes(&dir).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

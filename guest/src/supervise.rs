@@ -64,9 +64,7 @@ impl Signals {
             return None;
         }
         // SAFETY: `pending` is initialised; the signal numbers are valid.
-        SHUTDOWN_SIGNALS
-            .into_iter()
-            .find(|&sig| unsafe { libc::sigismember(&pending, sig) } == 1)
+        SHUTDOWN_SIGNALS.into_iter().find(|&sig| unsafe { libc::sigismember(&pending, sig) } == 1)
     }
 }
 
@@ -97,11 +95,7 @@ pub fn run(signals: &Signals, argv: &[OsString]) -> u32 {
         Ok(child) => child,
         Err(e) => {
             log_error!("cannot run {name}: {e}");
-            return if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
+            return if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
         }
     };
     // Dropping a Child neither waits for it nor kills it; waitpid(-1) below reaps it.
@@ -212,10 +206,7 @@ mod tests {
     fn output_of(program: &str, args: &[&str]) -> String {
         let _signals = Signals::block().unwrap();
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let out = command(&OsString::from(program), &args)
-            .stdout(Stdio::piped())
-            .output()
-            .unwrap();
+        let out = command(&OsString::from(program), &args).stdout(Stdio::piped()).output().unwrap();
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap()
     }
@@ -235,10 +226,7 @@ mod tests {
     #[test]
     fn missing_command_is_127() {
         let signals = Signals::block().unwrap();
-        assert_eq!(
-            run(&signals, &[OsString::from("/nonexistent/ember-test")]),
-            127
-        );
+        assert_eq!(run(&signals, &[OsString::from("/nonexistent/ember-test")]), 127);
         assert_eq!(run(&signals, &[]), 0);
     }
 }

@@ -48,10 +48,10 @@ pub const MIN_MEMORY_MIB: u32 = 128;
 pub const MAX_MEMORY_MIB: u32 = 10240;
 
 /// The kernel command line used when none is given. `reboot=k panic=-1`: a panic resets the
-/// VM through the i8042 at once, which the VMM sees. `pci=off nomodule io_delay=none
+/// VM through the i8042 at once, which the VMM sees. `pci=off io_delay=none
 /// no_timer_check`: no probing that only costs VM exits. `random.trust_cpu=on`: the guest's
 /// RNG is ready without waiting for entropy.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule io_delay=none \
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off io_delay=none \
      no_timer_check random.trust_cpu=on root=/dev/vda ro rootfstype=ext4";
 
 /// Errors building or running a VM.
@@ -251,18 +251,12 @@ impl Vmm {
         vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
         let pio = PioDevices::new(serial_irq, ConsoleSink::new(out, console_tail.clone()), events_tx.clone());
 
-        let vcpus = (0..config.vcpus)
-            .map(|id| Vcpu::new(&vm, id, config.vcpus, entry))
-            .collect::<Result<Vec<_>, _>>()?;
+        let vcpus =
+            (0..config.vcpus).map(|id| Vcpu::new(&vm, id, config.vcpus, entry)).collect::<Result<Vec<_>, _>>()?;
         // Binary stats need Linux 5.14; without them the exit counts read as 0.
         let exit_counters = vcpus.iter().filter_map(|v| Counter::open(v.fd(), "exits").ok()).collect();
-        let ctx = Arc::new(ExitContext {
-            pio,
-            mmio,
-            events: events_tx.clone(),
-            exit_counters,
-            _mem: vm.memory().clone(),
-        });
+        let ctx =
+            Arc::new(ExitContext { pio, mmio, events: events_tx.clone(), exit_counters, _mem: vm.memory().clone() });
 
         let guest_ranges = vm
             .memory()

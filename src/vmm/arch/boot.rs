@@ -77,8 +77,7 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
 fn check_elf(path: &Path, file: &mut File) -> Result<(), Error> {
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
-    file.seek(SeekFrom::Start(0))
-        .map_err(|source| Error::OpenKernel { path: path.display().to_string(), source })?;
+    file.seek(SeekFrom::Start(0)).map_err(|source| Error::OpenKernel { path: path.display().to_string(), source })?;
     if is_elf {
         Ok(())
     } else {
@@ -88,11 +87,9 @@ fn check_elf(path: &Path, file: &mut File) -> Result<(), Error> {
 
 /// Loads the kernel ELF at `path` into guest memory and returns its 64-bit entry point.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<GuestAddress, Error> {
-    let mut file = File::open(path)
-        .map_err(|source| Error::OpenKernel { path: path.display().to_string(), source })?;
+    let mut file = File::open(path).map_err(|source| Error::OpenKernel { path: path.display().to_string(), source })?;
     check_elf(path, &mut file)?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-        .map_err(Error::LoadKernel)?;
+    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(Error::LoadKernel)?;
     Ok(result.kernel_load)
 }
 
@@ -103,8 +100,7 @@ pub fn make_cmdline(s: &str) -> Result<Cmdline, Error> {
 
 /// Writes the command line and the zero page (setup header and e820 map).
 pub fn write_boot_params(mem: &GuestMemoryMmap, cmdline: &Cmdline, mem_size: u64) -> Result<(), Error> {
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(|e| Error::Cmdline(e.to_string()))?;
     let cmdline_len = cmdline.as_cstring().map_err(|e| Error::Cmdline(e.to_string()))?.as_bytes().len();
 
     let mut params = boot_params::default();

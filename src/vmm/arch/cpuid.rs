@@ -97,7 +97,15 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, eax: 0xffff_ffff, ebx: 0xffff_ffff, ecx: 0xffff_ffff, edx: 0xffff_ffff, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0xffff_ffff,
+            ebx: 0xffff_ffff,
+            ecx: 0xffff_ffff,
+            edx: 0xffff_ffff,
+            ..Default::default()
+        }
     }
 
     #[test]

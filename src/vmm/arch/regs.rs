@@ -62,14 +62,13 @@ fn segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
 /// 64-bit start, based on the vCPU's current `sregs`.
 pub fn setup_long_mode(mem: &GuestMemoryMmap, mut sregs: kvm_sregs) -> Result<kvm_sregs, Error> {
     let gdt: [u64; 4] = [
-        gdt_entry(0, 0, 0),             // NULL
+        gdt_entry(0, 0, 0),            // NULL
         gdt_entry(0xa09b, 0, 0xfffff), // CODE: 64-bit, present, execute/read
         gdt_entry(0xc093, 0, 0xfffff), // DATA: present, read/write
         gdt_entry(0x808b, 0, 0xfffff), // TSS
     ];
     for (i, entry) in gdt.iter().enumerate() {
-        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64))
-            .map_err(|_| Error::WriteGuest("GDT"))?;
+        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64)).map_err(|_| Error::WriteGuest("GDT"))?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START)).map_err(|_| Error::WriteGuest("IDT"))?;
 
@@ -90,10 +89,8 @@ pub fn setup_long_mode(mem: &GuestMemoryMmap, mut sregs: kvm_sregs) -> Result<kv
 
     // PML4[0] -> PDPT, PDPT[0] -> PD, PD: 512 x 2 MiB pages = the first GiB, which holds the
     // kernel, the zero page and the command line. The kernel builds its own tables right away.
-    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
-        .map_err(|_| Error::WriteGuest("PML4"))?;
-    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
-        .map_err(|_| Error::WriteGuest("PDPT"))?;
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)).map_err(|_| Error::WriteGuest("PML4"))?;
+    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)).map_err(|_| Error::WriteGuest("PDPT"))?;
     let mut pd = [0u8; 4096];
     for (i, chunk) in pd.chunks_exact_mut(8).enumerate() {
         chunk.copy_from_slice(&(((i as u64) << 21) | 0x83).to_le_bytes());

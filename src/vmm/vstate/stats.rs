@@ -69,7 +69,8 @@ impl Counter {
         let len = num_desc.saturating_mul(DESC_FIXED_LEN + name_size).min(MAX_DESC_BYTES);
         let mut descs = vec![0u8; len];
         file.read_exact_at(&mut descs, desc_offset as u64).map_err(Error::Read)?;
-        let offset = find_offset(&descs, num_desc, name_size, name).ok_or_else(|| Error::NoCounter(name.to_string()))?;
+        let offset =
+            find_offset(&descs, num_desc, name_size, name).ok_or_else(|| Error::NoCounter(name.to_string()))?;
         Ok(Counter { file, offset: data_offset as u64 + offset })
     }
 

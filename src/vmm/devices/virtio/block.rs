@@ -182,7 +182,14 @@ impl Block {
 
 /// Moves `len` bytes between guest memory at `addr` and the file at `offset`, with no copy in
 /// between.
-fn transfer(file: &File, mem: &GuestMemoryMmap, addr: GuestAddress, len: usize, offset: u64, to_guest: bool) -> Result<(), RequestError> {
+fn transfer(
+    file: &File,
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    offset: u64,
+    to_guest: bool,
+) -> Result<(), RequestError> {
     let slice = mem.get_slice(addr, len).map_err(|_| RequestError::Io)?;
     let guard = slice.ptr_guard_mut();
     let base = guard.as_ptr();
@@ -335,7 +342,12 @@ mod tests {
         let f = disk(8);
         let mut dev = Block::open(f.as_path(), true, "rootfs").unwrap();
         let mem = memory();
-        let (status, used) = run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 2)), &[(HDR, 16, 0), (DATA, 1024, F_WRITE), (STATUS, 1, F_WRITE)]);
+        let (status, used) = run(
+            &mut dev,
+            &mem,
+            Some((VIRTIO_BLK_T_IN, 2)),
+            &[(HDR, 16, 0), (DATA, 1024, F_WRITE), (STATUS, 1, F_WRITE)],
+        );
         assert_eq!((status, used), (VIRTIO_BLK_S_OK, 1025));
         let mut buf = [0u8; 1024];
         mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
@@ -348,7 +360,8 @@ mod tests {
         let mut dev = Block::open(f.as_path(), false, "tmp").unwrap();
         let mem = memory();
         mem.write_slice(&[0xabu8; 512], GuestAddress(DATA)).unwrap();
-        let (status, used) = run(&mut dev, &mem, Some((VIRTIO_BLK_T_OUT, 3)), &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
+        let (status, used) =
+            run(&mut dev, &mem, Some((VIRTIO_BLK_T_OUT, 3)), &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
         assert_eq!((status, used), (VIRTIO_BLK_S_OK, 1));
         let content = std::fs::read(f.as_path()).unwrap();
         assert!(content[3 * 512..].iter().all(|b| *b == 0xab));
@@ -365,14 +378,34 @@ mod tests {
         // Write to a read-only drive.
         ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_OUT, 0)), &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]));
         // Past the end, and a sector number that overflows.
-        ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 3)), &[(HDR, 16, 0), (DATA, 1024, F_WRITE), (STATUS, 1, F_WRITE)]));
-        ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, u64::MAX)), &[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)]));
+        ioerr(run(
+            &mut dev,
+            &mem,
+            Some((VIRTIO_BLK_T_IN, 3)),
+            &[(HDR, 16, 0), (DATA, 1024, F_WRITE), (STATUS, 1, F_WRITE)],
+        ));
+        ioerr(run(
+            &mut dev,
+            &mem,
+            Some((VIRTIO_BLK_T_IN, u64::MAX)),
+            &[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)],
+        ));
         // Not a whole sector; a read into a device-readable buffer; a short header.
-        ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 0)), &[(HDR, 16, 0), (DATA, 100, F_WRITE), (STATUS, 1, F_WRITE)]));
+        ioerr(run(
+            &mut dev,
+            &mem,
+            Some((VIRTIO_BLK_T_IN, 0)),
+            &[(HDR, 16, 0), (DATA, 100, F_WRITE), (STATUS, 1, F_WRITE)],
+        ));
         ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 0)), &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]));
         ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 0)), &[(HDR, 8, 0), (STATUS, 1, F_WRITE)]));
         // A buffer outside guest memory.
-        ioerr(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 0)), &[(HDR, 16, 0), (0xffff_0000, 512, F_WRITE), (STATUS, 1, F_WRITE)]));
+        ioerr(run(
+            &mut dev,
+            &mem,
+            Some((VIRTIO_BLK_T_IN, 0)),
+            &[(HDR, 16, 0), (0xffff_0000, 512, F_WRITE), (STATUS, 1, F_WRITE)],
+        ));
         // Unknown type.
         assert_eq!(run(&mut dev, &mem, Some((99, 0)), &[(HDR, 16, 0), (STATUS, 1, F_WRITE)]), (VIRTIO_BLK_S_UNSUPP, 1));
         // No writable status: nothing can be reported, the chain is still returned.
@@ -384,7 +417,12 @@ mod tests {
         let f = disk(1);
         let mut dev = Block::open(f.as_path(), true, "ember-rootfs").unwrap();
         let mem = memory();
-        let (status, used) = run(&mut dev, &mem, Some((VIRTIO_BLK_T_GET_ID, 0)), &[(HDR, 16, 0), (DATA, 20, F_WRITE), (STATUS, 1, F_WRITE)]);
+        let (status, used) = run(
+            &mut dev,
+            &mem,
+            Some((VIRTIO_BLK_T_GET_ID, 0)),
+            &[(HDR, 16, 0), (DATA, 20, F_WRITE), (STATUS, 1, F_WRITE)],
+        );
         assert_eq!((status, used), (VIRTIO_BLK_S_OK, 21));
         let mut id = [0u8; 12];
         mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
