@@ -13,7 +13,8 @@
 # stdout and stderr come back here live (stdout line by line) and its exit status becomes this
 # script's. Passed through: PATH, HOME, USER, LANG/LC_*, TZ, CI, RUST_*, CARGO_TERM_*,
 # NO_COLOR, TERM (when stdout is a terminal), every EMBER_* variable, and --env ones;
-# EMBER_L1=1 is set inside.
+# EMBER_L1=1 is set inside, and EMBER_L1_KERNEL_DIR: `modprobe -d "$EMBER_L1_KERNEL_DIR" NAME`
+# loads more of the L1 kernel's modules there (or list them in EMBER_L1_MODULES).
 #
 # Options:
 #   --timeout SECS   kill L1 after SECS seconds (default 3600); exit status 124 then
@@ -21,7 +22,9 @@
 #   --env NAME[=VALUE]  pass one more environment variable (repeatable)
 #   --verbose        show the L1 kernel's boot messages and the QEMU command line
 # Environment: EMBER_L1_CPUS (default 2), EMBER_L1_MEM_MIB (default 6144),
-#   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64), EMBER_L1_RW.
+#   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64), EMBER_L1_RW, EMBER_L1_MODULES (more
+#   kernel modules to load in L1, such as tun; about 1 s more), EMBER_L1_MACHINE (microvm,
+#   the default, or q35).
 # Exit status: COMMAND's; 124 on timeout; 125 when L1 could not be set up or died before
 # COMMAND finished.
 set -uo pipefail
@@ -118,6 +121,9 @@ fetch_kernel() {
     rm -rf "$tmp"
 }
 
+# One run at a time fetches the kernel or builds the initramfs.
+exec 9>"$l1_dir/.lock"
+flock 9 || die "cannot lock $l1_dir/.lock"
 kdir=$(find_cached_kernel) || true
 if [ -z "$kdir" ]; then
     fetch_kernel || die "cannot fetch the L1 kernel ($kernel_pkg)"
@@ -139,12 +145,15 @@ mods_kvm="irqbypass kvm kvm-amd"
 mods_net="virtio_net"
 
 declare -A mod_path=() mod_deps=() mod_seen=()
-while IFS=: read -r path deps; do
-    name=${path##*/}
-    name=${name%.ko*}
-    mod_path[$name]=$path
-    mod_deps[$name]=$deps
-done <"$kmoddir/modules.dep"
+read_modules_dep() {
+    local path deps name
+    while IFS=: read -r path deps; do
+        name=${path##*/}
+        name=${name%.ko*}
+        mod_path[$name]=$path
+        mod_deps[$name]=$deps
+    done <"$kmoddir/modules.dep"
+}
 
 # Prints NAME's dependencies, then NAME, each once (modules.dep lists every dependency, the
 # ones needed first last).
@@ -176,6 +185,7 @@ base_initrd=$l1_dir/initramfs-$kver-$hash.cpio
 build_initrd() {
     local st=$l1_dir/initramfs.tmp.$$ group list m
     rm -rf "$st" && mkdir -p "$st"/{bin,lib/modules,ember,proc,sys,dev,newroot,run,tmp} || return 1
+    read_modules_dep
     cp /bin/busybox "$st/bin/busybox" || return 1
     install -m 755 "$here/l1/init" "$st/init" || return 1
     for group in pci mmio fs kvm net; do
@@ -191,12 +201,14 @@ build_initrd() {
         cp "$kmoddir/${mod_path[$m]}" "$st/lib/modules/$m.ko" || return 1
     done
     (cd "$st" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$st.cpio" || return 1
-    rm -f "$l1_dir"/initramfs-*.cpio
     mv "$st.cpio" "$base_initrd"
     rm -rf "$st"
 }
 if [ ! -f "$base_initrd" ]; then
     build_initrd || { rm -rf "$l1_dir/initramfs.tmp.$$"*; die "cannot build the L1 initramfs"; }
+    # Older builds, unless another run may still be about to use one.
+    find "$l1_dir" -maxdepth 1 -name 'initramfs-*.cpio' ! -name "${base_initrd##*/}" -mmin +10 \
+        -delete 2>/dev/null
 fi
 
 # --- This run: command, environment, shares -------------------------------------------------
@@ -248,11 +260,13 @@ fsdev_args=(-fsdev "local,id=fsroot,path=/,security_model=none,readonly=on,multi
 mkdir -p "$tmp/run/ember"
 {
     echo "nonce=$nonce"
-    echo "msize=512000"
+    echo "msize=${EMBER_L1_MSIZE:-512000}"
     echo "out_tty=$out_tty"
+    echo "verbose=${verbose:-0}"
     echo "bus=$bus"
     echo "net=$([ ${#fwd_ports[@]} -gt 0 ] && echo 1 || echo 0)"
-    echo "kmods=$(q "$(realpath "$kdir/lib/modules")")"
+    echo "kdir=$(q "$(realpath "$kdir")")"
+    echo "extra_modules=$(q "${EMBER_L1_MODULES:-}")"
     i=0
     for d in "${rw_real[@]}"; do
         [ "$d" = / ] && die "cannot share / read-write"
@@ -282,6 +296,7 @@ done < <(compgen -e | grep -E '^(EMBER_|RUST_|CARGO_TERM_)')
         esac
     done
     echo "export EMBER_L1=1"
+    echo "export EMBER_L1_KERNEL_DIR=$(q "$(realpath "$kdir")")"
     printf 'exec'
     for a in "$@"; do printf ' %s' "$(q "$a")"; done
     echo
@@ -289,10 +304,22 @@ done < <(compgen -e | grep -E '^(EMBER_|RUST_|CARGO_TERM_)')
 (cd "$tmp/run" && find ember | cpio -o -H newc -R 0:0 --quiet) >"$tmp/run.cpio" ||
     die "cannot pack the run's settings"
 cat "$base_initrd" "$tmp/run.cpio" >"$tmp/initrd" || die "cannot write $tmp/initrd"
+exec 9>&-
 
 # --- QEMU ----------------------------------------------------------------------------------
 append="console=ttyS0 panic=-1 rdinit=/init 8250.nr_uarts=2 transparent_hugepage=madvise"
 append+=" random.trust_cpu=on mitigations=off tsc=reliable"
+# Boot-time savers under TCG (about 0.8 s): no crypto self-tests, no kprobe trace events, no
+# X.509 certificates (unsigned-module checks only taint), no encrypted keys.
+append+=" cryptomgr.notests"
+append+=" initcall_blacklist=init_kprobe_trace,load_system_certificate_list,crypto_kdf108_init,init_encrypted"
+if [ "$machine" = microvm ]; then
+    # microvm has no HPET or ACPI PM timer, and calibrating the TSC against the PIT fails now
+    # and then under TCG (the boot then hangs): TCG's TSC is this machine's, so tell its rate.
+    tsc_khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
+    [ -n "$tsc_khz" ] && [ "$tsc_khz" -gt 0 ] && append+=" tsc_early_khz=$tsc_khz"
+fi
+[ -n "${EMBER_L1_APPEND:-}" ] && append+=" $EMBER_L1_APPEND"
 if [ -n "$verbose" ]; then
     append+=" loglevel=7"
 else

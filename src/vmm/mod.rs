@@ -48,10 +48,10 @@ pub const MIN_MEMORY_MIB: u32 = 128;
 pub const MAX_MEMORY_MIB: u32 = 10240;
 
 /// The kernel command line used when none is given. `reboot=k panic=-1`: a panic resets the
-/// VM through the i8042 at once, which the VMM sees. `pci=off io_delay=none
+/// VM through the i8042 at once, which the VMM sees. `io_delay=none
 /// no_timer_check`: no probing that only costs VM exits. `random.trust_cpu=on`: the guest's
 /// RNG is ready without waiting for entropy.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off io_delay=none \
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 io_delay=none \
      no_timer_check random.trust_cpu=on root=/dev/vda ro rootfstype=ext4";
 
 /// Errors building or running a VM.

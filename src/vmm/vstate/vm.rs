@@ -3,7 +3,7 @@
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::arch::{boot, layout};
@@ -38,20 +38,54 @@ pub struct Vm {
     mem: GuestMemoryMmap,
 }
 
-/// Maps `size` bytes of anonymous guest RAM laid out as [`boot::ram_regions`] says. With
-/// `hugepages` the host is asked to back it with transparent huge pages, which turns the
-/// guest's first touch of each 2 MiB into one nested page fault instead of 512.
-pub fn create_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, Error> {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&boot::ram_regions(size)).map_err(|_| Error::MapMemory(size >> 20))?;
-    if hugepages {
-        for region in mem.iter() {
-            let Ok(host) = mem.get_host_address(region.start_addr()) else { continue };
-            // SAFETY: the range is a mapping vm-memory just created and owns; madvise only
-            // changes how the kernel backs it and cannot invalidate it.
-            unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        }
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps one anonymous RAM region of `len` bytes, 2 MiB aligned so that the host's huge pages
+/// line up with the guest's (KVM maps a 2 MiB page only when guest and host addresses agree
+/// modulo 2 MiB), and asks for transparent huge pages when `hugepages`.
+fn map_ram(len: usize, hugepages: bool) -> Result<MmapRegion, Error> {
+    let err = || Error::MapMemory((len >> 20) as u64);
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let padded = len.checked_add(HUGE_PAGE).ok_or_else(err)?;
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing; nothing else
+    // refers to it yet.
+    let raw = unsafe { libc::mmap(std::ptr::null_mut(), padded, prot, flags, -1, 0) };
+    if raw == libc::MAP_FAILED {
+        return Err(err());
     }
-    Ok(mem)
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    // SAFETY: both ranges lie inside the mapping just made and outside [aligned, aligned + len),
+    // which is the part kept.
+    unsafe {
+        if aligned > start {
+            libc::munmap(raw, aligned - start);
+        }
+        libc::munmap((aligned + len) as *mut libc::c_void, start + padded - aligned - len);
+    }
+    if hugepages {
+        // SAFETY: madvise only changes how the kernel backs this range, which we own.
+        unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
+    // SAFETY: [aligned, aligned + len) is a live, page-aligned anonymous mapping with these
+    // protection and flags, owned by nothing else. The region does not unmap it on drop: guest
+    // RAM lives as long as the VMM process.
+    unsafe { MmapRegion::build_raw(aligned as *mut u8, len, prot, flags) }.map_err(|_| err())
+}
+
+/// Maps `size` bytes of guest RAM laid out as [`boot::ram_regions`] says. With `hugepages` the
+/// host is asked to back it with transparent huge pages, which turns the guest's first touch of
+/// each 2 MiB into one nested page fault instead of 512.
+pub fn create_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, Error> {
+    let regions = boot::ram_regions(size)
+        .into_iter()
+        .map(|(start, len)| {
+            let mapping = map_ram(len, hugepages)?;
+            GuestRegionMmap::new(mapping, start).ok_or(Error::MapMemory(size >> 20))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|_| Error::MapMemory(size >> 20))
 }
 
 impl Vm {
