@@ -54,9 +54,13 @@ fi
 [ -x "$qemu" ] || { echo "bench-peer: $qemu not found" >&2; exit 1; }
 [ -w /dev/kvm ] || { echo "bench-peer: /dev/kvm is not usable" >&2; exit 1; }
 
-append="console=ttyS0 reboot=k panic=-1 pci=off nomodule quiet root=/dev/vda ro rootfstype=ext4"
-append+=" random.trust_cpu=on 8250.nr_uarts=0"
-cmd=("$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on -enable-kvm -cpu host
+# The same command line as ember's default (DEFAULT_CMDLINE in src/vmm/mod.rs), so that both
+# VMMs boot the same kernel the same way.
+append="console=ttyS0 quiet reboot=k panic=-1 io_delay=none no_timer_check random.trust_cpu=on"
+append+=" root=/dev/vda ro rootfstype=ext4"
+# acpi=off: only then does QEMU append the virtio_mmio.device= entries for the disk to the
+# command line (with ACPI it describes the devices in tables that our guest kernel does not read).
+cmd=("$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off -enable-kvm -cpu host
     -m "${mem}M" -smp 1 -nodefaults -no-user-config -nographic -no-reboot
     -kernel "$kernel" ${initrd:+-initrd "$initrd"} -append "$append"
     -drive "id=root,file=$rootfs,format=raw,if=none,readonly=on"

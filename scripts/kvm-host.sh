@@ -9,7 +9,7 @@
 # /sys, /dev (with /dev/kvm), and tmpfs on /tmp and /run. Read-write at the same paths: the
 # repository root, the cache ($EMBER_CACHE, default ~/.cache/ember), the directories listed in
 # $EMBER_L1_RW (space-separated, created if missing) and the current directory when it lies
-# under /tmp or /run. COMMAND runs in the current directory with stdin from /dev/null; its
+# below /tmp or /run. COMMAND runs in the current directory with stdin from /dev/null; its
 # stdout and stderr come back here live (stdout line by line) and its exit status becomes this
 # script's. Passed through: PATH, HOME, USER, LANG/LC_*, TZ, CI, RUST_*, CARGO_TERM_*,
 # NO_COLOR, TERM (when stdout is a terminal), every EMBER_* variable, and --env ones;
@@ -24,7 +24,10 @@
 # Environment: EMBER_L1_CPUS (default 2), EMBER_L1_MEM_MIB (default 6144),
 #   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64), EMBER_L1_RW, EMBER_L1_MODULES (more
 #   kernel modules to load in L1, such as tun; about 1 s more), EMBER_L1_MACHINE (microvm,
-#   the default, or q35).
+#   the default, or q35), EMBER_L1_RW_CACHE (9p cache mode of the read-write shares: loose, the
+#   default, or mmap, which is slower to read but keeps nothing).
+# Limits: unix sockets cannot live on the 9p shares (QEMU refuses special files there): put
+# them under /tmp or /run, which are L1's own tmpfs.
 # Exit status: COMMAND's; 124 on timeout; 125 when L1 could not be set up or died before
 # COMMAND finished.
 set -uo pipefail
@@ -77,7 +80,7 @@ ember_apt_install qemu-system-x86 busybox-static cpio kmod xz-utils ||
 # (The cloud flavour has no 9p: CONFIG_NET_9P is not set there.)
 kernel_pkg=${EMBER_L1_KERNEL_PACKAGE:-linux-image-amd64}
 
-# Newest unpacked kernel in the cache, if any.
+# The unpacked kernel in the cache (the last by name if several), if any.
 find_cached_kernel() {
     local d best=
     for d in "$l1_dir"/linux-*/; do
@@ -104,7 +107,7 @@ fetch_kernel() {
     dpkg-deb -x "$deb" "$tmp/root" || { rm -rf "$tmp"; return 1; }
     [ -f "$tmp/root/boot/vmlinuz-$kver" ] && [ -d "$tmp/root/lib/modules/$kver" ] ||
         { echo "kvm-host: $real has no vmlinuz-$kver or modules" >&2; rm -rf "$tmp"; return 1; }
-    depmod -b "$tmp/root" "$kver" || { rm -rf "$tmp"; return 1; }
+    PATH=$PATH:/usr/sbin:/sbin depmod -b "$tmp/root" "$kver" || { rm -rf "$tmp"; return 1; }
     # An uncompressed vmlinux boots faster under TCG (PVH entry, no in-guest xz decompression).
     off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$tmp/root/boot/vmlinuz-$kver" | head -1 | cut -d: -f1)
     if [ -n "$off" ] && grep -q '^CONFIG_PVH=y' "$tmp/root/boot/config-$kver"; then
@@ -174,14 +177,27 @@ mod_closure() {
     echo "$name"
 }
 
+# Copies a module without its appended signature: checking it costs about 25 ms per MB under
+# TCG, and without the kernel's certificates (see initcall_blacklist) it only taints anyway.
+copy_module() {
+    local src=$1 dst=$2 size siglen
+    if [ "$(tail -c 28 "$src")" = "~Module signature appended~" ]; then
+        size=$(stat -c %s "$src")
+        # struct module_signature (12 bytes, big-endian signature length last) before the marker
+        siglen=$(tail -c 40 "$src" | head -c 12 | od -An -tu1 |
+            awk '{ print ((($9 * 256) + $10) * 256 + $11) * 256 + $12 }')
+        head -c $((size - 40 - siglen)) "$src" >"$dst"
+    else
+        cp "$src" "$dst"
+    fi
+}
+
 initrd_inputs() {
     echo "kernel $kver"
     sha256sum "$here/l1/init" /bin/busybox
+    declare -f build_initrd copy_module mod_closure
     echo "$mods_pci / $mods_mmio / $mods_fs / $mods_kvm / $mods_net"
 }
-hash=$(initrd_inputs | sha256sum | cut -c1-16)
-base_initrd=$l1_dir/initramfs-$kver-$hash.cpio
-
 build_initrd() {
     local st=$l1_dir/initramfs.tmp.$$ group list m
     rm -rf "$st" && mkdir -p "$st"/{bin,lib/modules,ember,proc,sys,dev,newroot,run,tmp} || return 1
@@ -198,12 +214,14 @@ build_initrd() {
     done
     # Later groups may repeat modules of earlier ones: init skips loaded ones.
     for m in $(cat "$st"/ember/mods-*); do
-        cp "$kmoddir/${mod_path[$m]}" "$st/lib/modules/$m.ko" || return 1
+        copy_module "$kmoddir/${mod_path[$m]}" "$st/lib/modules/$m.ko" || return 1
     done
     (cd "$st" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$st.cpio" || return 1
     mv "$st.cpio" "$base_initrd"
     rm -rf "$st"
 }
+hash=$(initrd_inputs | sha256sum | cut -c1-16)
+base_initrd=$l1_dir/initramfs-$kver-$hash.cpio
 if [ ! -f "$base_initrd" ]; then
     build_initrd || { rm -rf "$l1_dir/initramfs.tmp.$$"*; die "cannot build the L1 initramfs"; }
     # Older builds, unless another run may still be about to use one.
@@ -237,7 +255,7 @@ done
 cwd=$PWD
 cwd_real=$(pwd -P)
 case $cwd_real/ in
-/tmp/* | /run/* | /dev/shm/*)
+/tmp/?* | /run/?* | /dev/shm/?*)
     covered=
     for d in "${rw_dirs[@]}"; do
         d=$(realpath "$d")
@@ -248,7 +266,7 @@ case $cwd_real/ in
 esac
 mapfile -t rw_real < <(for d in "${rw_dirs[@]}"; do realpath "$d"; done | LC_ALL=C sort -u)
 
-# microvm (virtio-mmio, no firmware to speak of) boots about 0.7 s faster than q35 here.
+# microvm (virtio-mmio, almost no firmware) boots about 0.3 s faster than q35 here.
 machine=${EMBER_L1_MACHINE:-microvm}
 case $machine in
 microvm) bus=mmio vdev=device machine_args=(-M microvm,pit=on,pic=on,rtc=on) ;;
@@ -261,6 +279,7 @@ mkdir -p "$tmp/run/ember"
 {
     echo "nonce=$nonce"
     echo "msize=${EMBER_L1_MSIZE:-512000}"
+    echo "rw_cache=${EMBER_L1_RW_CACHE:-loose}"
     echo "out_tty=$out_tty"
     echo "verbose=${verbose:-0}"
     echo "bus=$bus"
@@ -373,13 +392,17 @@ qpid=
 # read-write open never blocks and lets them see end-of-file.
 exec 7<>"$tmp/ttyS0" 8<>"$tmp/ttyS1"
 exec 7>&- 8>&-
-wait "$out_pid" "$err_pid"
+wait "$out_pid"
+out_rc=$?
+wait "$err_pid"
 
 if [ -s "$tmp/rc" ]; then
     rc=$(head -1 "$tmp/rc")
     [[ $rc =~ ^[0-9]+$ ]] || die "bad exit marker from L1: $rc"
     exit "$rc"
 fi
+# Our stdout was closed (`... | head`): end as a writer killed by SIGPIPE would.
+[ "$out_rc" = 141 ] && exit 141
 if [ "$qrc" = 124 ]; then
     echo "kvm-host: error: timed out after ${timeout_s}s; L1 killed" >&2
     exit 124

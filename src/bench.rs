@@ -25,6 +25,19 @@ pub enum Error {
     NoRuns,
 }
 
+/// The median of `values` (the rounded mean of the middle two for an even count), which must
+/// not be empty.
+pub fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]).div_ceil(2)
+    }
+}
+
 /// The nearest-rank percentile `p` (0-100) of `values`, which must not be empty.
 pub fn percentile(values: &[u64], p: u32) -> u64 {
     let mut sorted = values.to_vec();
@@ -76,10 +89,10 @@ pub fn boot(runs: usize, memory_mib: u32) -> Result<String, Error> {
         .ok_or_else(|| Error::Run { run: runs, detail: format!("no vmm_overhead_kib in {idle:?}") })?;
     Ok(format!(
         "boot ready_ms p50={} p90={} n={} exits={}\nboot vmm_overhead_kib={}\n",
-        percentile(&ready, 50),
+        median(&ready),
         percentile(&ready, 90),
         runs,
-        percentile(&exits, 50),
+        median(&exits),
         overhead
     ))
 }
@@ -94,6 +107,8 @@ mod tests {
         assert_eq!(percentile(&v, 50), 5);
         assert_eq!(percentile(&v, 90), 9);
         assert_eq!(percentile(&[42], 90), 42);
+        assert_eq!(median(&v), 6, "mean of 5 and 6, rounded up");
+        assert_eq!(median(&[3, 1, 2]), 2);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! Threads and messages:
 //! - one thread per vCPU runs `KVM_RUN` and handles port-I/O and MMIO exits
 //!   ([`vstate::vcpu::Vcpu::run`]);
-//! - one event-loop thread waits on the virtio queues' ioeventfds and processes them;
+//! - one event-loop thread ([`event_loop`]) waits on the virtio queues' ioeventfds and the
+//!   devices' host-side fds and processes them;
 //! - the caller's thread (the VMM main thread) builds the VM with [`Vmm::start`] and then only
 //!   receives [`VmEvent`]s from the others in [`Vmm::wait`]: status words from ember-init, a
 //!   reset, a crash or an error. It never touches vCPU or device state itself.
@@ -16,12 +17,13 @@
 
 pub mod arch;
 pub mod devices;
+mod event_loop;
 pub mod vstate;
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,7 +31,6 @@ use std::time::{Duration, Instant};
 use ember_proto::Status;
 use kvm_ioctls::Kvm;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::{boot, layout, mptable};
@@ -206,13 +207,6 @@ pub struct Vmm {
     pub ready: Option<(Instant, ReadyInfo)>,
 }
 
-struct QueueHandler {
-    notify: EventFd,
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    queue: usize,
-    interrupt: Arc<Interrupt>,
-}
-
 impl Vmm {
     /// Builds the VM described by `config` and starts its vCPUs.
     pub fn start(config: &VmConfig) -> Result<Vmm, Error> {
@@ -267,7 +261,7 @@ impl Vmm {
             let tx = events_tx.clone();
             thread::Builder::new()
                 .name("ember-events".into())
-                .spawn(move || event_loop(handlers, tx))
+                .spawn(move || event_loop::run(handlers, tx))
                 .map_err(os("spawn event loop"))?;
         }
         for vcpu in vcpus {
@@ -352,11 +346,11 @@ impl Vmm {
 }
 
 /// Wires a virtio device onto the VM in one place: its MMIO window, the ioeventfd of each
-/// queue's notify register, and its irqfd.
+/// queue's notify register, its irqfd, and its host-side fd in the event loop.
 fn attach_virtio(
     vm: &Vm,
     mmio: &mut MmioBus,
-    handlers: &mut Vec<QueueHandler>,
+    handlers: &mut Vec<event_loop::Handler>,
     device: Arc<Mutex<dyn VirtioDevice>>,
     base: u64,
     irq: u32,
@@ -368,52 +362,17 @@ fn attach_virtio(
     for queue in 0..queues {
         let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
         vm.register_ioevent(&notify, base + REG_QUEUE_NOTIFY, queue as u32)?;
-        handlers.push(QueueHandler { notify, device: device.clone(), queue, interrupt: interrupt.clone() });
+        let source = event_loop::Source::Queue { notify, index: queue };
+        handlers.push(event_loop::Handler { source, device: device.clone(), interrupt: interrupt.clone() });
+    }
+    let backend = device.lock().ok().and_then(|d| d.backend_fd());
+    if let Some(fd) = backend {
+        let source = event_loop::Source::Backend(fd);
+        handlers.push(event_loop::Handler { source, device: device.clone(), interrupt: interrupt.clone() });
     }
     let transport = MmioTransport::new(device, interrupt, vm.memory().clone());
     mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)));
     Ok(())
-}
-
-/// The device event loop: processes a queue each time the guest notifies it.
-fn event_loop(handlers: Vec<QueueHandler>, events: Sender<VmEvent>) {
-    let fail = |what: String| {
-        let _ = events.send(VmEvent::Error(what));
-    };
-    let epoll = match Epoll::new() {
-        Ok(e) => e,
-        Err(e) => return fail(format!("epoll: {e}")),
-    };
-    for (i, h) in handlers.iter().enumerate() {
-        let event = EpollEvent::new(EventSet::IN, i as u64);
-        if let Err(e) = epoll.ctl(ControlOperation::Add, std::os::unix::io::AsRawFd::as_raw_fd(&h.notify), event) {
-            return fail(format!("epoll_ctl: {e}"));
-        }
-    }
-    let mut ready = vec![EpollEvent::default(); handlers.len().max(1)];
-    let mut reported = vec![false; handlers.len()];
-    loop {
-        let n = match epoll.wait(-1, &mut ready) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return fail(format!("epoll_wait: {e}")),
-        };
-        for ev in &ready[..n] {
-            let i = ev.data() as usize;
-            let Some(h) = handlers.get(i) else { continue };
-            let _ = h.notify.read();
-            let result = match h.device.lock() {
-                Ok(mut dev) => dev.process_queue(h.queue, &h.interrupt),
-                Err(_) => continue,
-            };
-            // A guest that corrupts its own rings breaks only its own device; say so once.
-            if let Err(e) = result {
-                if !std::mem::replace(&mut reported[i], true) {
-                    eprintln!("ember: virtio queue {}: {e}", h.queue);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

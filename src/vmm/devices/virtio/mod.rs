@@ -13,6 +13,7 @@
 pub mod block;
 pub mod mmio;
 
+use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::Queue;
@@ -97,6 +98,15 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, interrupt: &Interrupt) -> Result<(), Error>;
     /// Stops the device and forgets its queues (the driver reset it).
     fn reset(&mut self);
+    /// An fd for the event loop to watch on the device's host side (vsock's sockets, say);
+    /// when it is readable the loop calls [`VirtioDevice::process_backend`].
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Handles whatever made [`VirtioDevice::backend_fd`] readable.
+    fn process_backend(&mut self, _interrupt: &Interrupt) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data`, zeros past its end.
