@@ -25,11 +25,11 @@ trap 'rm -f "$runner" "$out"' EXIT
 {
     echo 'set -e'
     printf '%q bench %q' "$exe" "$name"
-    printf ' %q' "$@"
+    [ $# -eq 0 ] || printf ' %q' "$@"
     echo
     if [ "$name" = boot ]; then
-        printf '%q' "$ember_repo/scripts/bench-peer.sh"
-        printf ' %q' "$@"
+        printf 'EMBER_BENCH_PEER_INNER=1 %q' "$ember_repo/scripts/bench-peer.sh"
+        [ $# -eq 0 ] || printf ' %q' "$@"
         echo
     fi
 } >"$runner"

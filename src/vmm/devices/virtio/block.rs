@@ -12,10 +12,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{Activation, Error, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{drain_queue, Activation, Error, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 /// Virtio device id of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;
@@ -243,7 +242,14 @@ impl VirtioDevice for Block {
 
     fn process_queue(&mut self, index: usize, interrupt: &Interrupt) -> Result<(), Error> {
         let Some(mut active) = self.active.take() else { return Ok(()) };
-        let result = self.drain(&mut active, index, interrupt);
+        let mem = &active.mem;
+        let result = match active.queues.get_mut(index) {
+            Some(queue) => drain_queue(queue, mem, interrupt, |chain| {
+                let descs: Vec<Descriptor> = chain.collect();
+                self.handle(mem, &descs)
+            }),
+            None => Ok(()),
+        };
         self.active = Some(active);
         result
     }
@@ -253,37 +259,10 @@ impl VirtioDevice for Block {
     }
 }
 
-impl Block {
-    fn drain(&self, active: &mut Activation, index: usize, interrupt: &Interrupt) -> Result<(), Error> {
-        let mem = &active.mem;
-        let Some(queue) = active.queues.get_mut(index) else { return Ok(()) };
-        if !queue.ready() {
-            return Ok(());
-        }
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem)?;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let descs: Vec<Descriptor> = chain.collect();
-                let len = self.handle(mem, &descs);
-                queue.add_used(mem, head, len)?;
-                used = true;
-            }
-            if !queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        if used && queue.needs_notification(mem)? {
-            interrupt.trigger(INT_USED_RING)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::devices::virtio::INT_USED_RING;
     use std::io::Write;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -410,6 +389,20 @@ mod tests {
         assert_eq!(run(&mut dev, &mem, Some((99, 0)), &[(HDR, 16, 0), (STATUS, 1, F_WRITE)]), (VIRTIO_BLK_S_UNSUPP, 1));
         // No writable status: nothing can be reported, the chain is still returned.
         assert_eq!(run(&mut dev, &mem, Some((VIRTIO_BLK_T_IN, 0)), &[(HDR, 16, 0), (STATUS, 1, 0)]).1, 0);
+    }
+
+    #[test]
+    fn corrupt_avail_index_does_not_hang() {
+        let f = disk(1);
+        let mut dev = Block::open(f.as_path(), true, "rootfs").unwrap();
+        let mem = memory();
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let queue: Queue = mock.create_queue().unwrap();
+        // The driver claims 1000 chains on a 16-entry ring.
+        mem.write_obj(1000u16, mock.avail_addr().checked_add(2).unwrap()).unwrap();
+        dev.activate(Activation { mem: mem.clone(), queues: vec![queue], features: VIRTIO_RING_F_EVENT_IDX });
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let _ = dev.process_queue(0, &irq);
     }
 
     #[test]

@@ -12,11 +12,12 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -107,6 +108,39 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self, _interrupt: &Interrupt) -> Result<(), Error> {
         Ok(())
     }
+}
+
+/// Processes every chain the driver has made available on `queue` with `handle`, which
+/// returns how many bytes it wrote into the chain, then raises the interrupt if the driver
+/// wants to know. With EVENT_IDX the ring is checked again after notifications are re-enabled,
+/// so that no chain added meanwhile waits; an avail index the guest corrupted (which looks
+/// non-empty but pops nothing, ever) ends the loop instead of spinning on it.
+pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt, mut handle: F) -> Result<(), Error>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
+    if !queue.ready() {
+        return Ok(());
+    }
+    let mut used = false;
+    loop {
+        queue.disable_notification(mem)?;
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = handle(chain);
+            queue.add_used(mem, head, len)?;
+            used = true;
+            popped = true;
+        }
+        if !queue.enable_notification(mem)? || !popped {
+            break;
+        }
+    }
+    if used && queue.needs_notification(mem)? {
+        interrupt.trigger(INT_USED_RING)?;
+    }
+    Ok(())
 }
 
 /// Copies the bytes of `config` at `offset` into `data`, zeros past its end.
