@@ -62,9 +62,10 @@ struct BootArgs {
     /// Seconds ember-init has to report ready before the boot counts as failed.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
-    /// Back guest memory with transparent huge pages.
+    /// Back guest memory with 4 KiB pages only, not transparent huge pages (which cut the
+    /// guest's nested page faults, and so its VM exits, about threefold).
     #[arg(long)]
-    hugepages: bool,
+    no_hugepages: bool,
     /// With --until-ready: stay idle this long after ready, then print the VMM's own resident
     /// memory as `vmm_overhead_kib=<KiB>`.
     #[arg(long, hide = true)]
@@ -110,7 +111,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         rootfs: Some(args.rootfs.unwrap_or_else(|| guest_dir().join("rootfs.ext4"))),
         cmdline: args.cmdline,
         console,
-        hugepages: args.hugepages,
+        hugepages: !args.no_hugepages,
     };
     let mut vmm = match Vmm::start(&config) {
         Ok(vmm) => vmm,
