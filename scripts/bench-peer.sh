@@ -76,7 +76,7 @@ trap 'rm -f "$log"' EXIT
 for ((i = 1; i <= runs; i++)); do
     start=$(now_us)
     set +e
-    timeout -k 5 300 "${cmd[@]}" </dev/null >"$log" 2>&1
+    timeout -k 5 60 "${cmd[@]}" </dev/null >"$log" 2>&1
     rc=$?
     set -e
     end=$(now_us)
