@@ -66,6 +66,11 @@ struct BootArgs {
     /// guest's nested page faults, and so its VM exits, about threefold).
     #[arg(long)]
     no_hugepages: bool,
+    /// Give the guest a vsock device whose host side is this Unix socket: connect and write
+    /// `CONNECT <port>\n` to reach a guest listener; guest connections to port P reach a
+    /// listener at `<PATH>_P`.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
     /// With --until-ready: stay idle this long after ready, then print the VMM's own resident
     /// memory as `vmm_overhead_kib=<KiB>`.
     #[arg(long, hide = true)]
@@ -112,6 +117,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         cmdline: args.cmdline,
         console,
         hugepages: !args.no_hugepages,
+        vsock_uds: args.vsock_uds,
     };
     let mut vmm = match Vmm::start(&config) {
         Ok(vmm) => vmm,

@@ -37,6 +37,7 @@ mod port;
 mod power;
 mod probe;
 mod supervise;
+mod vsock;
 
 /// The exit status reported when ember-init itself fails (mounting, reporting, a bug).
 const FAILURE: u32 = 1;
@@ -75,11 +76,22 @@ fn main() {
 
     let status = match boot() {
         Ok(signals) => {
-            let argv = std::fs::read_to_string("/proc/cmdline").map(|c| command_from_cmdline(&c)).unwrap_or_else(|e| {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
                 log!("cannot read /proc/cmdline: {e}");
-                Vec::new()
+                String::new()
             });
-            supervise::run(&signals, &argv)
+            let argv = command_from_cmdline(&cmdline);
+            let vsock = cmdline.split_whitespace().any(|w| w == format!("{}=1", ember_proto::cmdline::VSOCK));
+            if vsock {
+                if let Err(e) = vsock::start_echo() {
+                    log_error!("vsock echo service: {e}");
+                }
+            }
+            if argv.is_empty() && vsock {
+                supervise::idle(&signals)
+            } else {
+                supervise::run(&signals, &argv)
+            }
         }
         Err(e) => {
             log_error!("{e}");

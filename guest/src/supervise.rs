@@ -126,6 +126,26 @@ pub fn run(signals: &Signals, argv: &[OsString]) -> u32 {
     }
 }
 
+/// With nothing to run but services to keep up, waits until asked to power off, reaping
+/// orphans meanwhile; returns the status to power off with.
+pub fn idle(signals: &Signals) -> u32 {
+    loop {
+        match signals.wait() {
+            Ok(libc::SIGCHLD) => {
+                reap(0);
+            }
+            Ok(sig) => {
+                log!("{}: powering off", signal_name(sig));
+                return 0;
+            }
+            Err(e) => {
+                log_error!("waiting for signals: {e}");
+                return crate::FAILURE;
+            }
+        }
+    }
+}
+
 /// The command as ember-init runs it: stdio inherited (the console), only PATH in the
 /// environment, the working directory `/`, no signal blocked.
 fn command(program: &OsString, args: &[OsString]) -> Command {

@@ -58,6 +58,16 @@ impl Status {
     }
 }
 
+/// Kernel command-line parameters the VMM passes to ember-init.
+pub mod cmdline {
+    /// `ember.vsock=1`: the VM has a vsock device; ember-init serves [`super::ECHO_PORT`] and
+    /// stays up with nothing to run until it is asked to power off.
+    pub const VSOCK: &str = "ember.vsock";
+}
+
+/// The vsock port of ember-init's echo service: every byte a host connection sends comes back.
+pub const ECHO_PORT: u32 = 52;
+
 #[cfg(test)]
 mod tests {
     use super::*;

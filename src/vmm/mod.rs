@@ -37,12 +37,15 @@ use arch::{boot, layout, mptable};
 use devices::legacy::{ConsoleSink, PioDevices};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{Interrupt, VirtioDevice};
 use devices::MmioBus;
 use vstate::stats::Counter;
 use vstate::vcpu::{ExitContext, Vcpu};
 use vstate::vm::{create_memory, Vm};
 
+/// The guest's vsock context id (0-2 are reserved; each VM has its own device, so all can use 3).
+pub const GUEST_CID: u64 = 3;
 /// Smallest guest memory, in MiB (Lambda's minimum).
 pub const MIN_MEMORY_MIB: u32 = 128;
 /// Largest guest memory, in MiB (Lambda's maximum).
@@ -79,6 +82,9 @@ pub enum Error {
     /// A drive could not be opened.
     #[error(transparent)]
     Drive(#[from] devices::virtio::block::OpenError),
+    /// The vsock device could not be set up.
+    #[error("vsock: {0}")]
+    Vsock(#[from] devices::virtio::vsock::Error),
     /// The console file could not be created.
     #[error("cannot open console file {path}: {source}")]
     Console {
@@ -129,6 +135,9 @@ pub struct VmConfig {
     pub console: Console,
     /// Back guest memory with transparent huge pages.
     pub hugepages: bool,
+    /// The host side of the guest's vsock device: a Unix socket path (see
+    /// [`devices::virtio::vsock`]). None: no vsock device.
+    pub vsock_uds: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -221,11 +230,18 @@ impl Vmm {
         let mut cmdline = boot::make_cmdline(&config.cmdline)?;
         let mut mmio = MmioBus::default();
         let mut handlers = Vec::new();
+        let mut virtio: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
         if let Some(rootfs) = &config.rootfs {
-            let block = Block::open(rootfs, true, "ember-rootfs")?;
-            let base = layout::VIRTIO_MMIO_START;
-            let irq = layout::VIRTIO_IRQ_BASE;
-            attach_virtio(&vm, &mut mmio, &mut handlers, Arc::new(Mutex::new(block)), base, irq)?;
+            virtio.push(Arc::new(Mutex::new(Block::open(rootfs, true, "ember-rootfs")?)));
+        }
+        if let Some(uds) = &config.vsock_uds {
+            virtio.push(Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds)?)));
+            cmdline.insert(ember_proto::cmdline::VSOCK, "1").map_err(|e| boot::Error::Cmdline(e.to_string()))?;
+        }
+        for (i, device) in virtio.into_iter().enumerate() {
+            let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
+            let irq = layout::VIRTIO_IRQ_BASE + i as u32;
+            attach_virtio(&vm, &mut mmio, &mut handlers, device, base, irq)?;
             cmdline
                 .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
                 .map_err(|e| boot::Error::Cmdline(e.to_string()))?;
@@ -388,6 +404,7 @@ mod tests {
             cmdline: DEFAULT_CMDLINE.into(),
             console: Console::Off,
             hugepages: false,
+            vsock_uds: None,
         }
     }
 

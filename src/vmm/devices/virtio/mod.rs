@@ -115,7 +115,12 @@ pub trait VirtioDevice: Send {
 /// wants to know. With EVENT_IDX the ring is checked again after notifications are re-enabled,
 /// so that no chain added meanwhile waits; an avail index the guest corrupted (which looks
 /// non-empty but pops nothing, ever) ends the loop instead of spinning on it.
-pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt, mut handle: F) -> Result<(), Error>
+pub fn drain_queue<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    mut handle: F,
+) -> Result<(), Error>
 where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {

@@ -56,7 +56,9 @@ use muxer::Muxer;
 pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS};
 use packet::{parse_header, Header, HDR_LEN, MAX_PAYLOAD};
 
-use super::{drain_queue, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    drain_queue, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// Virtio device id of a vsock device.
 pub const DEVICE_TYPE_VSOCK: u32 = 19;
