@@ -66,6 +66,12 @@ struct BootArgs {
     /// guest's nested page faults, and so its VM exits, about threefold).
     #[arg(long)]
     no_hugepages: bool,
+    /// A read-only code image (ext4), mounted at /var/task in the guest.
+    #[arg(long)]
+    code_image: Option<PathBuf>,
+    /// Give the guest a fresh /tmp drive of this many MiB (512 to 10240), removed with the VM.
+    #[arg(long)]
+    tmp_mib: Option<u32>,
     /// Give the guest a vsock device whose host side is this Unix socket: connect and write
     /// `CONNECT <port>\n` to reach a guest listener; guest connections to port P reach a
     /// listener at `<PATH>_P`.
@@ -117,6 +123,9 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         cmdline: args.cmdline,
         console,
         hugepages: !args.no_hugepages,
+        code: args.code_image,
+        tmp_mib: args.tmp_mib,
+        tmp_dir: std::env::temp_dir(),
         vsock_uds: args.vsock_uds,
     };
     let mut vmm = match Vmm::start(&config) {

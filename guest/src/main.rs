@@ -75,11 +75,7 @@ fn main() {
     }));
 
     let status = match boot() {
-        Ok(signals) => {
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
-                log!("cannot read /proc/cmdline: {e}");
-                String::new()
-            });
+        Ok((signals, cmdline)) => {
             let argv = command_from_cmdline(&cmdline);
             let vsock = cmdline.split_whitespace().any(|w| w == format!("{}=1", ember_proto::cmdline::VSOCK));
             if vsock {
@@ -112,8 +108,9 @@ fn command_from_cmdline(cmdline: &str) -> Vec<OsString> {
     words.map(OsString::from).collect()
 }
 
-/// Steps 1 to 3: takes over the signals, mounts the filesystems and reports to the VMM.
-fn boot() -> Result<supervise::Signals, Error> {
+/// Steps 1 to 3: takes over the signals, mounts the filesystems and the drives and reports to
+/// the VMM. Returns the signals and the kernel command line.
+fn boot() -> Result<(supervise::Signals, String), Error> {
     // First, so that a shutdown signal sent during boot waits for us instead of being dropped
     // (the kernel discards signals PID 1 neither handles nor blocks).
     let signals = supervise::Signals::block().map_err(|e| Error::new("block signals", e))?;
@@ -121,6 +118,8 @@ fn boot() -> Result<supervise::Signals, Error> {
     port::open().map_err(|e| Error::new("ioperm status port", e))?;
     power::route_ctrl_alt_del();
     mounts::mount_all()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| Error::new("read /proc/cmdline", e))?;
+    mounts::mount_drives(&cmdline)?;
 
     let memory_mib = probe::memory_mib().unwrap_or_else(|e| {
         log!("cannot measure memory: {e}");
@@ -134,7 +133,7 @@ fn boot() -> Result<supervise::Signals, Error> {
     port::write(Status::Vcpus(vcpus));
     port::write(Status::Ready);
     log!("ready memory_mib={memory_mib} vcpus={vcpus}");
-    Ok(signals)
+    Ok((signals, cmdline))
 }
 
 #[cfg(test)]

@@ -46,3 +46,32 @@ pub fn mount_all() -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Mounts the drives the VMM attached, as the kernel command line names them
+/// (`ember.code=/dev/vdX`, `ember.tmp=/dev/vdX`): the function's code read-only at /var/task,
+/// and the instance's scratch disk read-write at /tmp, over the boot-time tmpfs.
+pub fn mount_drives(cmdline: &str) -> Result<(), Error> {
+    let param = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='));
+    if let Some(dev) = param(ember_proto::cmdline::CODE_DRIVE) {
+        mount_ext4(dev, c"/var/task", libc::MS_RDONLY | NOSUID_NODEV)?;
+    }
+    if let Some(dev) = param(ember_proto::cmdline::TMP_DRIVE) {
+        mount_ext4(dev, c"/tmp", NOSUID_NODEV)?;
+        // SAFETY: a static NUL-terminated path.
+        if unsafe { libc::chmod(c"/tmp".as_ptr(), 0o1777) } != 0 {
+            return Err(Error::new("chmod /tmp", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn mount_ext4(dev: &str, target: &CStr, flags: libc::c_ulong) -> Result<(), Error> {
+    let what = || format!("mount {dev} on {}", target.to_string_lossy());
+    let source = std::ffi::CString::new(dev).map_err(|e| Error::new(what(), io::Error::other(e)))?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), c"ext4".as_ptr(), flags, std::ptr::null()) };
+    if rc != 0 {
+        return Err(Error::new(what(), io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -63,6 +63,10 @@ pub mod cmdline {
     /// `ember.vsock=1`: the VM has a vsock device; ember-init serves [`super::ECHO_PORT`] and
     /// stays up with nothing to run until it is asked to power off.
     pub const VSOCK: &str = "ember.vsock";
+    /// `ember.code=/dev/vdX`: the function's code drive, mounted read-only at /var/task.
+    pub const CODE_DRIVE: &str = "ember.code";
+    /// `ember.tmp=/dev/vdX`: the instance's scratch drive, mounted read-write at /tmp.
+    pub const TMP_DRIVE: &str = "ember.tmp";
 }
 
 /// The vsock port of ember-init's echo service: every byte a host connection sends comes back.

@@ -35,7 +35,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use arch::{boot, layout, mptable};
 use devices::legacy::{ConsoleSink, PioDevices};
-use devices::virtio::block::Block;
+use devices::virtio::block::{Block, MAX_SCRATCH_MIB, MIN_SCRATCH_MIB};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{Interrupt, VirtioDevice};
@@ -135,6 +135,12 @@ pub struct VmConfig {
     pub console: Console,
     /// Back guest memory with transparent huge pages.
     pub hugepages: bool,
+    /// The function's code image, attached read-only and mounted at /var/task.
+    pub code: Option<PathBuf>,
+    /// Size of a fresh scratch drive mounted at /tmp, in MiB (512 to 10240); None: tmpfs.
+    pub tmp_mib: Option<u32>,
+    /// Where the scratch drive's (unlinked) backing file is created.
+    pub tmp_dir: PathBuf,
     /// The host side of the guest's vsock device: a Unix socket path (see
     /// [`devices::virtio::vsock`]). None: no vsock device.
     pub vsock_uds: Option<PathBuf>,
@@ -155,6 +161,13 @@ impl VmConfig {
                 mptable::MAX_CPUS,
                 self.vcpus
             )));
+        }
+        if let Some(mib) = self.tmp_mib {
+            if !(MIN_SCRATCH_MIB..=MAX_SCRATCH_MIB).contains(&mib) {
+                return Err(Error::InvalidConfig(format!(
+                    "/tmp must be between {MIN_SCRATCH_MIB} and {MAX_SCRATCH_MIB} MiB, not {mib}"
+                )));
+            }
         }
         Ok(())
     }
@@ -231,12 +244,33 @@ impl Vmm {
         let mut mmio = MmioBus::default();
         let mut handlers = Vec::new();
         let mut virtio: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
+        // Block devices become /dev/vda, vdb, ... in the order they are announced.
+        let mut drive_name = {
+            let mut next = b'a';
+            move || {
+                let name = format!("/dev/vd{}", next as char);
+                next += 1;
+                name
+            }
+        };
+        let param = |cmdline: &mut linux_loader::cmdline::Cmdline, key: &str, value: &str| {
+            cmdline.insert(key, value).map_err(|e| boot::Error::Cmdline(e.to_string()))
+        };
         if let Some(rootfs) = &config.rootfs {
             virtio.push(Arc::new(Mutex::new(Block::open(rootfs, true, "ember-rootfs")?)));
+            drive_name();
+        }
+        if let Some(code) = &config.code {
+            virtio.push(Arc::new(Mutex::new(Block::open(code, true, "ember-code")?)));
+            param(&mut cmdline, ember_proto::cmdline::CODE_DRIVE, &drive_name())?;
+        }
+        if let Some(mib) = config.tmp_mib {
+            virtio.push(Arc::new(Mutex::new(Block::scratch(&config.tmp_dir, mib, "ember-tmp")?)));
+            param(&mut cmdline, ember_proto::cmdline::TMP_DRIVE, &drive_name())?;
         }
         if let Some(uds) = &config.vsock_uds {
             virtio.push(Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds)?)));
-            cmdline.insert(ember_proto::cmdline::VSOCK, "1").map_err(|e| boot::Error::Cmdline(e.to_string()))?;
+            param(&mut cmdline, ember_proto::cmdline::VSOCK, "1")?;
         }
         for (i, device) in virtio.into_iter().enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
@@ -404,6 +438,9 @@ mod tests {
             cmdline: DEFAULT_CMDLINE.into(),
             console: Console::Off,
             hugepages: false,
+            code: None,
+            tmp_mib: None,
+            tmp_dir: std::env::temp_dir(),
             vsock_uds: None,
         }
     }
@@ -415,6 +452,10 @@ mod tests {
         for (m, v) in [(127, 1), (10241, 1), (128, 0), (128, 33)] {
             let err = config(m, v).validate().unwrap_err().to_string();
             assert!(err.contains("must be between"), "{err}");
+        }
+        for tmp in [511, 10241] {
+            let err = VmConfig { tmp_mib: Some(tmp), ..config(128, 1) }.validate().unwrap_err().to_string();
+            assert!(err.contains("/tmp must be between 512 and 10240 MiB"), "{err}");
         }
     }
 }

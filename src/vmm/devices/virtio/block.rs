@@ -47,6 +47,11 @@ pub enum OpenError {
     },
 }
 
+/// Smallest scratch (/tmp) drive, in MiB (Lambda's minimum ephemeral storage).
+pub const MIN_SCRATCH_MIB: u32 = 512;
+/// Largest scratch drive, in MiB.
+pub const MAX_SCRATCH_MIB: u32 = 10240;
+
 /// Why a request failed; the guest sees only the status byte.
 #[derive(Debug, PartialEq, Eq)]
 enum RequestError {
@@ -85,6 +90,31 @@ impl Block {
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Block { file, read_only, capacity_sectors: len >> SECTOR_SHIFT, id: id_bytes, active: None })
+    }
+
+    /// A fresh read-write scratch drive of exactly `mib` MiB: a sparse file in `dir`, formatted
+    /// ext4, opened and then unlinked, so that it disappears with this process however it ends
+    /// and never grows past its size (writes past the capacity are refused).
+    pub fn scratch(dir: &Path, mib: u32, id: &str) -> Result<Self, OpenError> {
+        let path = dir.join(format!("ember-scratch-{}-{id}.ext4", std::process::id()));
+        let err = |source| OpenError::Open { path: path.display().to_string(), source };
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(err)?;
+        let result = file.set_len(u64::from(mib) << 20).map_err(err).and_then(|()| {
+            // No journal: /tmp dies with the instance. Lazy init keeps formatting quick and the
+            // file sparse.
+            let out = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1,nodiscard"])
+                .arg(&path)
+                .output()
+                .map_err(err)?;
+            if out.status.success() {
+                Block::open(&path, false, id)
+            } else {
+                Err(err(io::Error::other(format!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim()))))
+            }
+        });
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     /// The drive's size in 512-byte sectors.
@@ -403,6 +433,20 @@ mod tests {
         dev.activate(Activation { mem: mem.clone(), queues: vec![queue], features: VIRTIO_RING_F_EVENT_IDX });
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let _ = dev.process_queue(0, &irq);
+    }
+
+    #[test]
+    fn scratch_drive_is_sized_writable_and_unlinked() {
+        let dir = TempFile::new().unwrap();
+        let dir_path = dir.as_path().with_extension("d");
+        std::fs::create_dir(&dir_path).unwrap();
+        let dev = Block::scratch(&dir_path, MIN_SCRATCH_MIB, "tmp").unwrap();
+        assert_eq!(dev.capacity_sectors(), u64::from(MIN_SCRATCH_MIB) << 11);
+        assert_eq!(dev.features() & VIRTIO_BLK_F_RO, 0);
+        assert_eq!(std::fs::read_dir(&dir_path).unwrap().count(), 0, "the backing file is unlinked");
+        // A directory that does not exist is an error, not a panic.
+        assert!(Block::scratch(&dir_path.join("missing"), MIN_SCRATCH_MIB, "tmp").is_err());
+        std::fs::remove_dir(&dir_path).unwrap();
     }
 
     #[test]
