@@ -2,9 +2,16 @@
 //! their formats are contracts (see README.md).
 //!
 //! A cold boot is measured the way a user pays for it: a fresh `ember boot` process per run,
-//! from its start to ember-init's ready report, with the console off.
+//! from its start to ember-init's ready report, with the console off. The vsock bench runs its
+//! VM in this process, so that it can read the vCPUs' exit counters around each round trip.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::vmm::{self, Console, Outcome, VmConfig, Vmm};
 
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +30,19 @@ pub enum Error {
     /// No runs were asked for.
     #[error("--runs must be at least 1")]
     NoRuns,
+    /// The VM could not be started.
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    /// The VM did not become ready.
+    #[error("the guest did not become ready: {0:?}")]
+    NotReady(Outcome),
+    /// A socket failed.
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Io(what, e)
 }
 
 /// The median of `values` (the rounded mean of the middle two for an even count), which must
@@ -97,6 +117,161 @@ pub fn boot(runs: usize, memory_mib: u32) -> Result<String, Error> {
     ))
 }
 
+/// Size of one throughput transfer (each way).
+const TRANSFER_BYTES: usize = 6 << 20;
+/// Size of one round-trip message.
+const RTT_BYTES: usize = 1024;
+
+/// Connects to the echo service behind a hybrid-vsock socket, retrying while the guest starts.
+fn connect_vsock(uds: &Path, port: u32) -> Result<UnixStream, Error> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = UnixStream::connect(uds).and_then(|mut s| {
+            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+            let mut line = String::new();
+            BufReader::new(s.try_clone()?).read_line(&mut line)?;
+            Ok((s, line))
+        });
+        match attempt {
+            Ok((s, line)) if line.starts_with("OK ") => return Ok(s),
+            Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok((_, line)) => return Err(Error::Io("CONNECT", std::io::Error::other(line))),
+            Err(e) => return Err(Error::Io("connect", e)),
+        }
+    }
+}
+
+/// Sends `bytes` through an echoing stream while reading them back; MiB/s each way.
+fn echo_throughput(stream: &UnixStream, bytes: usize) -> Result<f64, Error> {
+    let mut writer = stream.try_clone().map_err(io("clone"))?;
+    let started = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![0xa5u8; 64 << 10];
+        let mut sent = 0;
+        while sent < bytes {
+            let n = chunk.len().min(bytes - sent);
+            writer.write_all(&chunk[..n])?;
+            sent += n;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut reader = stream;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < bytes {
+        let n = reader.read(&mut buf).map_err(io("read"))?;
+        if n == 0 {
+            return Err(Error::Io("read", std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        got += n;
+    }
+    sender.join().map_err(|_| Error::Io("send", std::io::Error::other("sender panicked")))?.map_err(io("write"))?;
+    Ok((bytes as f64 / f64::from(1 << 20)) / started.elapsed().as_secs_f64())
+}
+
+/// `ember bench echo-peer`: echoes every connection on `socket`, one thread each, until killed.
+pub fn echo_peer(socket: &Path) -> Result<(), Error> {
+    let listener = UnixListener::bind(socket).map_err(io("bind"))?;
+    for conn in listener.incoming() {
+        let mut conn = conn.map_err(io("accept"))?;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// `ember bench vsock`: 1 KiB round trips host -> guest -> host through ember-init's echo
+/// service (with the VM exits each costs), 6 MiB each way, and the same transfer between two
+/// host processes over a Unix socket (the limit).
+pub fn vsock(runs: usize) -> Result<String, Error> {
+    if runs == 0 {
+        return Err(Error::NoRuns);
+    }
+    let dir = std::env::temp_dir().join(format!("ember-bench-vsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(io("create temp dir"))?;
+    let result = vsock_in(&dir, runs);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
+    let guest = vmm::default_guest_dir();
+    let uds = dir.join("vsock.sock");
+    let config = VmConfig {
+        memory_mib: 128,
+        vcpus: 1,
+        kernel: guest.join("vmlinux"),
+        rootfs: Some(guest.join("rootfs.ext4")),
+        cmdline: vmm::DEFAULT_CMDLINE.into(),
+        console: Console::Off,
+        hugepages: true,
+        code: None,
+        tmp_mib: None,
+        tmp_dir: PathBuf::from(dir),
+        vsock_uds: Some(uds.clone()),
+    };
+    let mut vm = Vmm::start(&config)?;
+    match vm.wait(true, Duration::from_secs(120), Instant::now()) {
+        Outcome::Ready => {}
+        other => return Err(Error::NotReady(other)),
+    }
+    let mut s = connect_vsock(&uds, ember_proto::ECHO_PORT)?;
+    let msg = [0x5au8; RTT_BYTES];
+    let mut reply = [0u8; RTT_BYTES];
+    let mut round_trip = |s: &mut UnixStream| -> Result<(), Error> {
+        s.write_all(&msg).map_err(io("write"))?;
+        s.read_exact(&mut reply).map_err(io("read"))
+    };
+    for _ in 0..runs.min(100) {
+        round_trip(&mut s)?;
+    }
+    let mut rtts = Vec::with_capacity(runs);
+    let mut exits = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let before = vm.total_exits();
+        let started = Instant::now();
+        round_trip(&mut s)?;
+        rtts.push(started.elapsed().as_micros() as u64);
+        exits.push(vm.total_exits() - before);
+    }
+    let mib_s = echo_throughput(&s, TRANSFER_BYTES)?;
+
+    let peer_socket = dir.join("peer.sock");
+    let exe = std::env::current_exe().map_err(io("current_exe"))?;
+    let mut peer = Command::new(exe)
+        .args(["bench", "echo-peer"])
+        .arg(&peer_socket)
+        .spawn()
+        .map_err(|e| Error::Spawn("ember bench echo-peer".into(), e))?;
+    let limit = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(&peer_socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(Error::Io("connect to the echo peer", e)),
+            }
+        };
+        echo_throughput(&stream, TRANSFER_BYTES)
+    })();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    Ok(format!(
+        "vsock rtt_us p50={} p99={} mib_s={:.1} exits_per_rtt={} limit_mib_s={:.1}\n",
+        median(&rtts),
+        percentile(&rtts, 99),
+        mib_s,
+        median(&exits),
+        limit?
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +297,25 @@ mod tests {
     #[test]
     fn zero_runs_is_an_error() {
         assert!(matches!(boot(0, 128), Err(Error::NoRuns)));
+        assert!(matches!(vsock(0), Err(Error::NoRuns)));
+    }
+
+    #[test]
+    fn echo_peer_and_throughput() {
+        let dir = std::env::temp_dir().join(format!("ember-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("peer.sock");
+        let path = socket.clone();
+        std::thread::spawn(move || echo_peer(&path));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(echo_throughput(&stream, 1 << 20).unwrap() > 0.0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use ember::vmm::{Console, Outcome, VmConfig, Vmm, DEFAULT_CMDLINE};
+use ember::vmm::{default_guest_dir, Console, Outcome, VmConfig, Vmm, DEFAULT_CMDLINE};
 
 /// Exit status of `ember boot`: the guest powered off cleanly (or reached ready with `--until-ready`).
 const EXIT_OK: u8 = 0;
@@ -94,19 +94,19 @@ enum Bench {
         #[arg(long, default_value_t = 128)]
         memory_mib: u32,
     },
-}
-
-/// Where the guest kernel and images are by default: $EMBER_GUEST_DIR, else target/guest
-/// beside this binary's target directory, else ./target/guest.
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EMBER_GUEST_DIR") {
-        return dir.into();
-    }
-    let beside_exe = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(|target| target.join("guest")))
-        .filter(|dir| dir.is_dir());
-    beside_exe.unwrap_or_else(|| PathBuf::from("target/guest"))
+    /// vsock round trips and throughput against ember-init's echo service, and the same
+    /// transfer between two host processes over a Unix socket.
+    Vsock {
+        /// Number of 1 KiB round trips.
+        #[arg(long, default_value_t = 2000)]
+        runs: usize,
+    },
+    /// The host peer of `bench vsock`: echoes every connection on a Unix socket.
+    #[command(hide = true)]
+    EchoPeer {
+        /// The socket to listen on.
+        socket: PathBuf,
+    },
 }
 
 fn boot(args: BootArgs, started: Instant) -> ExitCode {
@@ -118,8 +118,8 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
     let config = VmConfig {
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
-        kernel: args.kernel.unwrap_or_else(|| guest_dir().join("vmlinux")),
-        rootfs: Some(args.rootfs.unwrap_or_else(|| guest_dir().join("rootfs.ext4"))),
+        kernel: args.kernel.unwrap_or_else(|| default_guest_dir().join("vmlinux")),
+        rootfs: Some(args.rootfs.unwrap_or_else(|| default_guest_dir().join("rootfs.ext4"))),
         cmdline: args.cmdline,
         console,
         hugepages: !args.no_hugepages,
@@ -191,16 +191,23 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Boot(args) => boot(args, started),
-        Command::Bench { bench: Bench::Boot { runs, memory_mib } } => match ember::bench::boot(runs, memory_mib) {
-            Ok(report) => {
-                print!("{report}");
-                ExitCode::from(EXIT_OK)
+        Command::Bench { bench } => {
+            let report = match bench {
+                Bench::Boot { runs, memory_mib } => ember::bench::boot(runs, memory_mib),
+                Bench::Vsock { runs } => ember::bench::vsock(runs),
+                Bench::EchoPeer { socket } => ember::bench::echo_peer(&socket).map(|()| String::new()),
+            };
+            match report {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("ember: bench: {e}");
+                    ExitCode::from(EXIT_VMM_ERROR)
+                }
             }
-            Err(e) => {
-                eprintln!("ember: bench boot: {e}");
-                ExitCode::from(EXIT_VMM_ERROR)
-            }
-        },
+        }
     };
     // Ending the process ends the VM: vCPU threads are not joined.
     use std::io::Write;

@@ -58,6 +58,19 @@ pub const MAX_MEMORY_MIB: u32 = 10240;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 io_delay=none \
      no_timer_check random.trust_cpu=on root=/dev/vda ro rootfstype=ext4";
 
+/// Where the guest kernel and images are by default: $EMBER_GUEST_DIR, else target/guest beside
+/// the running binary's target directory, else ./target/guest.
+pub fn default_guest_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EMBER_GUEST_DIR") {
+        return dir.into();
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|target| target.join("guest")))
+        .filter(|dir| dir.is_dir());
+    beside_exe.unwrap_or_else(|| PathBuf::from("target/guest"))
+}
+
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -222,6 +235,7 @@ pub struct ReadyInfo {
 /// A running microVM.
 pub struct Vmm {
     _vm: Vm,
+    exits: Arc<ExitContext>,
     events: Receiver<VmEvent>,
     console_tail: Arc<Mutex<VecDeque<u8>>>,
     guest_ranges: Vec<(u64, u64)>,
@@ -322,7 +336,7 @@ impl Vmm {
                 .spawn(move || vcpu.run(ctx))
                 .map_err(os("spawn vCPU thread"))?;
         }
-        Ok(Vmm { _vm: vm, events, console_tail, guest_ranges, ready: None })
+        Ok(Vmm { _vm: vm, exits: ctx, events, console_tail, guest_ranges, ready: None })
     }
 
     /// Waits for the run to end. With `until_ready` it ends as soon as ember-init reports
@@ -368,6 +382,11 @@ impl Vmm {
             Some(line) => format!("guest kernel panic: {}", line.trim()),
             None => format!("guest crashed: {what}"),
         }
+    }
+
+    /// Total VM exits of all vCPUs so far (0 when KVM has no binary stats).
+    pub fn total_exits(&self) -> u64 {
+        self.exits.total_exits()
     }
 
     /// The last bytes the guest wrote to its console.
