@@ -4,34 +4,11 @@
 //! scripts/kvm-host.sh) and the guest artifacts from scripts/build-guest.sh. scripts/test.sh runs
 //! them in the right place; anywhere else they fail and say why, they never skip.
 
-use std::path::PathBuf;
+mod common;
+use common::{guest_dir, require_kvm_host};
+
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-/// The guest artifacts: $EMBER_GUEST_DIR or target/guest.
-fn guest_dir() -> PathBuf {
-    std::env::var_os("EMBER_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest"))
-}
-
-/// Fails the test with a clear message unless this machine can boot Linux guests on KVM.
-fn require_kvm_host() {
-    assert!(
-        std::path::Path::new("/dev/kvm").exists(),
-        "no /dev/kvm: KVM tests need a KVM host; run them with scripts/test.sh, which starts the \
-         emulated one (scripts/kvm-host.sh) where the machine has no hardware KVM"
-    );
-    assert!(
-        !std::path::Path::new("/sys/module/kvm_pvm").exists(),
-        "/dev/kvm here is kvm_pvm, which cannot run a Linux guest: run the KVM tests with \
-         scripts/test.sh, which runs them inside the emulated KVM host (scripts/kvm-host.sh)"
-    );
-    for artifact in ["vmlinux", "rootfs.ext4"] {
-        let path = guest_dir().join(artifact);
-        assert!(path.exists(), "{} is missing: run scripts/build-guest.sh first", path.display());
-    }
-}
 
 fn ember(args: &[&str]) -> (Output, Duration) {
     require_kvm_host();

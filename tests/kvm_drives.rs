@@ -5,23 +5,12 @@
 //! Like the other KVM tests these need a KVM host that runs Linux guests; scripts/test.sh runs
 //! them in the right place, and anywhere else they fail and say why.
 
+mod common;
+use common::{guest_dir, require_kvm_host};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn guest_dir() -> PathBuf {
-    std::env::var_os("EMBER_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest"))
-}
-
-fn require_kvm_host() {
-    assert!(
-        Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists(),
-        "KVM tests need a KVM host that runs Linux guests (not kvm_pvm): run them with \
-         scripts/test.sh, which uses the emulated KVM host (scripts/kvm-host.sh) where needed"
-    );
-}
 
 const SCRIPT: &str = r#"set -e
 B=/var/task/busybox

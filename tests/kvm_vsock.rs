@@ -4,25 +4,14 @@
 //! Like the other KVM tests these need a KVM host that runs Linux guests; scripts/test.sh runs
 //! them in the right place, and anywhere else they fail and say why.
 
+mod common;
+use common::{guest_dir, require_kvm_host};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn guest_dir() -> PathBuf {
-    std::env::var_os("EMBER_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest"))
-}
-
-fn require_kvm_host() {
-    assert!(
-        Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists(),
-        "KVM tests need a KVM host that runs Linux guests (not kvm_pvm): run them with \
-         scripts/test.sh, which uses the emulated KVM host (scripts/kvm-host.sh) where needed"
-    );
-}
 
 /// A booted guest with a vsock device, killed on drop.
 struct Guest {

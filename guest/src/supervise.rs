@@ -112,16 +112,8 @@ pub fn run(signals: &Signals, argv: &[OsString]) -> u32 {
             }
             return status;
         }
-        match signals.wait() {
-            Ok(libc::SIGCHLD) => {}
-            Ok(sig) => {
-                log!("{}: powering off", signal_name(sig));
-                return 0;
-            }
-            Err(e) => {
-                log_error!("waiting for signals: {e}");
-                return crate::FAILURE;
-            }
+        if let Some(status) = wait_for_child_or_shutdown(signals) {
+            return status;
         }
     }
 }
@@ -130,18 +122,25 @@ pub fn run(signals: &Signals, argv: &[OsString]) -> u32 {
 /// orphans meanwhile; returns the status to power off with.
 pub fn idle(signals: &Signals) -> u32 {
     loop {
-        match signals.wait() {
-            Ok(libc::SIGCHLD) => {
-                reap(0);
-            }
-            Ok(sig) => {
-                log!("{}: powering off", signal_name(sig));
-                return 0;
-            }
-            Err(e) => {
-                log_error!("waiting for signals: {e}");
-                return crate::FAILURE;
-            }
+        if let Some(status) = wait_for_child_or_shutdown(signals) {
+            return status;
+        }
+        reap(0);
+    }
+}
+
+/// Waits for the next signal: None for SIGCHLD (a child ended: the caller reaps), else the
+/// status to power off with (0 when asked to, a failure when waiting failed).
+fn wait_for_child_or_shutdown(signals: &Signals) -> Option<u32> {
+    match signals.wait() {
+        Ok(libc::SIGCHLD) => None,
+        Ok(sig) => {
+            log!("{}: powering off", signal_name(sig));
+            Some(0)
+        }
+        Err(e) => {
+            log_error!("waiting for signals: {e}");
+            Some(crate::FAILURE)
         }
     }
 }
