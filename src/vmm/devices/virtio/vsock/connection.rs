@@ -19,7 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::packet::{
     Header, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
-    SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+    SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
 
 /// The receive buffer we advertise to the guest for each connection.
@@ -322,16 +322,11 @@ impl Connection {
             self.state = State::Dead;
         }
         Some(Header {
-            src_cid: HOST_CID,
-            dst_cid: guest_cid,
-            src_port: self.local_port,
-            dst_port: self.peer_port,
             len,
-            kind: TYPE_STREAM,
-            op,
             flags,
             buf_alloc: BUF_ALLOC,
             fwd_cnt: self.fwd_cnt,
+            ..Header::stream((HOST_CID, self.local_port), (guest_cid, self.peer_port), op)
         })
     }
 
@@ -388,18 +383,7 @@ mod tests {
     use super::*;
 
     fn hdr(op: u16, buf_alloc: u32, fwd_cnt: u32) -> Header {
-        Header {
-            src_cid: 3,
-            dst_cid: HOST_CID,
-            src_port: 1000,
-            dst_port: 7,
-            len: 0,
-            kind: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc,
-            fwd_cnt,
-        }
+        Header { buf_alloc, fwd_cnt, ..Header::stream((3, 1000), (HOST_CID, 7), op) }
     }
 
     #[test]

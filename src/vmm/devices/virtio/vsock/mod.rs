@@ -277,7 +277,7 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
     use vmm_sys_util::tempdir::TempDir;
 
-    const GUEST_CID: u64 = 3;
+    use crate::vmm::GUEST_CID;
     const QLEN: u16 = 64;
     const RINGS: [u64; 3] = [0x0, 0x1_0000, 0x2_0000];
     /// Buffers of descriptor `i` live at `base + i * STRIDE`.
@@ -462,18 +462,7 @@ mod tests {
 
     /// A header from the guest.
     fn guest(op: u16, src_port: u32, dst_port: u32, buf_alloc: u32, fwd_cnt: u32) -> Header {
-        Header {
-            src_cid: GUEST_CID,
-            dst_cid: HOST_CID,
-            src_port,
-            dst_port,
-            len: 0,
-            kind: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc,
-            fwd_cnt,
-        }
+        Header { buf_alloc, fwd_cnt, ..Header::stream((GUEST_CID, src_port), (HOST_CID, dst_port), op) }
     }
 
     fn ops(pkts: &[(Header, Vec<u8>)]) -> Vec<u16> {

@@ -22,7 +22,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, State};
-use super::packet::{Header, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM};
+use super::packet::{Header, HOST_CID, OP_REQUEST, OP_RST};
 use super::Error;
 
 /// The most connections (and host handshakes in progress) per device.
@@ -468,15 +468,7 @@ impl Muxer {
     /// when nothing can be sent now.
     pub fn fill_rx(&mut self, buf: &mut [u8]) -> Option<Header> {
         if let Some(key) = self.rsts.pop_front() {
-            return Some(Header {
-                src_cid: HOST_CID,
-                dst_cid: self.guest_cid,
-                src_port: key.local_port,
-                dst_port: key.peer_port,
-                kind: TYPE_STREAM,
-                op: OP_RST,
-                ..Header::default()
-            });
+            return Some(Header::stream((HOST_CID, key.local_port), (self.guest_cid, key.peer_port), OP_RST));
         }
         // Round robin; each connection is looked at once at most, so a buffer too small for
         // its data cannot make this spin.

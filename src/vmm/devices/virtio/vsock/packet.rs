@@ -87,6 +87,20 @@ fn field<const N: usize>(b: &[u8; HDR_LEN], at: usize) -> [u8; N] {
 }
 
 impl Header {
+    /// A stream packet from `src` to `dst` (each a cid and port) with op `op`; its length,
+    /// flags and credit fields are zero.
+    pub fn stream(src: (u64, u32), dst: (u64, u32), op: u16) -> Header {
+        Header {
+            src_cid: src.0,
+            src_port: src.1,
+            dst_cid: dst.0,
+            dst_port: dst.1,
+            kind: TYPE_STREAM,
+            op,
+            ..Header::default()
+        }
+    }
+
     /// Decodes a header without checking it (for headers the device wrote itself).
     pub fn from_bytes(b: &[u8; HDR_LEN]) -> Header {
         Header {
@@ -146,18 +160,7 @@ mod tests {
     use super::*;
 
     fn good() -> Header {
-        Header {
-            src_cid: 3,
-            dst_cid: HOST_CID,
-            src_port: 1234,
-            dst_port: 5000,
-            len: 5,
-            kind: TYPE_STREAM,
-            op: OP_RW,
-            flags: 0,
-            buf_alloc: 256 * 1024,
-            fwd_cnt: 77,
-        }
+        Header { len: 5, buf_alloc: 256 * 1024, fwd_cnt: 77, ..Header::stream((3, 1234), (HOST_CID, 5000), OP_RW) }
     }
 
     #[test]
