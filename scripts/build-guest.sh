@@ -116,3 +116,5 @@ for artifact in "$out/vmlinux" "$out/ember-init" "$out/rootfs.ext4"; do
         log "warning: $artifact was not built"
     fi
 done
+bash "$repo/scripts/build-runtimes.sh"
+bash "$repo/scripts/build-test-functions.sh"

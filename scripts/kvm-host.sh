@@ -18,7 +18,7 @@
 #
 # Options:
 #   --timeout SECS   kill L1 after SECS seconds (default 3600); exit status 124 then
-#   --fwd PORT       forward 127.0.0.1:PORT here to PORT inside L1 (repeatable)
+#   --fwd PORT       forward 127.0.0.1:PORT here to 127.0.0.1:PORT inside L1 (repeatable)
 #   --env NAME[=VALUE]  pass one more environment variable (repeatable)
 #   --verbose        show the L1 kernel's boot messages and the QEMU command line
 # Environment: EMBER_L1_CPUS (default 2), EMBER_L1_MEM_MIB (default 6144),
@@ -316,6 +316,10 @@ done < <(compgen -e | grep -E '^(EMBER_|RUST_|CARGO_TERM_)')
     done
     echo "export EMBER_L1=1"
     echo "export EMBER_L1_KERNEL_DIR=$(q "$(realpath "$kdir")")"
+    if [ ${#fwd_ports[@]} -gt 0 ]; then
+        # Forwarded connections arrive at eth0's address: relay them to loopback.
+        echo "python3 $(q "$here/l1/tcp-forward.py") 10.0.2.15 ${fwd_ports[*]} &"
+    fi
     printf 'exec'
     for a in "$@"; do printf ' %s' "$(q "$a")"; done
     echo

@@ -200,7 +200,8 @@ pub fn vsock(runs: usize) -> Result<String, Error> {
     result
 }
 
-fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
+/// Boots a VM with ember-init's echo service on vsock and connects to it.
+fn echo_vm(dir: &Path) -> Result<(Vmm, UnixStream), Error> {
     let guest = vmm::default_guest_dir();
     let uds = dir.join("vsock.sock");
     let config = VmConfig {
@@ -221,7 +222,12 @@ fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
         Outcome::Ready => {}
         other => return Err(Error::NotReady(other)),
     }
-    let mut s = connect_vsock(&uds, ember_proto::ECHO_PORT)?;
+    let s = connect_vsock(&uds, ember_proto::ECHO_PORT)?;
+    Ok((vm, s))
+}
+
+/// `runs` 1 KiB round trips after a warm-up: each one's latency in µs and VM exits.
+fn round_trips(vm: &Vmm, s: &mut UnixStream, runs: usize) -> Result<(Vec<u64>, Vec<u64>), Error> {
     let msg = [0x5au8; RTT_BYTES];
     let mut reply = [0u8; RTT_BYTES];
     let mut round_trip = |s: &mut UnixStream| -> Result<(), Error> {
@@ -229,17 +235,23 @@ fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
         s.read_exact(&mut reply).map_err(io("read"))
     };
     for _ in 0..runs.min(100) {
-        round_trip(&mut s)?;
+        round_trip(s)?;
     }
     let mut rtts = Vec::with_capacity(runs);
     let mut exits = Vec::with_capacity(runs);
     for _ in 0..runs {
         let before = vm.total_exits();
         let started = Instant::now();
-        round_trip(&mut s)?;
+        round_trip(s)?;
         rtts.push(started.elapsed().as_micros() as u64);
         exits.push(vm.total_exits() - before);
     }
+    Ok((rtts, exits))
+}
+
+fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
+    let (vm, mut s) = echo_vm(dir)?;
+    let (rtts, exits) = round_trips(&vm, &mut s, runs)?;
     let mib_s = echo_throughput(&s, TRANSFER_BYTES)?;
 
     let peer_socket = dir.join("peer.sock");
@@ -272,6 +284,189 @@ fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
     ))
 }
 
+/// `ember bench invoke`: a 1 KiB echo in the provided runtime through a real agent (`ember
+/// serve` on a Unix socket): cold invokes (boot included), warm invokes one at a time on a
+/// kept-alive connection, warm throughput with 1 and 8 clients, and the bare vsock round trip
+/// measured in the same run.
+pub fn invoke(runs: usize, cold_runs: usize) -> Result<String, Error> {
+    if runs == 0 || cold_runs == 0 {
+        return Err(Error::NoRuns);
+    }
+    let dir = std::env::temp_dir().join(format!("ember-bench-invoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io("create temp dir"))?;
+    let result = invoke_in(&dir, runs, cold_runs);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error> {
+    let zip =
+        std::fs::read(vmm::default_guest_dir().join("functions/rust.zip")).map_err(io("read functions/rust.zip"))?;
+    let socket = dir.join("ember.sock");
+    let exe = std::env::current_exe().map_err(io("current_exe"))?;
+    let mut agent = Command::new(exe)
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .args(["--init-timeout-s", "120"])
+        .spawn()
+        .map_err(|e| Error::Spawn("ember serve".into(), e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io("tokio runtime"))?;
+    let result = rt.block_on(invoke_runs(&socket, &zip, runs, cold_runs));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (cold, warm, rps_c1, rps_c8) = result?;
+    let (vm, mut s) = echo_vm(dir)?;
+    let (rtts, _) = round_trips(&vm, &mut s, runs)?;
+    Ok(format!(
+        "invoke cold_ms p50={} warm_us p50={} p99={} rps_c1={} rps_c8={} vsock_rtt_us={}\n",
+        median(&cold),
+        median(&warm),
+        percentile(&warm, 99),
+        rps_c1,
+        rps_c8,
+        median(&rtts)
+    ))
+}
+
+/// A kept-alive HTTP/1.1 connection to the agent.
+struct AgentConn(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>);
+
+impl AgentConn {
+    async fn open(socket: &Path) -> Result<AgentConn, Error> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match tokio::net::UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(Error::Io("connect to the agent", e)),
+            }
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::Io("HTTP handshake", std::io::Error::other(e)))?;
+        tokio::spawn(conn);
+        Ok(AgentConn(sender))
+    }
+
+    /// Sends a request; returns the status and body, or fails on a non-2xx status or a function
+    /// error.
+    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
+            .expect("request builds");
+        let failed = |e: String| Error::Run { run: 0, detail: format!("{method} {path}: {e}") };
+        let resp = self.0.send_request(req).await.map_err(|e| failed(e.to_string()))?;
+        let status = resp.status();
+        let function_error = resp.headers().contains_key("x-amz-function-error");
+        let body = resp.into_body().collect().await.map_err(|e| failed(e.to_string()))?.to_bytes().to_vec();
+        if !status.is_success() || function_error {
+            return Err(failed(format!("{status}: {}", String::from_utf8_lossy(&body))));
+        }
+        Ok(body)
+    }
+}
+
+async fn invoke_runs(
+    socket: &Path,
+    zip: &[u8],
+    runs: usize,
+    cold_runs: usize,
+) -> Result<(Vec<u64>, Vec<u64>, u64, u64), Error> {
+    use base64::Engine as _;
+    let mut conn = AgentConn::open(socket).await?;
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip);
+    let create = |name: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "FunctionName": name, "Runtime": "provided.al2023", "Handler": "bootstrap",
+            "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip}, "Timeout": 60,
+            // One whole vCPU's share (Lambda's 1769 MB), so that what is measured is Ember's
+            // overhead and not the CPU cap of a small function.
+            "MemorySize": 1769,
+        }))
+        .expect("serializes")
+    };
+    let event = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
+
+    let mut cold = Vec::with_capacity(cold_runs);
+    for i in 0..cold_runs {
+        let name = format!("cold{i}");
+        conn.call("POST", "/2015-03-31/functions", &create(&name)).await?;
+        let started = Instant::now();
+        conn.call("POST", &format!("/2015-03-31/functions/{name}/invocations"), &event).await?;
+        cold.push(started.elapsed().as_millis() as u64);
+        conn.call("DELETE", &format!("/2015-03-31/functions/{name}"), b"").await?;
+    }
+
+    conn.call("POST", "/2015-03-31/functions", &create("warm")).await?;
+    let path = "/2015-03-31/functions/warm/invocations";
+    for _ in 0..runs.min(100) {
+        conn.call("POST", path, &event).await?;
+    }
+    let mut warm = Vec::with_capacity(runs);
+    let started = Instant::now();
+    for _ in 0..runs {
+        let t = Instant::now();
+        conn.call("POST", path, &event).await?;
+        warm.push(t.elapsed().as_micros() as u64);
+    }
+    let rps_c1 = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
+
+    // Eight clients: first bring up eight instances (eight overlapping slow invokes), then
+    // count the warm invokes they finish in a fixed window.
+    let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(AgentConn::open(socket).await?);
+    }
+    let warmups: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let slow = slow.clone();
+            tokio::spawn(async move { c.call("POST", path, &slow).await.map(|_| c) })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for w in warmups {
+        conns.push(w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??);
+    }
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let event = event.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < window {
+                    c.call("POST", path, &event).await?;
+                    n += 1;
+                }
+                Ok::<u64, Error>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
+    }
+    let rps_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
+    Ok((cold, warm, rps_c1, rps_c8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +493,7 @@ mod tests {
     fn zero_runs_is_an_error() {
         assert!(matches!(boot(0, 128), Err(Error::NoRuns)));
         assert!(matches!(vsock(0), Err(Error::NoRuns)));
+        assert!(matches!(invoke(0, 1), Err(Error::NoRuns)));
     }
 
     #[test]

@@ -4,5 +4,6 @@
 //! (`bench`) that measure it. The `ember` binary (src/main.rs) is the command-line front end.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod bench;
 pub mod vmm;

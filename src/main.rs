@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod client;
+
 use clap::{Parser, Subcommand};
 use ember::vmm::{default_guest_dir, Console, Outcome, VmConfig, Vmm, DEFAULT_CMDLINE};
 
@@ -29,6 +31,14 @@ struct Cli {
 enum Command {
     /// Boot a microVM and run it until the guest powers off.
     Boot(BootArgs),
+    /// Run the agent: Lambda's API on a Unix socket (and loopback TCP), one microVM per instance.
+    Serve(ServeArgs),
+    /// Run one microVM for the agent, controlled over the socket on fd 3 (internal).
+    #[command(hide = true)]
+    Vmm,
+    /// Lambda's operations, as a client of the agent (create-function, invoke, ...).
+    #[command(flatten)]
+    Client(client::ClientCommand),
     /// Run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -83,6 +93,35 @@ struct BootArgs {
     idle_ms: Option<u64>,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The Unix socket to serve on (created with mode 0600).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Where functions, code and logs are kept.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Also serve on this loopback TCP address (for AWS SDKs and the aws CLI).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Where instances keep their sockets [default: a directory under $TMPDIR named by the data dir].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// The most microVM instances on this host; invocations past it get 429.
+    #[arg(long, default_value_t = 64)]
+    max_instances: usize,
+    /// The most instances booting at once [default: twice the host's CPUs]; more cold starts
+    /// wait for a slot, or for an instance of their function to go idle.
+    #[arg(long)]
+    max_boots: Option<usize>,
+    /// Seconds an idle instance is kept.
+    #[arg(long, default_value_t = 300)]
+    keep_alive_s: u64,
+    /// Seconds a boot plus the runtime's init may take.
+    #[arg(long, default_value_t = 10)]
+    init_timeout_s: u64,
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// Cold boots to ember-init ready, with the console off.
@@ -100,6 +139,16 @@ enum Bench {
         /// Number of 1 KiB round trips.
         #[arg(long, default_value_t = 2000)]
         runs: usize,
+    },
+    /// Invocations of a 1 KiB echo (provided runtime) through a real agent: cold, warm, and
+    /// warm throughput at concurrency 1 and 8, with the bare vsock round trip for scale.
+    Invoke {
+        /// Number of warm invocations (and of bare vsock round trips).
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Number of cold invocations.
+        #[arg(long, default_value_t = 5)]
+        cold_runs: usize,
     },
     /// The host peer of `bench vsock`: echoes every connection on a Unix socket.
     #[command(hide = true)]
@@ -179,6 +228,51 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
     }
 }
 
+fn serve(args: ServeArgs) -> ExitCode {
+    if let Some(addr) = args.listen.filter(|a| !a.ip().is_loopback()) {
+        eprintln!("ember: error: --listen must be a loopback address, not {addr}");
+        return ExitCode::from(EXIT_VMM_ERROR);
+    }
+    let vmm_binary = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("ember: error: cannot find the ember binary: {e}");
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    };
+    let options = ember::agent::ServeOptions {
+        pool: ember::agent::pool::PoolConfig {
+            guest_dir: default_guest_dir(),
+            run_dir: args.run_dir.unwrap_or_else(|| ember::agent::default_run_dir(&args.data_dir)),
+            vmm_binary,
+            max_instances: args.max_instances,
+            cpu_shares: true,
+            max_boots: args
+                .max_boots
+                .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+            keep_alive: Duration::from_secs(args.keep_alive_s),
+            init_timeout: Duration::from_secs(args.init_timeout_s),
+        },
+        socket: args.socket,
+        data_dir: args.data_dir,
+        listen: args.listen,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ember: error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    };
+    match runtime.block_on(ember::agent::serve(options)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("ember: error: {e}");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let started = Instant::now();
     // Usage errors exit 1 like other VMM errors, so that 2 always means a guest crash.
@@ -191,10 +285,14 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Boot(args) => boot(args, started),
+        Command::Client(command) => client::run(command),
+        Command::Serve(args) => serve(args),
+        Command::Vmm => ExitCode::from(ember::vmm::process::run()),
         Command::Bench { bench } => {
             let report = match bench {
                 Bench::Boot { runs, memory_mib } => ember::bench::boot(runs, memory_mib),
                 Bench::Vsock { runs } => ember::bench::vsock(runs),
+                Bench::Invoke { runs, cold_runs } => ember::bench::invoke(runs, cold_runs),
                 Bench::EchoPeer { socket } => ember::bench::echo_peer(&socket).map(|()| String::new()),
             };
             match report {

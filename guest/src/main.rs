@@ -5,10 +5,14 @@
 //! command the kernel passed it (the command-line words after `--`), reaps orphans while that
 //! runs, and powers the VM off with the command's exit status.
 //!
+//! With `ember.runtime=1` it runs a Lambda runtime for the agent instead ([`runtime`]): it
+//! serves the Runtime API on 127.0.0.1 and relays invocations over a vsock channel to the host.
+//!
 //! It must never return and never panic: PID 1 exiting panics the kernel. Every failure ends in
 //! [`power::power_off`] with a non-zero status instead. It is on the boot critical path, so it
-//! stays small (std and libc only) and does nothing it was not asked to. It must not write to the
-//! root filesystem, which the kernel mounts read-only.
+//! stays small and does nothing it was not asked to: a plain boot uses std and libc only, and
+//! the HTTP stack (tokio, hyper) starts only in runtime mode. It must not write to the root
+//! filesystem, which the kernel mounts read-only.
 
 use std::ffi::OsString;
 use std::{fmt, io};
@@ -36,6 +40,7 @@ mod mounts;
 mod port;
 mod power;
 mod probe;
+mod runtime;
 mod supervise;
 mod vsock;
 
@@ -77,13 +82,15 @@ fn main() {
     let status = match boot() {
         Ok((signals, cmdline)) => {
             let argv = command_from_cmdline(&cmdline);
-            let vsock = cmdline.split_whitespace().any(|w| w == format!("{}=1", ember_proto::cmdline::VSOCK));
+            let vsock = flag(&cmdline, ember_proto::cmdline::VSOCK);
             if vsock {
                 if let Err(e) = vsock::start_echo() {
                     log_error!("vsock echo service: {e}");
                 }
             }
-            if argv.is_empty() && vsock {
+            if flag(&cmdline, ember_proto::cmdline::RUNTIME) {
+                runtime::run(&signals)
+            } else if argv.is_empty() && vsock {
                 supervise::idle(&signals)
             } else {
                 supervise::run(&signals, &argv)
@@ -95,6 +102,11 @@ fn main() {
         }
     };
     power::power_off(status)
+}
+
+/// Whether the kernel command line (before any `--`) has `key=1`.
+fn flag(cmdline: &str, key: &str) -> bool {
+    cmdline.split_whitespace().take_while(|&w| w != "--").any(|w| w.strip_prefix(key) == Some("=1"))
 }
 
 /// The command to run: the words after `--` on the kernel command line. (The kernel also passes
@@ -145,5 +157,14 @@ mod tests {
         assert!(command_from_cmdline("console=ttyS0 quiet nomodule root=/dev/vda\n").is_empty());
         assert_eq!(command_from_cmdline("quiet nomodule -- /bin/echo hi there\n"), ["/bin/echo", "hi", "there"]);
         assert!(command_from_cmdline("quiet --\n").is_empty());
+    }
+
+    #[test]
+    fn flags() {
+        let cmdline = "console=ttyS0 ember.vsock=1 ember.runtime=1 -- /bin/echo ember.code=1\n";
+        assert!(flag(cmdline, "ember.vsock"));
+        assert!(flag(cmdline, "ember.runtime"));
+        assert!(!flag(cmdline, "ember.code"));
+        assert!(!flag("ember.runtime=0 ember.runtime=10", "ember.runtime"));
     }
 }

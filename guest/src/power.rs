@@ -6,6 +6,7 @@
 //! the VMM also treats as the end. If even that returns, PID 1 sleeps forever rather than exit.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ember_proto::Status;
@@ -16,8 +17,16 @@ use crate::port;
 const REAP_STEPS: u32 = 200;
 const REAP_STEP: Duration = Duration::from_millis(5);
 
-/// Powers the VM off, reporting `status` (the command's exit status, 0 when clean).
+/// Set by the first thread that powers off.
+static POWERING_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Powers the VM off, reporting `status` (the command's exit status, 0 when clean). In runtime
+/// mode several threads may get here (the channel breaks, the runtime is killed, a signal):
+/// the first one does it and any later one just waits for the end.
 pub fn power_off(status: u32) -> ! {
+    if POWERING_OFF.swap(true, Ordering::SeqCst) {
+        sleep_forever();
+    }
     kill_all();
     let _ = std::io::stdout().flush();
     for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
@@ -30,10 +39,19 @@ pub fn power_off(status: u32) -> ! {
     port::write(Status::PowerOff(status));
     // SAFETY: reboot takes no pointers with this command; if it returns, nothing has changed.
     unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    sleep_forever()
+}
+
+fn sleep_forever() -> ! {
     loop {
         // SAFETY: pause has no preconditions; it only sleeps.
         unsafe { libc::pause() };
     }
+}
+
+/// Whether some thread has begun [`power_off`].
+pub fn powering_off() -> bool {
+    POWERING_OFF.load(Ordering::SeqCst)
 }
 
 /// Makes Ctrl-Alt-Delete send SIGINT to init (a clean power-off) instead of an immediate restart.

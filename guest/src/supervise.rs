@@ -129,6 +129,25 @@ pub fn idle(signals: &Signals) -> u32 {
     }
 }
 
+/// Waits until asked to power off, reaping every child that ends meanwhile, and calls `on_exit`
+/// once with the wait status of `child` when it is reaped. The one place that reaps while
+/// `child` runs: nothing else may wait for it. Returns the status to power off with.
+pub fn watch(signals: &Signals, child: libc::pid_t, on_exit: impl FnOnce(c_int)) -> u32 {
+    let mut on_exit = Some(on_exit);
+    loop {
+        // After `child` is reaped its pid may be reused by an orphan: stop looking for it.
+        let watched = if on_exit.is_some() { child } else { 0 };
+        if let Some(wstatus) = reap(watched) {
+            if let Some(f) = on_exit.take() {
+                f(wstatus);
+            }
+        }
+        if let Some(status) = wait_for_child_or_shutdown(signals) {
+            return status;
+        }
+    }
+}
+
 /// Waits for the next signal: None for SIGCHLD (a child ended: the caller reaps), else the
 /// status to power off with (0 when asked to, a failure when waiting failed).
 fn wait_for_child_or_shutdown(signals: &Signals) -> Option<u32> {
@@ -156,6 +175,13 @@ fn command(program: &OsString, args: &[OsString]) -> Command {
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
+    unblock_signals_on_exec(&mut cmd);
+    cmd
+}
+
+/// Makes `cmd`'s process start with no signal blocked (ember-init blocks the ones it waits
+/// for, and a child inherits the mask).
+pub fn unblock_signals_on_exec(cmd: &mut Command) {
     let empty = empty_sigset();
     let unblock_all = move || {
         // SAFETY: `empty` is an initialised sigset_t; the old mask is not asked for.
@@ -167,7 +193,6 @@ fn command(program: &OsString, args: &[OsString]) -> Command {
     // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask, which
     // is async-signal-safe, on a set built before the fork; it allocates nothing.
     unsafe { cmd.pre_exec(unblock_all) };
-    cmd
 }
 
 /// Reaps every child that has ended; returns the wait status of `child` if it was one of them.

@@ -10,6 +10,8 @@
 //! timer does. A value is `code << 24 | argument`, with the argument in the low 24 bits.
 #![deny(missing_docs)]
 
+pub mod runtime;
+
 /// The I/O port that ember-init writes its status words to (4 bytes wide).
 pub const STATUS_PORT: u16 = 0x0440;
 
@@ -67,6 +69,9 @@ pub mod cmdline {
     pub const CODE_DRIVE: &str = "ember.code";
     /// `ember.tmp=/dev/vdX`: the instance's scratch drive, mounted read-write at /tmp.
     pub const TMP_DRIVE: &str = "ember.tmp";
+    /// `ember.runtime=1`: ember-init connects the runtime channel ([`super::runtime`]) to the
+    /// host, starts the runtime it is sent and serves the Lambda Runtime API.
+    pub const RUNTIME: &str = "ember.runtime";
 }
 
 /// The vsock port of ember-init's echo service: every byte a host connection sends comes back.

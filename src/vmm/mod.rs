@@ -18,6 +18,7 @@
 pub mod arch;
 pub mod devices;
 mod event_loop;
+pub mod process;
 pub mod vstate;
 
 use std::collections::VecDeque;
@@ -380,7 +381,10 @@ impl Vmm {
         let tail = self.console_tail();
         match tail.lines().find(|l| l.contains("Kernel panic")) {
             Some(line) => format!("guest kernel panic: {}", line.trim()),
-            None => format!("guest crashed: {what}"),
+            None => match tail.lines().rev().find(|l| !l.trim().is_empty()) {
+                Some(last) => format!("guest crashed: {what} (last console line: {})", last.trim()),
+                None => format!("guest crashed: {what}"),
+            },
         }
     }
 

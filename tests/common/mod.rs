@@ -2,6 +2,8 @@
 //! machine can boot Linux guests at all (these tests fail with a clear message, never skip).
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::path::{Path, PathBuf};
 
 /// The guest artifacts: $EMBER_GUEST_DIR or target/guest.

@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# Builds the read-only runtime root images into ${EMBER_GUEST_DIR:-<repo>/target/guest}/runtimes/:
+#   <name>.ext4          the image: /sbin/init = ember-init, the mount points, a minimal /etc,
+#                        plus whatever rootfs/runtimes/<name>/ adds (Debian packages, wheels, ...)
+#   <name>.ext4.stamp    what the image was built from (it is rebuilt when that changes)
+#   <name>.command       the runtime's argv, $HANDLER standing for the handler (from the recipe)
+#   <name>.env           KEY=VALUE lines the agent sets for that command (from the recipe)
+# One image for each directory of rootfs/runtimes/ (see its README.md), or only the names given
+# as arguments. Needs $EMBER_GUEST_DIR/ember-init, which scripts/build-guest.sh builds first.
+#
+# An image is rebuilt only when its stamp changes: this script, ember-init, the recipe's files
+# (all but README.md, command and env) and the exact Debian package files the apt lists resolve
+# its package list to. Downloads (.debs, wheels) are cached in
+# ${EMBER_CACHE:-~/.cache/ember}/runtimes/, so a rebuild needs no network once they are there.
+# Nothing is mounted. Verifying an image with Debian packages needs chroot, so root (or sudo).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${EMBER_GUEST_DIR:-$repo/target/guest}"
+recipes="$repo/rootfs/runtimes"
+cache="${EMBER_CACHE:-$HOME/.cache/ember}/runtimes"
+init="$out/ember-init"
+self="$repo/scripts/build-runtimes.sh"
+# Free space left in each image, on top of 10 % of its content, in MiB.
+headroom_mib=4
+# The directories every image has. ember-init mounts onto proc sys dev run tmp (and the code
+# drive onto var/task, layers onto opt) and creates nothing on the read-only root.
+skeleton_dirs=(proc sys dev run tmp var/task opt etc sbin)
+# PATH inside the images (as ember-init sets it).
+image_path=/usr/bin:/bin:/usr/sbin:/sbin
+
+umask 022
+export PATH="$PATH:/usr/sbin:/sbin"
+
+log() { echo "build-runtimes: $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+sudo_if_needed() {
+    if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+# Prints "<path> <size>" for one artifact, like build-guest.sh.
+report() {
+    local bytes
+    bytes="$(stat -c %s "$1")"
+    printf '%s %s (%s bytes)\n' "$1" "$(numfmt --to=iec-i --suffix=B "$bytes")" "$bytes"
+}
+
+apt_install() {
+    log "installing $*"
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed apt-get install -y -qq "$@" >/dev/null
+}
+
+# Runs a command inside the image being built ($staging), with a clean environment.
+in_image() {
+    sudo_if_needed env -i PATH="$image_path" LANG=C.UTF-8 chroot "$staging" "$@"
+}
+
+# The words of a list file: comments (#...) and blank lines dropped.
+list_words() {
+    sed 's/#.*//' "$1" | tr -s ' \t' '\n' | sed '/^$/d'
+}
+
+# Resolves a package list to the candidates of the machine's apt lists, printing
+# "<file name> <sha256>" a line. Updates the apt lists once if a package is unknown to them.
+resolve_debs() {
+    local list="$1" packages uris
+    mapfile -t packages < <(list_words "$list")
+    if ! uris="$(apt-get download --print-uris "${packages[@]}" 2>/dev/null)"; then
+        log "updating the apt lists to resolve $list"
+        sudo_if_needed apt-get update -qq
+        uris="$(apt-get download --print-uris "${packages[@]}")" || die "cannot resolve $list"
+    fi
+    # Lines look like: 'URI' FILE SIZE SHA256:HEX
+    awk '{ sub(/^SHA256:/, "", $4); print $2, $4 }' <<<"$uris" | sort
+}
+
+# Makes sure every .deb of a resolve_debs listing is in the cache, downloading the missing ones.
+fetch_debs() {
+    local resolved="$1" file sha missing=()
+    mkdir -p "$cache/debs"
+    while read -r file sha; do
+        if [[ ! -f "$cache/debs/$file" ]] || [[ "$(sha256sum <"$cache/debs/$file" | cut -d' ' -f1)" != "$sha" ]]; then
+            missing+=("${file%%_*}")
+        fi
+    done <<<"$resolved"
+    ((${#missing[@]})) || return 0
+    log "downloading ${#missing[@]} Debian package(s): ${missing[*]}"
+    local partial sandbox=()
+    partial="$(mktemp -d "$cache/debs/partial.XXXXXX")"
+    # apt drops to its _apt user to download, which cannot write to a private directory.
+    [[ "$(id -u)" != 0 ]] || sandbox=(-o APT::Sandbox::User=root)
+    (cd "$partial" && apt-get download -q "${sandbox[@]}" "${missing[@]}" >&2)
+    while read -r file sha; do
+        if [[ -f "$partial/$file" ]]; then
+            [[ "$(sha256sum <"$partial/$file" | cut -d' ' -f1)" == "$sha" ]] ||
+                die "$file: checksum differs from the apt lists'"
+            mv "$partial/$file" "$cache/debs/$file"
+        fi
+        [[ -f "$cache/debs/$file" ]] || die "$file was not downloaded"
+    done <<<"$resolved"
+    rm -rf "$partial"
+}
+
+# Downloads the pinned wheels of a requirements file into $2, from the cache when it has them.
+fetch_wheels() {
+    local requirements="$1" dest="$2" args
+    command -v python3 >/dev/null || apt_install python3 python3-pip
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    args=(download --disable-pip-version-check --quiet --no-deps --only-binary=:all:
+        --platform "$wheel_platform" --python-version "$wheel_python" --implementation cp
+        --abi "cp${wheel_python/./}" --abi abi3 --abi none -r "$requirements")
+    mkdir -p "$cache/wheels"
+    if ! python3 -m pip "${args[@]}" --no-index --find-links "$cache/wheels" -d "$dest" >/dev/null 2>&1; then
+        log "downloading the wheels of $requirements"
+        python3 -m pip "${args[@]}" -d "$cache/wheels" >&2
+        python3 -m pip "${args[@]}" --no-index --find-links "$cache/wheels" -d "$dest" >&2
+    fi
+}
+
+# Unpacks wheels (their purelib/platlib content) into a directory, as pip --target would.
+install_wheels() {
+    python3 - "$@" <<'EOF'
+import os, shutil, sys, zipfile
+target, wheels = sys.argv[1], sys.argv[2:]
+for wheel in wheels:
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            parts = info.filename.split("/")
+            if parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    sys.exit(f"{wheel}: {info.filename}: only purelib/platlib data is supported")
+                parts = parts[2:]
+            if info.is_dir() or ".." in parts or parts[0] == "":
+                continue
+            dest = os.path.join(target, *parts)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with zf.open(info) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.chmod(dest, 0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
+EOF
+}
+
+# Checks that every dynamically linked ELF file in the image finds all its libraries there.
+check_elf_deps() {
+    local file rel listing bad=0
+    while IFS= read -r -d '' file; do
+        [[ "$(head -c 4 "$file")" == $'\x7fELF' ]] || continue
+        readelf -d "$file" 2>/dev/null | grep -q '(NEEDED)' || continue
+        rel="/${file#"$staging"/}"
+        if ! listing="$(in_image /lib64/ld-linux-x86-64.so.2 --list "$rel" 2>&1)" ||
+            grep -q 'not found' <<<"$listing"; then
+            log "error: $rel does not load in the image:"
+            grep 'not found' <<<"$listing" >&2 || echo "$listing" >&2
+            bad=1
+        fi
+    done < <(find "$staging" -type f \( -name '*.so*' -o -perm -u+x \) -print0)
+    ((bad == 0)) || die "libraries are missing from the $name image (add their packages to $recipe_dir/packages)"
+}
+
+# The directories and /etc files every image has, and /sbin/init.
+make_skeleton() {
+    local dir
+    for dir in "${skeleton_dirs[@]}"; do
+        mkdir -p "$staging/$dir"
+    done
+    chmod 1777 "$staging/tmp"
+    install -m 0755 "$init" "$staging/sbin/init"
+    # sbx_user1051 is the user Lambda runs functions as.
+    cat >"$staging/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/sbin/nologin
+sbx_user1051:x:993:990::/tmp:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+EOF
+    cat >"$staging/etc/group" <<'EOF'
+root:x:0:
+sbx_user1051:x:990:
+nogroup:x:65534:
+EOF
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$staging/etc/hosts"
+    printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' >"$staging/etc/nsswitch.conf"
+    : >"$staging/etc/resolv.conf"
+}
+
+# Writes $staging into an ext4 image: read-only use, so no journal, no reserved blocks, and
+# only a little free space. Owners are root's even when we are not.
+make_image() {
+    local image="$1" label="$2" content_kib entries size_mib
+    content_kib="$(du -sk "$staging" | cut -f1)"
+    entries="$(find "$staging" | wc -l)"
+    size_mib=$(((content_kib * 11 / 10 + 1023) / 1024 + headroom_mib))
+    rm -f "$image.tmp"
+    truncate -s "${size_mib}M" "$image.tmp"
+    mkfs.ext4 -q -F -d "$staging" -L "$label" -O ^has_journal -E root_owner=0:0 -m 0 \
+        -N $((entries + entries / 10 + 64)) -b 4096 "$image.tmp"
+    if [[ "$(id -u)" != 0 || "$(id -g)" != 0 ]]; then
+        (cd "$staging" && find . -mindepth 1 -printf 'sif /%P uid 0\nsif /%P gid 0\n') |
+            debugfs -w -f - "$image.tmp" >/dev/null 2>&1
+    fi
+    mv "$image.tmp" "$image"
+}
+
+# Builds one runtime's image unless its stamp is current. Runs in a subshell: the recipe's
+# variables and functions stay there.
+build_runtime() (
+    name="$1"
+    recipe_dir="$recipes/$name"
+    image="$out/runtimes/$name.ext4"
+    stamp="$image.stamp"
+    [[ -f "$recipe_dir/recipe.sh" ]] || die "$recipe_dir/recipe.sh is missing"
+    [[ -f "$recipe_dir/command" ]] || die "$recipe_dir/command is missing"
+
+    # The recipe: populate() adds to $staging (required), check() verifies it (optional); with
+    # a requirements.txt it also sets wheel_python, wheel_platform and wheel_target.
+    wheel_python="" wheel_platform="" wheel_target=""
+    # shellcheck source=/dev/null
+    source "$recipe_dir/recipe.sh"
+    declare -F populate >/dev/null || die "$recipe_dir/recipe.sh defines no populate()"
+
+    resolved=""
+    if [[ -f "$recipe_dir/packages" ]]; then
+        resolved="$(resolve_debs "$recipe_dir/packages")"
+    fi
+    want="$(
+        echo "script $(sha256sum <"$self" | cut -d' ' -f1)"
+        echo "ember-init $(sha256sum <"$init" | cut -d' ' -f1)"
+        echo "headroom $headroom_mib"
+        find "$recipe_dir" -type f ! -name README.md ! -name command ! -name env -printf '%P\n' | sort |
+            while read -r file; do echo "recipe $file $(sha256sum <"$recipe_dir/$file" | cut -d' ' -f1)"; done
+        [[ -z "$resolved" ]] || awk '{ print "deb", $0 }' <<<"$resolved"
+    )"
+
+    cp "$recipe_dir/command" "$out/runtimes/$name.command.tmp"
+    mv "$out/runtimes/$name.command.tmp" "$out/runtimes/$name.command"
+    if [[ -f "$recipe_dir/env" ]]; then
+        grep -v -e '^#' -e '^[[:space:]]*$' "$recipe_dir/env" >"$out/runtimes/$name.env.tmp" || true
+    else
+        : >"$out/runtimes/$name.env.tmp"
+    fi
+    mv "$out/runtimes/$name.env.tmp" "$out/runtimes/$name.env"
+
+    if [[ -f "$image" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        log "$name: up to date"
+        return
+    fi
+    log "$name: building"
+    local started=$SECONDS
+
+    work="$(mktemp -d "$out/runtimes/$name-work.XXXXXX")"
+    staging="$work/root"
+    # shellcheck disable=SC2064 # expand now
+    trap "rm -rf '$work' '$image.tmp'" EXIT
+    mkdir "$staging"
+    make_skeleton
+
+    if [[ -n "$resolved" ]]; then
+        fetch_debs "$resolved"
+        log "$name: unpacking $(wc -l <<<"$resolved") Debian packages"
+        while read -r file _; do
+            dpkg-deb -x "$cache/debs/$file" "$staging"
+        done <<<"$resolved"
+        # Documentation and packaging metadata serve no function.
+        rm -rf "$staging"/usr/share/{doc,man,info,lintian,bug,gdb,gcc,locale}
+    fi
+    if [[ -f "$recipe_dir/requirements.txt" ]]; then
+        [[ -n "$wheel_python" && -n "$wheel_platform" && -n "$wheel_target" ]] ||
+            die "$recipe_dir/recipe.sh must set wheel_python, wheel_platform and wheel_target"
+        fetch_wheels "$recipe_dir/requirements.txt" "$work/wheels"
+        log "$name: installing $(find "$work/wheels" -name '*.whl' | wc -l) wheels into $wheel_target"
+        install_wheels "$staging$wheel_target" "$work/wheels"/*.whl
+    fi
+
+    populate
+
+    if [[ -e "$staging/lib64/ld-linux-x86-64.so.2" ]]; then
+        log "$name: checking the libraries of every ELF file"
+        check_elf_deps
+    fi
+    if declare -F check >/dev/null; then
+        log "$name: checking the image"
+        check
+    fi
+
+    make_image "$image" "${name:0:16}" # ext4 labels have at most 16 bytes
+    echo "$want" >"$stamp"
+    log "$name: built in $((SECONDS - started)) s"
+)
+
+main() {
+    [[ -f "$init" ]] || die "$init is missing: run scripts/build-guest.sh"
+    if ! command -v mkfs.ext4 >/dev/null || ! command -v debugfs >/dev/null; then
+        apt_install e2fsprogs
+    fi
+    command -v dpkg-deb >/dev/null || apt_install dpkg
+    command -v apt-get >/dev/null || die "apt-get is needed to fetch the runtimes' Debian packages"
+    mkdir -p "$out/runtimes"
+
+    local names=("$@") name
+    if ((${#names[@]} == 0)); then
+        for dir in "$recipes"/*/; do
+            names+=("$(basename "$dir")")
+        done
+    fi
+    for name in "${names[@]}"; do
+        [[ -d "$recipes/$name" ]] || die "no recipe for runtime $name in $recipes"
+        build_runtime "$name"
+    done
+    for name in "${names[@]}"; do
+        report "$out/runtimes/$name.ext4"
+    done
+}
+
+main "$@"

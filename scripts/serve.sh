@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# scripts/serve.sh --port N --data-dir DIR [ember serve options...]
+# Runs the agent (`ember serve`) on a KVM host until it is stopped (Ctrl-C, SIGTERM, SIGKILL):
+# directly where this machine has hardware KVM, else inside the emulated KVM host with
+# 127.0.0.1:N forwarded to it and DIR kept on this machine's disk (so it outlives the emulated
+# host). Tools here (boto3, the aws CLI, curl, `ember --endpoint http://127.0.0.1:N`) reach the
+# agent at 127.0.0.1:N. The agent's Unix socket is <run dir>/ember.sock on the KVM host.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+port= data_dir= extra=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --port) port=${2:?--port needs a value}; shift 2 ;;
+    --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
+    *) extra+=("$1"); shift ;;
+    esac
+done
+[ -n "$port" ] && [ -n "$data_dir" ] || { echo "usage: scripts/serve.sh --port N --data-dir DIR" >&2; exit 2; }
+mkdir -p "$data_dir"
+data_dir=$(cd "$data_dir" && pwd)
+
+cd "$ember_repo"
+scripts/build-guest.sh >/dev/null
+cargo build --release --locked --bin ember >&2
+exe=$ember_repo/target/release/ember
+# The socket lives on the KVM host's own /run (not on a share).
+cmd=("$exe" serve --socket /run/ember/ember.sock --data-dir "$data_dir" --listen "127.0.0.1:$port" "${extra[@]}")
+
+if ember_have_hw_kvm; then
+    exec "${cmd[@]}"
+fi
+EMBER_L1_RW="${EMBER_L1_RW:-} $data_dir" exec "$ember_repo/scripts/kvm-host.sh" --timeout 86400 --fwd "$port" -- "${cmd[@]}"

@@ -1,0 +1,434 @@
+//! One function instance: an `ember vmm` child process and the runtime channel to its guest.
+//!
+//! [`launch`] spawns the VMM, waits for ember-init to connect the runtime channel, sends the
+//! runtime's [`Config`] and waits for the runtime's first `/next` (its init is over). The running
+//! instance then belongs to an actor task ([`Handle`] is the way in): it runs one [`Job`] at a
+//! time and, between jobs, watches its VMM, so that a VMM or guest that dies while idle is
+//! noticed at once and leaves the pool.
+//!
+//! Destroying an instance is killing its VMM (the kernel frees the VM with the process; the
+//! /tmp drive's file is already unlinked) and removing its directory of sockets.
+
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_proto::runtime::{self, Config, Decoder, Frame, Kind};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use super::cgroup::CpuShares;
+use super::logs::{FunctionLog, InvocationLog};
+use crate::vmm::process::{VmmExit, VmmSpec, CONTROL_FD};
+
+/// Why an instance could not start or stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The host could not set it up (our fault).
+    #[error("{0}")]
+    Host(String),
+    /// The VM ended: a kernel panic, a VMM error, the guest powering off.
+    #[error("{0}")]
+    VmEnded(String),
+    /// The VM ended before ember-init connected the runtime channel: the boot failed.
+    #[error("{0}")]
+    Boot(String),
+    /// The runtime reported an init error; `body` is its error JSON.
+    #[error("init error {error_type:?}")]
+    InitError {
+        /// `Lambda-Runtime-Function-Error-Type`.
+        error_type: Option<String>,
+        /// The runtime's body.
+        body: Vec<u8>,
+    },
+    /// The runtime process exited (`exit status 1`, `signal: killed`).
+    #[error("Runtime exited with error: {0}")]
+    RuntimeExited(String),
+    /// Init took longer than allowed.
+    #[error("init timed out after {0:?}")]
+    InitTimeout(Duration),
+    /// The guest broke the runtime channel's protocol.
+    #[error("runtime channel: {0}")]
+    Protocol(String),
+}
+
+fn host(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Host(format!("{what}: {e}"))
+}
+
+/// What [`launch`] needs.
+pub struct LaunchSpec {
+    /// The instance id (hex); also names its directory and log stream.
+    pub id: String,
+    /// Its directory of sockets (created here, removed on destroy).
+    pub dir: PathBuf,
+    /// The `ember` binary to run as `ember vmm`.
+    pub vmm_binary: PathBuf,
+    /// The VM (its `vsock_uds` is set here, inside `dir`).
+    pub vm: VmmSpec,
+    /// How to start the runtime.
+    pub runtime: Config,
+    /// How long the boot and the runtime's init may take together.
+    pub init_timeout: Duration,
+    /// Where its CPU share is enforced once its init is over.
+    pub shares: Arc<CpuShares>,
+}
+
+/// A running instance, before its actor takes it.
+pub struct Instance {
+    id: String,
+    shares: Arc<CpuShares>,
+    dir: PathBuf,
+    child: Child,
+    control: BufReader<UnixStream>,
+    channel: UnixStream,
+    decoder: Decoder,
+    /// How long the boot and init took.
+    pub init_duration: Duration,
+}
+
+/// Spawns the VMM and waits until the runtime asks for its first event. Runtime output during
+/// init goes to `log`.
+pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance, Error> {
+    let started = Instant::now();
+    tokio::fs::create_dir_all(&spec.dir).await.map_err(host("create instance dir"))?;
+    let guard = DirGuard(Some(spec.dir.clone()));
+    let vsock = spec.dir.join("vsock");
+    let listener = UnixListener::bind(with_port(&vsock, runtime::RUNTIME_PORT)).map_err(host("bind runtime socket"))?;
+    spec.vm.vsock_uds = vsock;
+
+    let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
+    let mut child = spawn_vmm(&spec.vmm_binary, OwnedFd::from(vmm_end))?;
+    agent_end.set_nonblocking(true).map_err(host("control socket"))?;
+    let mut control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
+    let mut line = serde_json::to_vec(&spec.vm).expect("spec serializes");
+    line.push(b'\n');
+    control.get_mut().write_all(&line).await.map_err(host("send spec"))?;
+
+    let deadline = tokio::time::Instant::from_std(started + spec.init_timeout);
+    let mut channel = tokio::select! {
+        accepted = listener.accept() => accepted.map_err(host("accept runtime channel"))?.0,
+        ended = read_exit(&mut control) => return Err(kill(&mut child, Error::Boot(ended)).await),
+        () = tokio::time::sleep_until(deadline) => {
+            return Err(kill(&mut child, Error::InitTimeout(spec.init_timeout)).await)
+        }
+    };
+    drop(listener);
+    spec.runtime.wall_clock_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let config = runtime::encode(Kind::Config, Some(&spec.runtime), b"");
+    if let Err(e) = channel.write_all(&config).await {
+        return Err(kill(&mut child, Error::Host(format!("send runtime config: {e}"))).await);
+    }
+    let mut instance = Instance {
+        id: spec.id,
+        shares: spec.shares,
+        dir: spec.dir,
+        child,
+        control,
+        channel,
+        decoder: Decoder::new(),
+        init_duration: Duration::ZERO,
+    };
+    loop {
+        let frame = tokio::select! {
+            frame = instance.next_frame() => frame,
+            () = tokio::time::sleep_until(deadline) => Err(Error::InitTimeout(spec.init_timeout)),
+        };
+        let result = match frame {
+            Ok(f) if f.kind == Kind::Log => {
+                log.append_output(&f.payload);
+                continue;
+            }
+            Ok(f) if f.kind == Kind::Ready => Ok(()),
+            Ok(f) if f.kind == Kind::InitError => match f.meta::<runtime::InitError>() {
+                Ok(meta) => Err(Error::InitError { error_type: meta.error_type, body: f.payload }),
+                Err(e) => Err(Error::Protocol(e.to_string())),
+            },
+            Ok(f) => Err(unexpected(&f)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                instance.destroy().await;
+                return Err(e);
+            }
+        }
+    }
+    std::mem::forget(guard);
+    instance.init_duration = started.elapsed();
+    if let Some(pid) = instance.child.id() {
+        instance.shares.limit(&instance.id, pid, spec.vm.memory_mib);
+    }
+    Ok(instance)
+}
+
+/// `<path>_<port>`: where the VMM's vsock looks for a host listener on `port`.
+fn with_port(path: &Path, port: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!("_{port}"));
+    s.into()
+}
+
+fn spawn_vmm(binary: &Path, control: OwnedFd) -> Result<Child, Error> {
+    let fd = control.as_raw_fd();
+    let mut cmd = Command::new(binary);
+    cmd.arg("vmm").stdin(Stdio::null()).stdout(Stdio::null()).kill_on_drop(true);
+    // SAFETY: the closure runs in the child between fork and exec and only calls dup2 and
+    // fcntl, which are async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == CONTROL_FD {
+                // dup2 onto itself would keep close-on-exec set: clear it instead.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(host("spawn ember vmm"))?;
+    drop(control);
+    Ok(child)
+}
+
+/// Reads the VMM's exit line; whatever happens, the VM is over. Returns why.
+async fn read_exit(control: &mut BufReader<UnixStream>) -> String {
+    let mut line = String::new();
+    match control.read_line(&mut line).await {
+        Ok(n) if n > 0 => match serde_json::from_str::<VmmExit>(&line) {
+            Ok(exit) => exit.message,
+            Err(e) => format!("the VMM sent a bad exit line: {e}"),
+        },
+        Ok(_) => "the VMM process died".into(),
+        Err(e) => format!("the VMM's control socket failed: {e}"),
+    }
+}
+
+async fn kill(child: &mut Child, why: Error) -> Error {
+    let _ = child.kill().await;
+    why
+}
+
+fn unexpected(f: &Frame) -> Error {
+    Error::Protocol(format!("unexpected {:?} frame", f.kind))
+}
+
+/// Removes an instance directory unless defused with `mem::forget`.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Instance {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next frame from the guest, or why there is none: the VM ended, the channel closed or
+    /// the guest sent garbage.
+    async fn next_frame(&mut self) -> Result<Frame, Error> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            if let Some(frame) = self.decoder.next_frame().map_err(|e| Error::Protocol(e.to_string()))? {
+                if frame.kind == Kind::Exited {
+                    let reason = frame.meta::<runtime::Exited>().map(|m| m.reason).unwrap_or_default();
+                    return Err(Error::RuntimeExited(reason));
+                }
+                return Ok(frame);
+            }
+            tokio::select! {
+                n = self.channel.read(&mut buf) => match n {
+                    Ok(0) => return Err(Error::VmEnded("the guest closed the runtime channel".into())),
+                    Ok(n) => self.decoder.push(&buf[..n]),
+                    Err(e) => return Err(Error::VmEnded(format!("runtime channel: {e}"))),
+                },
+                ended = read_exit(&mut self.control) => return Err(Error::VmEnded(ended)),
+            }
+        }
+    }
+
+    /// Kills the VMM and removes the instance's directory and cgroup.
+    pub async fn destroy(mut self) {
+        let _ = self.child.kill().await;
+        self.shares.remove(&self.id);
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+
+    /// Runs one invocation. `Ok` means the instance can take another; `Err` means it is broken
+    /// (timed out, runtime gone, VM gone) and must be destroyed; the outcome is then in the
+    /// error and the log.
+    async fn run(&mut self, job: &mut Job) -> Result<JobResult, Error> {
+        let frame = runtime::encode(Kind::Invoke, Some(&job.invoke), &job.payload);
+        if let Err(e) = self.channel.write_all(&frame).await {
+            return Err(Error::VmEnded(format!("runtime channel: {e}")));
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = self.next_frame() => frame?,
+                () = tokio::time::sleep_until(job.deadline) => return Ok(JobResult::TimedOut),
+            };
+            match frame.kind {
+                Kind::Log => job.log.output(&frame.payload),
+                Kind::Response => {
+                    let meta: runtime::Response = frame.meta().map_err(|e| Error::Protocol(e.to_string()))?;
+                    if meta.request_id == job.invoke.request_id {
+                        return Ok(JobResult::Response { body: frame.payload, memory_used_mib: meta.memory_used_mib });
+                    }
+                }
+                Kind::Error => {
+                    let meta: runtime::InvokeError = frame.meta().map_err(|e| Error::Protocol(e.to_string()))?;
+                    if meta.request_id == job.invoke.request_id {
+                        return Ok(JobResult::Error {
+                            error_type: meta.error_type,
+                            body: frame.payload,
+                            memory_used_mib: meta.memory_used_mib,
+                        });
+                    }
+                }
+                Kind::Ready => {}
+                _ => return Err(unexpected(&frame)),
+            }
+        }
+    }
+}
+
+/// One invocation for an instance's actor.
+pub struct Job {
+    /// The Runtime API headers.
+    pub invoke: runtime::Invoke,
+    /// The event.
+    pub payload: Bytes,
+    /// When the function times out.
+    pub deadline: tokio::time::Instant,
+    /// The invocation's log (START already written).
+    pub log: InvocationLog,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<JobDone>,
+}
+
+/// How one invocation ended.
+#[derive(Debug)]
+pub enum JobResult {
+    /// `/response`.
+    Response {
+        /// The result.
+        body: Vec<u8>,
+        /// Guest memory in use, MiB.
+        memory_used_mib: u32,
+    },
+    /// `/error`.
+    Error {
+        /// `Lambda-Runtime-Function-Error-Type`.
+        error_type: Option<String>,
+        /// The runtime's error JSON.
+        body: Vec<u8>,
+        /// Guest memory in use, MiB.
+        memory_used_mib: u32,
+    },
+    /// The deadline passed; the instance is destroyed.
+    TimedOut,
+    /// The instance broke during the invocation and is destroyed.
+    Broken(Error),
+}
+
+/// A finished job: its result and the log, handed back for END and REPORT.
+pub struct JobDone {
+    /// The outcome.
+    pub result: JobResult,
+    /// The invocation's log.
+    pub log: InvocationLog,
+    /// Whether the instance lives on (its handle can go back to the pool).
+    pub reusable: bool,
+}
+
+/// The way to a running instance's actor.
+pub struct Handle {
+    /// The instance id.
+    pub id: String,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Handle {
+    /// Hands a job to the actor; false if the actor is gone (its instance died).
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.try_send(job).is_ok()
+    }
+}
+
+/// What an actor tells its owner, which holds its [`Handle`] while it is idle. Dropping the
+/// handle ends the actor and destroys the instance.
+pub trait Owner: Send + Sync + 'static {
+    /// The instance is gone (destroyed after a broken job, died while idle, or kept idle past
+    /// its keep-alive). Returns whether the owner still held it as idle (false: it was just
+    /// taken for a job, which the actor must still accept).
+    fn gone(&self, id: &str, while_idle: bool) -> bool;
+}
+
+/// Starts the actor of a launched instance and returns its handle.
+pub fn spawn_actor<O: Owner>(instance: Instance, owner: Arc<O>, keep_alive: Duration) -> Handle {
+    let (tx, rx) = mpsc::channel(1);
+    let handle = Handle { id: instance.id.clone(), jobs: tx };
+    tokio::spawn(actor(instance, rx, owner, keep_alive));
+    handle
+}
+
+async fn actor<O: Owner>(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc<O>, keep_alive: Duration) {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            // Idle: watch the VM, and retire after the keep-alive.
+            ended = instance.next_frame() => {
+                match ended {
+                    Ok(frame) if frame.kind == Kind::Ready || frame.kind == Kind::Log => continue,
+                    _ => {}
+                }
+                if owner.gone(&instance.id, true) {
+                    instance.destroy().await;
+                    return;
+                }
+                // Taken for a job in the meantime: fail that job below.
+                jobs.recv().await
+            }
+            () = tokio::time::sleep(keep_alive) => {
+                if owner.gone(&instance.id, true) {
+                    instance.destroy().await;
+                    return;
+                }
+                jobs.recv().await
+            }
+        };
+        let Some(mut job) = job else {
+            instance.destroy().await;
+            return;
+        };
+        let result = match instance.run(&mut job).await {
+            Ok(r) => r,
+            Err(e) => JobResult::Broken(e),
+        };
+        let reusable = matches!(result, JobResult::Response { .. } | JobResult::Error { .. });
+        let Job { log, reply, .. } = job;
+        if !reusable {
+            owner.gone(&instance.id, false);
+        }
+        let _ = reply.send(JobDone { result, log, reusable });
+        if !reusable {
+            instance.destroy().await;
+            return;
+        }
+    }
+}

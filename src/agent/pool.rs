@@ -1,0 +1,569 @@
+//! Instances per function: a warm idle instance takes the next invocation of its function
+//! (one event at a time per instance, as Lambda does); with none idle a new one boots, up to a
+//! per-host limit past which invocations get 429. Idle instances go after a keep-alive; at the
+//! limit, the least recently used idle instance of another function makes room.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ember_proto::runtime::{self, Config};
+
+use super::cgroup::CpuShares;
+use super::instance::{self, Handle, Job, JobDone, JobResult, LaunchSpec};
+use super::logs::{InvocationLog, Logs, Report};
+use super::store::{lambda_time, random_uuid, FunctionConfig};
+use super::{ApiError, InvokeOutput, InvokeRequest};
+use crate::vmm::process::VmmSpec;
+use crate::vmm::DEFAULT_CMDLINE;
+
+/// The largest response payload (Lambda's 6 MB).
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// Memory per whole vCPU, in MB (Lambda's).
+const MB_PER_VCPU: u32 = 1769;
+/// The most vCPUs a function gets.
+const MAX_VCPUS: u32 = 6;
+
+/// How the pool runs instances.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Where the kernel (`vmlinux`) and the runtime images (`runtimes/<runtime>.ext4`) are.
+    pub guest_dir: PathBuf,
+    /// Where instances keep their sockets (must not be on a filesystem without Unix sockets).
+    pub run_dir: PathBuf,
+    /// The `ember` binary, run as `ember vmm`.
+    pub vmm_binary: PathBuf,
+    /// The most instances on this host (booting, busy or idle).
+    pub max_instances: usize,
+    /// The most boots under way at once.
+    pub max_boots: usize,
+    /// Cap each instance's CPU at its memory's share (cgroup v2), where the host allows it.
+    pub cpu_shares: bool,
+    /// How long an idle instance is kept.
+    pub keep_alive: Duration,
+    /// How long a boot plus the runtime's init may take.
+    pub init_timeout: Duration,
+}
+
+/// The microVM instances of every function on this host.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: PoolConfig,
+    shares: Arc<CpuShares>,
+    /// Boots under way at once are capped (`max_boots`): a burst of cold starts queues here,
+    /// and takes instances that go idle meanwhile instead of booting more.
+    boots: tokio::sync::Semaphore,
+    /// Woken when an instance goes back to idle.
+    released: tokio::sync::Notify,
+    logs: Logs,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Idle instances by function name, most recently used last.
+    idle: HashMap<String, Vec<Idle>>,
+    /// Live instances: booting, busy and idle.
+    live: usize,
+    /// Bumped by [`Pool::retire`]: instances of an older epoch are not reused.
+    epochs: HashMap<String, u64>,
+}
+
+struct Idle {
+    handle: Handle,
+    revision: String,
+    epoch: u64,
+    since: Instant,
+}
+
+/// An instance taken for one invocation.
+struct Taken {
+    handle: Handle,
+    epoch: u64,
+    init_duration: Option<Duration>,
+}
+
+impl Pool {
+    /// A pool with no instances. Clears `run_dir`, where instances of an earlier agent may have
+    /// left sockets (their VMMs died with it).
+    pub fn new(config: PoolConfig, logs: Logs) -> std::io::Result<Pool> {
+        match std::fs::remove_dir_all(&config.run_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&config.run_dir)?;
+        let shares = Arc::new(if config.cpu_shares {
+            CpuShares::new(&super::short_hash(&config.run_dir))
+        } else {
+            CpuShares::off()
+        });
+        let boots = tokio::sync::Semaphore::new(config.max_boots.max(1));
+        let released = tokio::sync::Notify::new();
+        Ok(Pool { shared: Arc::new(Shared { config, shares, boots, released, logs, state: Mutex::default() }) })
+    }
+
+    /// Live instances (booting, busy and idle).
+    pub fn live(&self) -> usize {
+        self.shared.lock().live
+    }
+
+    /// Runs one invocation on a warm idle instance of the function, or a new one.
+    pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeOutput, ApiError> {
+        let f = &req.function;
+        let request_id = req.request_id.clone();
+        let flog = self.shared.logs.function(&f.name);
+        let taken = self.take(f, &request_id).await?;
+        let Taken { handle, epoch, init_duration } = match taken {
+            Ok(t) => t,
+            // The runtime failed its init: a function error, as Lambda answers it.
+            Err(output) => return Ok(output.with_tail(req.want_tail)),
+        };
+
+        let started = Instant::now();
+        let timeout = Duration::from_secs(u64::from(f.timeout_s));
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let job = Job {
+            invoke: runtime::Invoke {
+                request_id: request_id.clone(),
+                remaining_ms: timeout.as_millis() as u64,
+                function_arn: f.arn.clone(),
+                trace_id: trace_id(),
+                client_context: req.client_context.clone(),
+                cognito_identity: None,
+            },
+            payload: req.payload.clone(),
+            deadline: tokio::time::Instant::from_std(started + timeout),
+            log: InvocationLog::start(flog, &request_id, &f.version, req.want_tail),
+            reply,
+        };
+        if !handle.submit(job) {
+            self.shared.gone_taken();
+            return Err(ApiError::service("the instance ended before it took the event"));
+        }
+        let Ok(JobDone { result, mut log, reusable }) = done.await else {
+            self.shared.gone_taken();
+            return Err(ApiError::service("the instance ended during the invocation"));
+        };
+        let duration = started.elapsed();
+        let (payload, function_error, memory_used) = match result {
+            JobResult::Response { body, memory_used_mib } if body.len() > MAX_RESPONSE_BYTES => {
+                let msg = format!(
+                    "Response payload size exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
+                );
+                log.output(format!("{msg}\n").as_bytes());
+                (error_json("Function.ResponseSizeTooLarge", &msg), Some("Unhandled"), memory_used_mib)
+            }
+            JobResult::Response { body, memory_used_mib } => (body, None, memory_used_mib),
+            JobResult::Error { body, memory_used_mib, .. } => (body, Some("Unhandled"), memory_used_mib),
+            JobResult::TimedOut => {
+                let msg = format!("Task timed out after {:.2} seconds", timeout.as_secs_f64());
+                log.output(format!("{} {request_id} {msg}\n", timestamp()).as_bytes());
+                let body = error_json("Sandbox.Timedout", &format!("RequestId: {request_id} Error: {msg}"));
+                (body, Some("Unhandled"), 0)
+            }
+            JobResult::Broken(e) => {
+                let (kind, msg) = broken(&e);
+                let msg = format!("RequestId: {request_id} Error: {msg}");
+                log.output(format!("{msg}\n{kind}\n").as_bytes());
+                (error_json(kind, &msg), Some("Unhandled"), 0)
+            }
+        };
+        let report = Report {
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            memory_mib: f.memory_mib,
+            max_memory_used_mib: memory_used,
+            init_duration_ms: init_duration.map(|d| d.as_secs_f64() * 1000.0),
+        };
+        let log_tail = log.finish(&request_id, &report);
+        if reusable {
+            self.release(&f.name, &f.revision_id, handle, epoch);
+        }
+        Ok(InvokeOutput { payload, function_error, log_tail, executed_version: f.version.clone() })
+    }
+
+    /// Retires every instance of `function` (after its code or configuration changed, or it
+    /// was deleted): idle ones at once, busy ones when their invocation ends.
+    pub fn retire(&self, function: &str) {
+        let dropped = {
+            let mut state = self.shared.lock();
+            *state.epochs.entry(function.to_owned()).or_default() += 1;
+            let dropped = state.idle.remove(function).unwrap_or_default();
+            state.live -= dropped.len();
+            dropped
+        };
+        // Dropping the handles ends the actors, which destroy their instances.
+        drop(dropped);
+    }
+
+    /// An instance for one invocation: an idle one, or a new one once a boot slot is free,
+    /// or one that went idle while this invocation waited for a slot.
+    async fn take(&self, f: &FunctionConfig, request_id: &str) -> Result<Result<Taken, InvokeOutput>, ApiError> {
+        loop {
+            let released = self.shared.released.notified();
+            tokio::pin!(released);
+            // Registered before looking, so that a release between the look and the wait wakes us.
+            released.as_mut().enable();
+            if let Some(taken) = self.take_idle(f) {
+                return Ok(taken);
+            }
+            tokio::select! {
+                permit = self.shared.boots.acquire() => {
+                    let _permit = permit.expect("the boot semaphore is never closed");
+                    return self.cold_start(f, request_id).await;
+                }
+                () = &mut released => {}
+            }
+        }
+    }
+
+    fn take_idle(&self, f: &FunctionConfig) -> Option<Result<Taken, InvokeOutput>> {
+        let mut state = self.shared.lock();
+        let epoch = state.epochs.get(&f.name).copied().unwrap_or_default();
+        let idle = state.idle.get_mut(&f.name)?;
+        let pos = idle.iter().rposition(|i| i.revision == f.revision_id && i.epoch == epoch)?;
+        let Idle { handle, epoch, .. } = idle.remove(pos);
+        Some(Ok(Taken { handle, epoch, init_duration: None }))
+    }
+
+    /// Boots a new instance, once a slot is free.
+    async fn cold_start(&self, f: &FunctionConfig, request_id: &str) -> Result<Result<Taken, InvokeOutput>, ApiError> {
+        let epoch = self.reserve_slot(&f.name)?;
+        let flog = self.shared.logs.function(&f.name);
+        let mut attempts = 0;
+        let launched = loop {
+            let spec = match self.launch_spec(f, &random_hex()) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    self.shared.gone_taken();
+                    return Err(e);
+                }
+            };
+            attempts += 1;
+            match instance::launch(spec, &flog).await {
+                // A VM that died before its runtime could start is the platform's failure, not
+                // the function's: boot another once.
+                Err(instance::Error::Boot(why)) if attempts < 2 => {
+                    eprintln!("ember: {}: a new instance failed to boot ({why}); booting another", f.name);
+                }
+                other => break other,
+            }
+        };
+        match launched {
+            Ok(instance) => {
+                let init_duration = Some(instance.init_duration);
+                let handle = instance::spawn_actor(instance, self.shared.clone(), self.shared.config.keep_alive);
+                Ok(Ok(Taken { handle, epoch, init_duration }))
+            }
+            Err(e) => {
+                self.shared.gone_taken();
+                let (kind, msg, body) = match e {
+                    instance::Error::Host(m) => {
+                        return Err(ApiError::service(format!("cannot start an instance: {m}")))
+                    }
+                    instance::Error::InitError { error_type, body } => {
+                        let kind = error_type.unwrap_or_else(|| "Runtime.Unknown".into());
+                        let msg = String::from_utf8_lossy(&body).into_owned();
+                        (kind, msg, body)
+                    }
+                    other => {
+                        let (kind, msg) = broken(&other);
+                        let msg = format!("RequestId: {request_id} Error: {msg}");
+                        (kind.to_owned(), msg.clone(), error_json(kind, &msg))
+                    }
+                };
+                let mut log = InvocationLog::start(flog, request_id, &f.version, true);
+                log.output(format!("INIT_REPORT Status: error Error Type: {kind}\n{msg}\n").as_bytes());
+                let tail = log.finish(request_id, &Report { memory_mib: f.memory_mib, ..Report::default() });
+                Ok(Err(InvokeOutput {
+                    payload: body,
+                    function_error: Some("Unhandled"),
+                    log_tail: tail,
+                    executed_version: f.version.clone(),
+                }))
+            }
+        }
+    }
+
+    /// Counts a new instance, evicting the least recently used idle instance of another
+    /// function when the host is full. Returns the function's epoch.
+    fn reserve_slot(&self, function: &str) -> Result<u64, ApiError> {
+        let mut state = self.shared.lock();
+        if state.live < self.shared.config.max_instances {
+            state.live += 1;
+        } else {
+            // The evicted instance's slot passes to the new one, so `live` stays.
+            let oldest = state
+                .idle
+                .iter()
+                .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, idle)| (idle.since, name, i)))
+                .min()
+                .map(|(_, name, i)| (name.clone(), i));
+            let Some((name, i)) = oldest else {
+                return Err(ApiError::too_many_requests("Rate Exceeded."));
+            };
+            let list = state.idle.get_mut(&name).expect("listed above");
+            // Dropping its handle ends the actor, which destroys the instance.
+            drop(list.remove(i));
+            if list.is_empty() {
+                state.idle.remove(&name);
+            }
+        }
+        Ok(state.epochs.get(function).copied().unwrap_or_default())
+    }
+
+    fn release(&self, function: &str, revision: &str, handle: Handle, epoch: u64) {
+        let mut state = self.shared.lock();
+        if state.epochs.get(function).copied().unwrap_or_default() != epoch {
+            state.live -= 1;
+            return;
+        }
+        let idle = Idle { handle, revision: revision.to_owned(), epoch, since: Instant::now() };
+        state.idle.entry(function.to_owned()).or_default().push(idle);
+        drop(state);
+        self.shared.released.notify_waiters();
+    }
+
+    fn launch_spec(&self, f: &FunctionConfig, id: &str) -> Result<LaunchSpec, ApiError> {
+        let config = &self.shared.config;
+        let rootfs = config.guest_dir.join("runtimes").join(format!("{}.ext4", f.runtime));
+        if !rootfs.is_file() {
+            return Err(ApiError::service(format!(
+                "the image of runtime {} is missing: {}",
+                f.runtime,
+                rootfs.display()
+            )));
+        }
+        let (argv, env) = runtime_files(&config.guest_dir, &f.runtime).map_err(|e| {
+            ApiError::service(format!(
+                "cannot read the command of runtime {} in {}: {e}",
+                f.runtime,
+                config.guest_dir.display()
+            ))
+        })?;
+        let dir = config.run_dir.join(id);
+        Ok(LaunchSpec {
+            id: id.to_owned(),
+            vmm_binary: config.vmm_binary.clone(),
+            vm: VmmSpec {
+                memory_mib: f.memory_mib,
+                vcpus: vcpus_for(f.memory_mib),
+                kernel: config.guest_dir.join("vmlinux"),
+                rootfs,
+                cmdline: format!("{DEFAULT_CMDLINE} {}=1", ember_proto::cmdline::RUNTIME),
+                code: Some(f.code_image.clone()),
+                tmp_mib: Some(f.ephemeral_mib),
+                tmp_dir: dir.clone(),
+                vsock_uds: PathBuf::new(),
+                console: None,
+                boot_timeout_s: config.init_timeout.as_secs().max(1),
+            },
+            dir,
+            runtime: runtime_config(f, id, &argv, &env),
+            init_timeout: config.init_timeout,
+            shares: self.shared.shares.clone(),
+        })
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An instance that was not idle (booting or busy) is gone.
+    fn gone_taken(&self) {
+        self.lock().live -= 1;
+    }
+}
+
+impl instance::Owner for Shared {
+    fn gone(&self, id: &str, while_idle: bool) -> bool {
+        let mut state = self.lock();
+        if !while_idle {
+            state.live -= 1;
+            return true;
+        }
+        let mut found = None;
+        for (name, list) in state.idle.iter_mut() {
+            if let Some(i) = list.iter().position(|idle| idle.handle.id == id) {
+                found = Some((name.clone(), list.remove(i)));
+                break;
+            }
+        }
+        match found {
+            Some((name, idle)) => {
+                if state.idle.get(&name).is_some_and(Vec::is_empty) {
+                    state.idle.remove(&name);
+                }
+                state.live -= 1;
+                drop(idle);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl InvokeOutput {
+    fn with_tail(mut self, want_tail: bool) -> Self {
+        if !want_tail {
+            self.log_tail = None;
+        }
+        self
+    }
+}
+
+/// The error type and message of a broken instance, as Lambda words them.
+fn broken(e: &instance::Error) -> (&'static str, String) {
+    match e {
+        instance::Error::RuntimeExited(reason) => ("Runtime.ExitError", format!("Runtime exited with error: {reason}")),
+        instance::Error::VmEnded(why) | instance::Error::Boot(why) => {
+            ("Runtime.ExitError", format!("Runtime exited with error: {why}"))
+        }
+        instance::Error::InitTimeout(t) => {
+            ("Sandbox.Timedout", format!("Init timed out after {:.2} seconds", t.as_secs_f64()))
+        }
+        other => ("Runtime.Unknown", other.to_string()),
+    }
+}
+
+fn error_json(kind: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "errorType": kind, "errorMessage": message })).expect("serializes")
+}
+
+/// vCPUs in proportion to memory: one per 1769 MB, rounded up, at most six.
+pub fn vcpus_for(memory_mib: u32) -> u8 {
+    memory_mib.div_ceil(MB_PER_VCPU).clamp(1, MAX_VCPUS) as u8
+}
+
+/// Environment variables, in order.
+type Env = Vec<(String, String)>;
+
+/// What a runtime's image directory says about running it: `<runtime>.command` (the argv,
+/// words split on spaces, `$HANDLER` standing for the handler) and `<runtime>.env` (KEY=VALUE
+/// lines), written by scripts/build-runtimes.sh beside the image.
+fn runtime_files(guest_dir: &std::path::Path, runtime: &str) -> std::io::Result<(Vec<String>, Env)> {
+    let dir = guest_dir.join("runtimes");
+    let command = std::fs::read_to_string(dir.join(format!("{runtime}.command")))?;
+    let env = std::fs::read_to_string(dir.join(format!("{runtime}.env")))?;
+    let argv = command.split_whitespace().map(str::to_owned).collect();
+    let env = env
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    Ok((argv, env))
+}
+
+/// The runtime's command and environment: the image's own, the function's variables, and the
+/// Lambda variables (which the function's cannot override).
+fn runtime_config(
+    f: &FunctionConfig,
+    instance_id: &str,
+    image_argv: &[String],
+    image_env: &[(String, String)],
+) -> Config {
+    let argv = image_argv.iter().map(|w| if w == "$HANDLER" { f.handler.clone() } else { w.clone() }).collect();
+    let date = timestamp();
+    let stream = format!("{}/{}/{}/[{}]{instance_id}", &date[0..4], &date[5..7], &date[8..10], f.version);
+    let region = super::store::region().to_owned();
+    let mut env: Env = image_env.to_vec();
+    env.extend(f.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let ours = [
+        ("_HANDLER", f.handler.clone()),
+        ("LAMBDA_TASK_ROOT", "/var/task".into()),
+        ("LAMBDA_RUNTIME_DIR", "/var/runtime".into()),
+        ("AWS_LAMBDA_FUNCTION_NAME", f.name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", f.version.clone()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mib.to_string()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", f.name)),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", stream),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+        ("AWS_REGION", region.clone()),
+        ("AWS_DEFAULT_REGION", region),
+        ("TZ", ":UTC".into()),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin:/opt/bin".into()),
+        ("PYTHONUNBUFFERED", "1".into()),
+    ];
+    // Later entries win: keep only the last of each name.
+    env.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    let mut seen = std::collections::HashSet::new();
+    let mut env: Vec<_> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+    env.reverse();
+    Config { argv, env, cwd: "/var/task".into(), wall_clock_ms: 0 }
+}
+
+/// A random id of 32 hex digits (instance ids, trace ids).
+fn random_hex() -> String {
+    random_uuid().replace('-', "")
+}
+
+/// An X-Ray style trace id.
+fn trace_id() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    format!("Root=1-{secs:08x}-{};Parent={};Sampled=0", &random_hex()[..24], &random_hex()[..16])
+}
+
+/// Now in UTC as `2026-11-22T08:30:00.123Z`.
+pub fn timestamp() -> String {
+    lambda_time(SystemTime::now()).replace("+0000", "Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_follow_memory() {
+        assert_eq!(vcpus_for(128), 1);
+        assert_eq!(vcpus_for(1769), 1);
+        assert_eq!(vcpus_for(1770), 2);
+        assert_eq!(vcpus_for(10240), 6);
+    }
+
+    #[test]
+    fn ids_have_their_shapes() {
+        assert_eq!(random_hex().len(), 32);
+        assert_ne!(random_hex(), random_hex());
+        assert!(trace_id().starts_with("Root=1-"));
+        assert_eq!(timestamp().len(), "2026-11-22T08:30:00.123Z".len());
+    }
+
+    #[test]
+    fn lambda_variables_win_over_the_function_s() {
+        let mut f = FunctionConfig {
+            name: "f".into(),
+            arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            runtime: "python3.11".into(),
+            handler: "handler.main".into(),
+            role: String::new(),
+            description: String::new(),
+            memory_mib: 256,
+            timeout_s: 3,
+            ephemeral_mib: 512,
+            environment: Default::default(),
+            code_sha256: String::new(),
+            code_size: 0,
+            code_image: PathBuf::new(),
+            revision_id: "r".into(),
+            last_modified: String::new(),
+            version: "$LATEST".into(),
+        };
+        f.environment.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "spoofed".into());
+        f.environment.insert("MY_VAR".into(), "1".into());
+        let argv = vec!["/usr/bin/python3.11".to_owned(), "-m".into(), "awslambdaric".into(), "$HANDLER".into()];
+        let c = runtime_config(&f, "abc", &argv, &[("LANG".into(), "C.UTF-8".into())]);
+        assert_eq!(c.argv[3], "handler.main");
+        let get = |k: &str| c.env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), ["f"]);
+        assert_eq!(get("MY_VAR"), ["1"]);
+        assert_eq!(get("LANG"), ["C.UTF-8"]);
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), ["256"]);
+        assert!(get("AWS_LAMBDA_LOG_STREAM_NAME")[0].ends_with("/[$LATEST]abc"));
+    }
+}

@@ -1,0 +1,167 @@
+//! A running `ember serve` for the invoke tests, and a small HTTP client for its Unix socket.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use super::guest_dir;
+
+/// An agent with its own data dir and socket, killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub tcp_port: Option<u16>,
+    extra: Vec<String>,
+}
+
+/// A response: status, headers (lower-case names) and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    /// The decoded `X-Amz-Log-Result`.
+    pub fn log_tail(&self) -> String {
+        let b64 = self.header("x-amz-log-result").expect("X-Amz-Log-Result");
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    }
+}
+
+impl Agent {
+    /// Starts an agent in a fresh directory named `name` under the temporary directory (a local
+    /// filesystem: Unix sockets cannot live on the emulated host's shares).
+    pub fn start(name: &str, extra: &[&str]) -> Agent {
+        let root = std::env::temp_dir().join(format!("ember-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut agent = Agent {
+            child: Command::new("true").spawn().unwrap(),
+            socket: root.join("ember.sock"),
+            data_dir: root.join("data"),
+            run_dir: root.join("run"),
+            tcp_port: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent process (again) on the same data dir.
+    pub fn spawn(&mut self) {
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+        cmd.env("EMBER_GUEST_DIR", guest_dir())
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(["--init-timeout-s", "120"])
+            .args(&self.extra)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(port) = self.tcp_port {
+            cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        }
+        self.child = cmd.spawn().expect("run ember serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("ember serve exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "ember serve did not open its socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the agent with SIGKILL.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// One request on the Unix socket.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+        request(&self.socket, method, path, headers, body).await
+    }
+
+    /// CreateFunction with a zip from the guest dir (`functions/<zip>`).
+    pub async fn create(
+        &self,
+        name: &str,
+        runtime: &str,
+        handler: &str,
+        zip: &str,
+        extra: serde_json::Value,
+    ) -> Response {
+        let zip = std::fs::read(guest_dir().join("functions").join(zip)).expect("test function zip (build-guest.sh)");
+        let mut body = serde_json::json!({
+            "FunctionName": name,
+            "Runtime": runtime,
+            "Handler": handler,
+            "Role": "arn:aws:iam::000000000000:role/test",
+            "Code": { "ZipFile": base64::engine::general_purpose::STANDARD.encode(zip) },
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        self.request("POST", "/2015-03-31/functions", &[], serde_json::to_vec(&body).unwrap()).await
+    }
+
+    /// Invoke, RequestResponse, with the log tail.
+    pub async fn invoke(&self, name: &str, payload: serde_json::Value) -> Response {
+        let path = format!("/2015-03-31/functions/{name}/invocations");
+        self.request("POST", &path, &[("X-Amz-Log-Type", "Tail")], serde_json::to_vec(&payload).unwrap()).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket.
+pub async fn request(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+    let stream = tokio::net::UnixStream::connect(socket).await.expect("connect to the agent");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let body = resp.into_body().collect().await.expect("response body").to_bytes().to_vec();
+    Response { status, headers, body }
+}

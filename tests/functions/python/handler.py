@@ -1,0 +1,102 @@
+"""Handlers for Ember's integration tests, run by the python3.11 runtime as `handler.<name>`.
+
+Zipped to target/guest/functions/python.zip by scripts/build-test-functions.sh.
+"""
+
+import ctypes
+import mmap
+import os
+import time
+
+ENV_KEYS = (
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "LAMBDA_TASK_ROOT",
+    "AWS_REGION",
+    "_HANDLER",
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "TZ",
+    "MY_VAR",
+)
+
+
+def echo(event, context):
+    """Returns the event unchanged."""
+    return event
+
+
+def context_info(event, context):
+    """Returns what the runtime was told about this invocation and function."""
+    return {
+        "aws_request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "invoked_function_arn": context.invoked_function_arn,
+        "env": {key: os.environ.get(key) for key in ENV_KEYS},
+    }
+
+
+def fail(event, context):
+    """Fails the invocation: errorType "ValueError", errorMessage "boom"."""
+    raise ValueError("boom")
+
+
+def sleep(event, context):
+    """Sleeps event["ms"] milliseconds and returns that number."""
+    ms = event["ms"]
+    time.sleep(ms / 1000)
+    return ms
+
+
+def exit(event, context):  # noqa: A001 - the handler's name is part of the tests' contract
+    """Ends the runtime process at once with status 3, answering nothing."""
+    os._exit(3)
+
+
+def panic(event, context):
+    """Panics the guest kernel: turns on panic_on_oom, then eats memory until the OOM.
+
+    The guest kernel has no sysrq, so this is how a test crashes the VM from inside.
+    It writes 2 rather than 1 to panic_on_oom: with 1 the kernel panics only on a system-wide OOM and
+    just kills this process when the OOM is confined to a memory cgroup (or cpuset or
+    mempolicy); 2 panics in every case.
+    """
+    with open("/proc/sys/vm/panic_on_oom", "w") as f:
+        f.write("2")
+    # Always overcommit: every allocation succeeds and the OOM comes from touching the memory,
+    # at once, instead of the heuristic refusing big allocations (MemoryError) first.
+    with open("/proc/sys/vm/overcommit_memory", "w") as f:
+        f.write("1")
+    # Lock this process's pages, present and future: without it the kernel first evicts and
+    # re-reads our own code (file pages) for a long while before it gives up and OOMs.
+    ctypes.CDLL(None, use_errno=True).mlockall(3)  # MCL_CURRENT | MCL_FUTURE
+    # Touch one byte a page: the fastest way to use up memory (copying big buffers is slow
+    # under emulation), and each touch is a real page the kernel must find.
+    size = 1 << 34
+    hog = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        hog[offset] = 1
+
+
+def big(event, context):
+    """Returns a string of event["bytes"] bytes (the JSON response has 2 more: the quotes)."""
+    return "x" * event["bytes"]
+
+
+def print_lines(event, context):
+    """Prints event["n"] lines ("line 0" ... "line n-1") to stdout and returns n."""
+    n = event["n"]
+    for i in range(n):
+        print(f"line {i}")
+    return n
+
+
+def dispatch(event, context):
+    """Runs the handler named by event["action"], so that one function (one instance) serves
+    every case of a test: {"action": "sleep", "ms": 10} runs sleep."""
+    return globals()[event["action"]](event, context)

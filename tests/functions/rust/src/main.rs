@@ -1,0 +1,46 @@
+//! Ember's Rust test function, run by the provided.al2023 runtime as `/var/task/bootstrap`.
+//!
+//! - `{"fail": true}`: fails the invocation with errorType `bootstrap::TestError` (lambda_runtime
+//!   reports the Rust type name of the error) and errorMessage `boom`;
+//! - `{"sleep_ms": n}`: sleeps n milliseconds, then echoes the event;
+//! - anything else: echoes the event.
+
+use std::fmt;
+use std::time::Duration;
+
+use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
+use serde_json::Value;
+
+/// The error of `{"fail": true}`.
+#[derive(Debug)]
+struct TestError;
+
+impl fmt::Display for TestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("boom")
+    }
+}
+
+impl std::error::Error for TestError {}
+
+impl From<TestError> for Diagnostic {
+    fn from(error: TestError) -> Diagnostic {
+        Diagnostic { error_type: std::any::type_name::<TestError>().to_owned(), error_message: error.to_string() }
+    }
+}
+
+async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
+    let payload = event.payload;
+    if payload.get("fail") == Some(&Value::Bool(true)) {
+        return Err(TestError);
+    }
+    if let Some(ms) = payload.get("sleep_ms").and_then(Value::as_u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(payload)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::run(service_fn(handle)).await
+}
