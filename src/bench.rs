@@ -369,6 +369,8 @@ impl AgentConn {
             .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
             .expect("request builds");
         let failed = |e: String| Error::Run { run: 0, detail: format!("{method} {path}: {e}") };
+        // The connection takes the next request only once it has finished with the last.
+        self.0.ready().await.map_err(|e| failed(e.to_string()))?;
         let resp = self.0.send_request(req).await.map_err(|e| failed(e.to_string()))?;
         let status = resp.status();
         let function_error = resp.headers().contains_key("x-amz-function-error");
