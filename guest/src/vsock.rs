@@ -44,7 +44,8 @@ fn echo(conn: OwnedFd) {
     }
 }
 
-fn listen(port: u32) -> io::Result<OwnedFd> {
+/// A fresh AF_VSOCK stream socket and the address (`cid`, `port`) to bind or connect it to.
+pub fn socket(cid: u32, port: u32) -> io::Result<(OwnedFd, libc::sockaddr_vm, libc::socklen_t)> {
     // SAFETY: socket() has no memory-safety preconditions; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -55,9 +56,15 @@ fn listen(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: sockaddr_vm is plain data; all-zero is a valid value before the fields are set.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
+    addr.svm_cid = cid;
     addr.svm_port = port;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    Ok((sock, addr, std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t))
+}
+
+fn listen(port: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let (sock, addr, len) = socket(libc::VMADDR_CID_ANY, port)?;
+    let fd = sock.as_raw_fd();
     // SAFETY: addr is a valid sockaddr_vm of `len` bytes that outlives the call.
     let r = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) };
     if r < 0 {

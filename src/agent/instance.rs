@@ -234,11 +234,6 @@ impl Drop for DirGuard {
 }
 
 impl Instance {
-    /// The instance id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The next frame from the guest, or why there is none: the VM ended, the channel closed or
     /// the guest sent garbage.
     async fn next_frame(&mut self) -> Result<Frame, Error> {

@@ -106,11 +106,6 @@ impl Pool {
         Ok(Pool { shared: Arc::new(Shared { config, shares, boots, released, logs, state: Mutex::default() }) })
     }
 
-    /// Live instances (booting, busy and idle).
-    pub fn live(&self) -> usize {
-        self.shared.lock().live
-    }
-
     /// Runs one invocation on a warm idle instance of the function, or a new one.
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeOutput, ApiError> {
         let f = &req.function;

@@ -8,7 +8,7 @@
 //! writer calls the `on_broken` function it was given, the reader returns a [`ChannelError`].
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd as _, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -77,19 +77,8 @@ pub fn connect(cid: u32, port: u32, timeout: Duration) -> io::Result<UnixStream>
 }
 
 fn connect_once(cid: u32, port: u32) -> io::Result<UnixStream> {
-    // SAFETY: socket() has no memory-safety preconditions; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value before the fields are set.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    let (sock, addr, len) = crate::vsock::socket(cid, port)?;
+    let fd = sock.as_raw_fd();
     loop {
         // SAFETY: addr is a valid sockaddr_vm of `len` bytes that outlives the call.
         let r = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_vm).cast(), len) };
