@@ -113,6 +113,12 @@ async fn failures_give_lambda_errors_and_the_function_recovers() {
     assert!(exited.json()["errorMessage"].as_str().unwrap().contains("exit status 3"), "{}", exited.json());
     works(agent.invoke("f", json!({"action": "echo"})).await);
 
+    let killed = agent.invoke("f", json!({"action": "oom"})).await;
+    assert_eq!(function_error(&killed), Some("Unhandled"));
+    assert_eq!(killed.json()["errorType"], "Runtime.ExitError");
+    assert!(killed.json()["errorMessage"].as_str().unwrap().contains("signal: killed"), "{}", killed.json());
+    works(agent.invoke("f", json!({"action": "echo"})).await);
+
     let panicked = agent.invoke("f", json!({"action": "panic"})).await;
     assert_eq!(function_error(&panicked), Some("Unhandled"));
     assert_eq!(panicked.json()["errorType"], "Runtime.ExitError");
@@ -141,6 +147,21 @@ async fn failures_give_lambda_errors_and_the_function_recovers() {
     assert_eq!(too_large.status, 413);
     assert_eq!(too_large.header("x-amzn-errortype"), Some("RequestTooLargeException"));
     works(agent.invoke("f", json!({"action": "echo"})).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_failures_are_function_errors() {
+    let agent = start("init", &[]);
+    let created =
+        agent.create("bad", "python3.11", "no_such_module.handler", "python.zip", json!({"Timeout": 30})).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    for _ in 0..2 {
+        let failed = agent.invoke("bad", json!({})).await;
+        assert_eq!((failed.status, function_error(&failed)), (200, Some("Unhandled")));
+        let err = failed.json();
+        assert_eq!(err["errorType"], "Runtime.ImportModuleError", "{err}");
+        assert!(failed.log_tail().contains("INIT_REPORT Status: error"), "{}", failed.log_tail());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

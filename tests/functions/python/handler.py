@@ -83,6 +83,18 @@ def panic(event, context):
         hog[offset] = 1
 
 
+def oom(event, context):
+    """Uses up the guest's memory without panicking it: the kernel's OOM killer kills this
+    process (the runtime), which Lambda reports as Runtime.ExitError, "signal: killed"."""
+    with open("/proc/sys/vm/overcommit_memory", "w") as f:
+        f.write("1")
+    ctypes.CDLL(None, use_errno=True).mlockall(3)  # MCL_CURRENT | MCL_FUTURE, as in panic
+    size = 1 << 34
+    hog = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        hog[offset] = 1
+
+
 def big(event, context):
     """Returns a string of event["bytes"] bytes (the JSON response has 2 more: the quotes)."""
     return "x" * event["bytes"]
