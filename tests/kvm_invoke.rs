@@ -210,6 +210,29 @@ async fn functions_survive_kill9_and_nothing_is_left_behind() {
     assert_eq!(agent.invoke("r", json!({"b": 2})).await.json(), json!({"b": 2}));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_that_dies_is_replaced() {
+    let agent = start("vmm-dies", &[]);
+    let created = agent.create("v", "provided.al2023", "bootstrap", "rust.zip", json!({})).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    assert_eq!(agent.invoke("v", json!({"a": 1})).await.json(), json!({"a": 1}));
+    let vmms = vmm_children(agent.child.id());
+    assert_eq!(vmms.len(), 1, "one instance runs");
+    // SAFETY: kill(2) with a pid we just read and SIGKILL; nothing in this process is touched.
+    assert_eq!(unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) }, 0);
+
+    // The agent notices at once: the idle instance leaves the pool and its directory goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&agent.run_dir).unwrap().count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the dead instance's directory stayed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let again = agent.invoke("v", json!({"b": 2})).await;
+    assert_eq!((again.status, function_error(&again)), (200, None), "{}", String::from_utf8_lossy(&again.body));
+    assert_eq!(again.json(), json!({"b": 2}));
+    assert!(again.log_tail().contains("Init Duration"), "a new instance booted: {}", again.log_tail());
+}
+
 /// The pids of `ember vmm` processes whose parent is `parent`.
 fn vmm_children(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
