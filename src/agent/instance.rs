@@ -57,6 +57,9 @@ pub enum Error {
     Protocol(String),
 }
 
+/// How much one read from the runtime channel takes at most.
+const READ_CHUNK: usize = 64 * 1024;
+
 fn host(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Host(format!("{what}: {e}"))
 }
@@ -88,6 +91,8 @@ pub struct Instance {
     control: BufReader<UnixStream>,
     channel: UnixStream,
     decoder: Decoder,
+    /// Where reads from the channel land, allocated once (not zeroed per read on the hot path).
+    read_buf: Box<[u8]>,
     /// How long the boot and init took.
     pub init_duration: Duration,
 }
@@ -133,6 +138,7 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         control,
         channel,
         decoder: Decoder::new(),
+        read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
         init_duration: Duration::ZERO,
     };
     loop {
@@ -237,7 +243,6 @@ impl Instance {
     /// The next frame from the guest, or why there is none: the VM ended, the channel closed or
     /// the guest sent garbage.
     async fn next_frame(&mut self) -> Result<Frame, Error> {
-        let mut buf = [0u8; 64 * 1024];
         loop {
             if let Some(frame) = self.decoder.next_frame().map_err(|e| Error::Protocol(e.to_string()))? {
                 if frame.kind == Kind::Exited {
@@ -247,9 +252,9 @@ impl Instance {
                 return Ok(frame);
             }
             tokio::select! {
-                n = self.channel.read(&mut buf) => match n {
+                n = self.channel.read(&mut self.read_buf) => match n {
                     Ok(0) => return Err(Error::VmEnded("the guest closed the runtime channel".into())),
-                    Ok(n) => self.decoder.push(&buf[..n]),
+                    Ok(n) => self.decoder.push(&self.read_buf[..n]),
                     Err(e) => return Err(Error::VmEnded(format!("runtime channel: {e}"))),
                 },
                 ended = read_exit(&mut self.control) => return Err(Error::VmEnded(ended)),

@@ -161,8 +161,7 @@ impl Pool {
                 (body, Some("Unhandled"), 0)
             }
             JobResult::Broken(e) => {
-                let (kind, msg) = broken(&e);
-                let msg = format!("RequestId: {request_id} Error: {msg}");
+                let (kind, msg) = broken(&request_id, &e);
                 log.output(format!("{msg}\n{kind}\n").as_bytes());
                 (error_json(kind, &msg), Some("Unhandled"), 0)
             }
@@ -265,8 +264,7 @@ impl Pool {
                         (kind, msg, body)
                     }
                     other => {
-                        let (kind, msg) = broken(&other);
-                        let msg = format!("RequestId: {request_id} Error: {msg}");
+                        let (kind, msg) = broken(request_id, &other);
                         (kind.to_owned(), msg.clone(), error_json(kind, &msg))
                     }
                 };
@@ -412,9 +410,9 @@ impl InvokeOutput {
     }
 }
 
-/// The error type and message of a broken instance, as Lambda words them.
-fn broken(e: &instance::Error) -> (&'static str, String) {
-    match e {
+/// The error type and message of an invocation whose instance broke, as Lambda words them.
+fn broken(request_id: &str, e: &instance::Error) -> (&'static str, String) {
+    let (kind, what) = match e {
         instance::Error::RuntimeExited(reason) => ("Runtime.ExitError", format!("Runtime exited with error: {reason}")),
         instance::Error::VmEnded(why) | instance::Error::Boot(why) => {
             ("Runtime.ExitError", format!("Runtime exited with error: {why}"))
@@ -423,7 +421,8 @@ fn broken(e: &instance::Error) -> (&'static str, String) {
             ("Sandbox.Timedout", format!("Init timed out after {:.2} seconds", t.as_secs_f64()))
         }
         other => ("Runtime.Unknown", other.to_string()),
-    }
+    };
+    (kind, format!("RequestId: {request_id} Error: {what}"))
 }
 
 fn error_json(kind: &str, message: &str) -> Vec<u8> {
