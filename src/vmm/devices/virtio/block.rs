@@ -14,7 +14,7 @@ use std::path::Path;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{drain_queue, Activation, Error, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{drain_queue, signal_used, Activation, Error, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 /// Virtio device id of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;
@@ -274,10 +274,11 @@ impl VirtioDevice for Block {
         let Some(mut active) = self.active.take() else { return Ok(()) };
         let mem = &active.mem;
         let result = match active.queues.get_mut(index) {
-            Some(queue) => drain_queue(queue, mem, interrupt, |chain| {
+            Some(queue) => drain_queue(queue, mem, |chain| {
                 let descs: Vec<Descriptor> = chain.collect();
                 self.handle(mem, &descs)
-            }),
+            })
+            .and_then(|used| if used { signal_used(queue, mem, interrupt) } else { Ok(()) }),
             None => Ok(()),
         };
         self.active = Some(active);

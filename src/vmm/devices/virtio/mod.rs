@@ -111,21 +111,17 @@ pub trait VirtioDevice: Send {
 }
 
 /// Processes every chain the driver has made available on `queue` with `handle`, which
-/// returns how many bytes it wrote into the chain, then raises the interrupt if the driver
-/// wants to know. With EVENT_IDX the ring is checked again after notifications are re-enabled,
-/// so that no chain added meanwhile waits; an avail index the guest corrupted (which looks
-/// non-empty but pops nothing, ever) ends the loop instead of spinning on it.
-pub fn drain_queue<F>(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    interrupt: &Interrupt,
-    mut handle: F,
-) -> Result<(), Error>
+/// returns how many bytes it wrote into the chain; says whether any chain was used (the caller
+/// then owes the driver [`signal_used`]). With EVENT_IDX the ring is checked again after
+/// notifications are re-enabled, so that no chain added meanwhile waits; an avail index the
+/// guest corrupted (which looks non-empty but pops nothing, ever) ends the loop instead of
+/// spinning on it.
+pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut handle: F) -> Result<bool, Error>
 where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
     if !queue.ready() {
-        return Ok(());
+        return Ok(false);
     }
     let mut used = false;
     loop {
@@ -142,7 +138,13 @@ where
             break;
         }
     }
-    if used && queue.needs_notification(mem)? {
+    Ok(used)
+}
+
+/// Raises the used-ring interrupt for `queue` if the driver wants to know (always without
+/// EVENT_IDX; with it, once the used index has passed the driver's `used_event`).
+pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) -> Result<(), Error> {
+    if queue.needs_notification(mem)? {
         interrupt.trigger(INT_USED_RING)?;
     }
     Ok(())

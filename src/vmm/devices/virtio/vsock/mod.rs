@@ -45,11 +45,13 @@ mod muxer;
 pub mod packet;
 
 use std::io::{self, Read, Write};
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::bitmap::BitmapSlice;
+use vmm_sys_util::timerfd::TimerFd;
 
 pub use connection::BUF_ALLOC;
 use muxer::Muxer;
@@ -57,7 +59,7 @@ pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS};
 use packet::{parse_header, Header, HDR_LEN, MAX_PAYLOAD};
 
 use super::{
-    drain_queue, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    drain_queue, signal_used, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Virtio device id of a vsock device.
@@ -65,6 +67,11 @@ pub const DEVICE_TYPE_VSOCK: u32 = 19;
 const QUEUE_SIZE: u16 = 256;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+/// Used tx chains not yet signalled past which the interrupt goes at once: a quarter of the
+/// ring, so a sender never waits on a full ring for the timer.
+const TX_IRQ_BATCH: u32 = QUEUE_SIZE as u32 / 4;
+/// The longest a used tx chain waits for an rx interrupt to ride on.
+const TX_IRQ_DELAY: Duration = Duration::from_millis(1);
 
 /// Errors setting up a vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +105,14 @@ pub struct Vsock {
     active: Option<Activation>,
     /// Payload bytes on their way between a socket and guest memory.
     scratch: Vec<u8>,
+    /// Tx chains used but not yet signalled. The driver only frees sent buffers on a tx
+    /// interrupt, which need not come at once: it rides on the next rx interrupt (the driver
+    /// looks at every queue on each one), which in a request and reply exchange is the answer
+    /// the guest is waiting for. That saves the guest a wake-up, and the VM exits that come
+    /// with it, per message it sends. [`TX_IRQ_DELAY`] and [`TX_IRQ_BATCH`] bound the wait.
+    tx_unsignalled: u32,
+    tx_timer: TimerFd,
+    tx_deadline: Option<Instant>,
 }
 
 impl Vsock {
@@ -107,11 +122,17 @@ impl Vsock {
         if guest_cid <= packet::HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(Error::Cid(guest_cid));
         }
+        let muxer = Muxer::new(guest_cid, uds_path)?;
+        let tx_timer = TimerFd::new().map_err(|e| Error::Timer(e.into()))?;
+        muxer.watch_device_fd(tx_timer.as_raw_fd())?;
         Ok(Vsock {
             guest_cid,
-            muxer: Muxer::new(guest_cid, uds_path)?,
+            muxer,
             active: None,
             scratch: vec![0; MAX_PAYLOAD as usize],
+            tx_unsignalled: 0,
+            tx_timer,
+            tx_deadline: None,
         })
     }
 
@@ -139,23 +160,67 @@ impl Vsock {
         self.muxer.handle_guest_packet(&hdr, payload);
     }
 
-    fn process_tx(&mut self, active: &mut Activation, interrupt: &Interrupt) -> Result<(), super::Error> {
+    fn process_tx(&mut self, active: &mut Activation) -> Result<(), super::Error> {
         let mem = &active.mem;
         let Some(queue) = active.queues.get_mut(TXQ) else { return Ok(()) };
-        drain_queue(queue, mem, interrupt, |chain| {
+        let mut chains = 0u32;
+        drain_queue(queue, mem, |chain| {
             if let Ok(reader) = chain.reader(mem) {
                 self.handle_tx(reader);
             }
+            chains += 1;
             0
-        })
+        })?;
+        self.tx_unsignalled = self.tx_unsignalled.saturating_add(chains);
+        Ok(())
     }
 
-    /// Fills rx buffers with what the muxer has for the guest, until one of them runs out.
-    fn process_rx(&mut self, active: &mut Activation, interrupt: &Interrupt) -> Result<(), super::Error> {
-        let mem = &active.mem;
-        let Some(queue) = active.queues.get_mut(RXQ) else { return Ok(()) };
-        if !queue.ready() {
+    /// Settles what is owed on the tx queue once rx delivery is done: nothing when the rx
+    /// interrupt just went out (`rx_signalled`: the driver sees the used tx chains on it too), at
+    /// once when enough chains wait or their time is up, else by the timer.
+    fn settle_tx(
+        &mut self,
+        active: &mut Activation,
+        interrupt: &Interrupt,
+        rx_signalled: bool,
+    ) -> Result<(), super::Error> {
+        if self.tx_unsignalled == 0 {
             return Ok(());
+        }
+        let due = self.tx_deadline.is_some_and(|d| d <= Instant::now());
+        if !(rx_signalled || due || self.tx_unsignalled >= TX_IRQ_BATCH) {
+            // The deadline is taken before the timer starts, so the timer never fires before it.
+            let deadline = Instant::now() + TX_IRQ_DELAY;
+            if self.tx_deadline.is_none() && self.tx_timer.reset(TX_IRQ_DELAY, None).is_ok() {
+                self.tx_deadline = Some(deadline);
+            }
+            // Without a timer the interrupt cannot wait.
+            if self.tx_deadline.is_some() {
+                return Ok(());
+            }
+        }
+        self.tx_unsignalled = 0;
+        if self.tx_deadline.take().is_some() {
+            let _ = self.tx_timer.clear();
+        }
+        let mem = &active.mem;
+        let Some(queue) = active.queues.get_mut(TXQ) else { return Ok(()) };
+        if rx_signalled {
+            // Only the queue's record of what it signalled needs to catch up.
+            queue.needs_notification(mem)?;
+            Ok(())
+        } else {
+            signal_used(queue, mem, interrupt)
+        }
+    }
+
+    /// Fills rx buffers with what the muxer has for the guest, until one of them runs out; says
+    /// whether it raised the interrupt.
+    fn process_rx(&mut self, active: &mut Activation, interrupt: &Interrupt) -> Result<bool, super::Error> {
+        let mem = &active.mem;
+        let Some(queue) = active.queues.get_mut(RXQ) else { return Ok(false) };
+        if !queue.ready() {
+            return Ok(false);
         }
         let mut used = false;
         while self.muxer.has_rx() {
@@ -188,8 +253,9 @@ impl Vsock {
         }
         if used && queue.needs_notification(mem)? {
             interrupt.trigger(INT_USED_RING)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Runs `f` with the activation, then delivers what is owed to the guest.
@@ -199,7 +265,9 @@ impl Vsock {
         f: impl FnOnce(&mut Self, &mut Activation) -> Result<(), super::Error>,
     ) -> Result<(), super::Error> {
         let Some(mut active) = self.active.take() else { return Ok(()) };
-        let result = f(self, &mut active).and_then(|()| self.process_rx(&mut active, interrupt));
+        let result = f(self, &mut active)
+            .and_then(|()| self.process_rx(&mut active, interrupt))
+            .and_then(|rx_signalled| self.settle_tx(&mut active, interrupt, rx_signalled));
         self.active = Some(active);
         result
     }
@@ -242,7 +310,7 @@ impl VirtioDevice for Vsock {
 
     fn process_queue(&mut self, index: usize, interrupt: &Interrupt) -> Result<(), super::Error> {
         self.with_active(interrupt, |dev, active| match index {
-            TXQ => dev.process_tx(active, interrupt),
+            TXQ => dev.process_tx(active),
             // New rx buffers are used by the delivery that follows; the event queue is unused.
             _ => Ok(()),
         })
@@ -251,6 +319,10 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset();
+        self.tx_unsignalled = 0;
+        if self.tx_deadline.take().is_some() {
+            let _ = self.tx_timer.clear();
+        }
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -258,6 +330,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn process_backend(&mut self, interrupt: &Interrupt) -> Result<(), super::Error> {
+        // The tx timer is read by its deadline in settle_tx.
         self.muxer.process_events();
         self.with_active(interrupt, |_, _| Ok(()))
     }
@@ -709,6 +782,48 @@ mod tests {
         let mut got = vec![0u8; 64 * 1024];
         host.read_exact(&mut got).unwrap();
         assert!(got.iter().all(|b| *b == 9));
+    }
+
+    /// Interrupts raised since the last call (the irqfd's counter).
+    fn irqs(g: &Guest) -> u64 {
+        g.irq.irqfd.read().unwrap_or(0)
+    }
+
+    #[test]
+    fn tx_interrupt_rides_on_rx_or_waits_for_the_timer() {
+        let mut g = Guest::new();
+        let (mut host, hport) = g.host_connect(5000, 64 * 1024);
+        g.give_rx(4, 4096 + HDR_LEN as u32);
+        let _ = irqs(&g);
+        g.tx.take_used(&g.mem);
+
+        // A packet and no answer: the tx interrupt waits for its timer, then comes alone.
+        g.send(guest(OP_RW, 5000, hport, 64 * 1024, 0), b"ping");
+        assert_eq!(irqs(&g), 0);
+        assert_eq!(g.tx.take_used(&g.mem).len(), 1, "the chain is used at once, only not signalled");
+        std::thread::sleep(TX_IRQ_DELAY * 3);
+        assert!(g.backend_ready(), "the timer wakes the event loop");
+        g.backend();
+        assert_eq!(irqs(&g), 1);
+        assert!(!g.backend_ready(), "a fired timer is cleared");
+
+        // A packet and an answer: one interrupt for both, and no timer left behind.
+        g.send(guest(OP_RW, 5000, hport, 64 * 1024, 0), b"ping");
+        let mut buf = [0u8; 8];
+        host.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pingping");
+        host.write_all(b"pong").unwrap();
+        g.backend();
+        assert_eq!(ops(&g.take_rx()), [OP_RW]);
+        assert_eq!(irqs(&g), 1);
+        std::thread::sleep(TX_IRQ_DELAY * 3);
+        assert!(!g.backend_ready());
+
+        // A burst does not wait on the timer: a full batch is signalled at once.
+        for _ in 0..TX_IRQ_BATCH {
+            g.send(guest(OP_RW, 5000, hport, 64 * 1024, 0), b"x");
+        }
+        assert_eq!(irqs(&g), 1);
     }
 
     #[test]

@@ -42,6 +42,7 @@ const ACCEPT_BATCH: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const TOKEN_LISTENER: u64 = u64::MAX;
 const TOKEN_TIMER: u64 = u64::MAX - 1;
+const TOKEN_DEVICE: u64 = u64::MAX - 2;
 
 /// A connection's address: (host port, guest port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,6 +195,12 @@ impl Muxer {
         self.epoll.as_raw_fd()
     }
 
+    /// Adds the device's own fd (its interrupt timer) to the epoll set, so that the device runs
+    /// when it is readable.
+    pub fn watch_device_fd(&self, fd: RawFd) -> Result<(), Error> {
+        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, TOKEN_DEVICE)).map_err(Error::Epoll)
+    }
+
     /// Guest bytes held for host streams, over all connections.
     pub fn buffered_bytes(&self) -> usize {
         self.conns.values().map(Connection::buffered).sum()
@@ -212,11 +219,13 @@ impl Muxer {
                 Ok(n) => n,
                 Err(_) => return,
             };
-            let (mut listener, mut timer) = (false, false);
+            let (mut listener, mut timer, mut others) = (false, false, n);
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_LISTENER => listener = true,
                     TOKEN_TIMER => timer = true,
+                    // The device looks at its own fd after this returns: not a reason for another round.
+                    TOKEN_DEVICE => others -= 1,
                     data => self.host_event(data as RawFd, ev.event_set()),
                 }
             }
@@ -227,7 +236,7 @@ impl Muxer {
             if listener {
                 self.accept();
             }
-            if n == 0 {
+            if others == 0 {
                 break;
             }
         }
