@@ -17,7 +17,7 @@ shift
 
 scripts/build-guest.sh >/dev/null
 cargo build --release --locked --bin ember >&2
-exe=$ember_repo/target/release/ember
+exe=$ember_exe
 
 runner=$(mktemp "$ember_repo/target/bench.XXXXXX.sh")
 out=$(mktemp)

@@ -13,7 +13,7 @@ cd "$ember_repo"
 
 scripts/build-guest.sh >/dev/null
 cargo build --release --locked --bin ember >&2
-exe=$ember_repo/target/release/ember
+exe=$ember_exe
 work=$(mktemp -d "$ember_repo/target/demo.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 python3 - "$work/python-hello.zip" examples/python-hello/handler.py <<'PY'

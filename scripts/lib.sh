@@ -15,6 +15,8 @@
 
 ember_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ember_cache=${EMBER_CACHE:-$HOME/.cache/ember}
+# The release binary (.cargo/config.toml builds for an explicit target, statically linked).
+ember_exe=${CARGO_TARGET_DIR:-$ember_repo/target}/x86_64-unknown-linux-gnu/release/ember
 
 ember_have_hw_kvm() {
     [ -e /dev/kvm ] || return 1

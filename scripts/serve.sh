@@ -26,7 +26,7 @@ data_dir=$(cd "$data_dir" && pwd)
 cd "$ember_repo"
 scripts/build-guest.sh >/dev/null
 cargo build --release --locked --bin ember >&2
-exe=$ember_repo/target/release/ember
+exe=$ember_exe
 # The socket lives on the KVM host's own /run (not on a share).
 cmd=("$exe" serve --socket /run/ember/ember.sock --data-dir "$data_dir" --listen "127.0.0.1:$port" "${extra[@]}")
 

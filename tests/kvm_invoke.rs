@@ -188,7 +188,7 @@ async fn concurrent_invokes_run_on_several_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_survive_kill9_and_nothing_is_left_behind() {
     let mut agent = start("restart", &[]);
-    let created = agent.create("r", "provided.al2023", "bootstrap", "rust.zip", json!({})).await;
+    let created = agent.create("r", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 30})).await;
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     assert_eq!(agent.invoke("r", json!({"a": 1})).await.json(), json!({"a": 1}));
     let agent_pid = agent.child.id();
@@ -213,7 +213,7 @@ async fn functions_survive_kill9_and_nothing_is_left_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vmm_that_dies_is_replaced() {
     let agent = start("vmm-dies", &[]);
-    let created = agent.create("v", "provided.al2023", "bootstrap", "rust.zip", json!({})).await;
+    let created = agent.create("v", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 30})).await;
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     assert_eq!(agent.invoke("v", json!({"a": 1})).await.json(), json!({"a": 1}));
     let vmms = vmm_children(agent.child.id());

@@ -65,10 +65,10 @@ pub fn default_guest_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("EMBER_GUEST_DIR") {
         return dir.into();
     }
-    let beside_exe = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(|target| target.join("guest")))
-        .filter(|dir| dir.is_dir());
+    // The binary is target/<triple>/<profile>/ember (or target/<profile>/ember).
+    let beside_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors().skip(2).take(2).map(|target| target.join("guest")).find(|dir| dir.join("vmlinux").is_file())
+    });
     beside_exe.unwrap_or_else(|| PathBuf::from("target/guest"))
 }
 
