@@ -230,6 +230,10 @@ pub struct Store {
     reader: Mutex<Connection>,
     /// Code (by hex sha256) that a create or update is about to refer to: not to be collected.
     pins: Mutex<HashMap<String, usize>>,
+    /// Functions read since their last change, so that an invoke does not query SQLite. Filled
+    /// under this lock (held across the read); every write drops its function's entry after it
+    /// commits, under the writer connection's lock.
+    cache: Mutex<HashMap<String, FunctionConfig>>,
     /// Held open for its lock on `ember.lock`.
     _lock: File,
 }
@@ -279,6 +283,7 @@ impl Store {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             pins: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
             _lock: lock_file,
         };
         store.collect_orphans()?;
@@ -295,13 +300,25 @@ impl Store {
         function.code_image.with_extension("zip")
     }
 
-    /// One function, by name (one indexed read: this is on the invoke path).
+    /// One function, by name (on the invoke path: from the cache once read).
     pub fn get(&self, name: &str) -> Result<FunctionConfig, StoreError> {
+        let mut cache = lock(&self.cache);
+        if let Some(config) = cache.get(name) {
+            return Ok(config.clone());
+        }
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM functions WHERE name = ?1"))?;
-        stmt.query_row([name], |row| self.config_from_row(row))
+        let config = stmt
+            .query_row([name], |row| self.config_from_row(row))
             .optional()?
-            .ok_or_else(|| StoreError::NotFound(function_arn(name)))
+            .ok_or_else(|| StoreError::NotFound(function_arn(name)))?;
+        cache.insert(name.to_owned(), config.clone());
+        Ok(config)
+    }
+
+    /// Forgets the cached copy of `name`; called with the writer connection held, after a commit.
+    fn invalidate(&self, name: &str) {
+        lock(&self.cache).remove(name);
     }
 
     /// Functions in name order after `marker` (the name that ended the previous page), at most
@@ -412,6 +429,7 @@ impl Store {
                 ],
             )?;
             tx.commit()?;
+            self.invalidate(name);
             (config, old_hex)
         };
         drop(code);
@@ -467,6 +485,7 @@ impl Store {
             ],
         )?;
         tx.commit()?;
+        self.invalidate(name);
         Ok(config)
     }
 
@@ -478,6 +497,7 @@ impl Store {
             let found = self.read_for_update(&tx, name, None)?;
             tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
             tx.commit()?;
+            self.invalidate(name);
             found
         };
         self.collect(&hex)?;
