@@ -238,10 +238,12 @@ impl Pool {
             };
             attempts += 1;
             match instance::launch(spec, &flog).await {
-                // A VM that died before its runtime could start is the platform's failure, not
-                // the function's: boot another once.
-                Err(instance::Error::Boot(why)) if attempts < 2 => {
-                    eprintln!("ember: {}: a new instance failed to boot ({why}); booting another", f.name);
+                // A VM that died before its runtime could start, or crashed (a guest kernel
+                // panic or triple fault, the VMM gone) before it was given the event, is most
+                // likely the platform's failure, not the function's: boot another, once. A
+                // runtime that exits or reports an init error is the function's and is not retried.
+                Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
+                    eprintln!("ember: {}: a new instance ended before its first event ({why}); booting another", f.name);
                 }
                 other => break other,
             }
