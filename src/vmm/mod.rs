@@ -289,7 +289,7 @@ impl Vmm {
         }
         for (i, device) in virtio.into_iter().enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
-            let irq = layout::VIRTIO_IRQ_BASE + i as u32;
+            let irq = layout::virtio_irq(i as u32);
             attach_virtio(&vm, &mut mmio, &mut handlers, device, base, irq)?;
             cmdline
                 .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
