@@ -22,6 +22,11 @@ exe=$ember_exe
 runner=$(mktemp "$ember_repo/target/bench.XXXXXX.sh")
 out=$(mktemp)
 trap 'rm -f "$runner" "$out"' EXIT
+# The benchmark's own arguments, quoted, to end a command line in the runner.
+args() {
+    [ $# -eq 0 ] || printf ' %q' "$@"
+    echo
+}
 {
     echo 'set -e'
     if [ "$name" = boot ]; then
@@ -31,16 +36,13 @@ trap 'rm -f "$runner" "$out"' EXIT
         echo 'stage=$(mktemp -d); trap '"'"'rm -rf "$stage"'"'"' EXIT'
         printf 'cp %q %q "$stage"/\n' "$ember_repo/target/guest/vmlinux" "$ember_repo/target/guest/rootfs.ext4"
         printf 'EMBER_GUEST_DIR=$stage %q bench %q' "$exe" "$name"
-        [ $# -eq 0 ] || printf ' %q' "$@"
-        echo
+        args "$@"
         printf 'EMBER_BENCH_PEER_INNER=1 %q --kernel "$stage/vmlinux" --rootfs "$stage/rootfs.ext4"' \
             "$ember_repo/scripts/bench-peer.sh"
-        [ $# -eq 0 ] || printf ' %q' "$@"
-        echo
+        args "$@"
     else
         printf '%q bench %q' "$exe" "$name"
-        [ $# -eq 0 ] || printf ' %q' "$@"
-        echo
+        args "$@"
     fi
 } >"$runner"
 ember_on_kvm_host bash "$runner" | tee "$out"

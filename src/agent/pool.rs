@@ -243,7 +243,10 @@ impl Pool {
                 // likely the platform's failure, not the function's: boot another, once. A
                 // runtime that exits or reports an init error is the function's and is not retried.
                 Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
-                    eprintln!("ember: {}: a new instance ended before its first event ({why}); booting another", f.name);
+                    eprintln!(
+                        "ember: {}: a new instance ended before its first event ({why}); booting another",
+                        f.name
+                    );
                 }
                 other => break other,
             }

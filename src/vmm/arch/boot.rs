@@ -12,7 +12,6 @@
 //! memory size it was given.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -92,30 +91,19 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
     map
 }
 
-/// Checks that `path` is an ELF file before handing it to the loader, for a clear error.
-fn check_elf(path: &Path, file: &mut File) -> Result<(), Error> {
-    let mut magic = [0u8; 4];
-    let is_elf = file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
-    file.seek(SeekFrom::Start(0)).map_err(|source| Error::OpenKernel { path: path.display().to_string(), source })?;
-    if is_elf {
-        Ok(())
-    } else {
-        Err(Error::NotElf(path.display().to_string()))
-    }
-}
-
 /// Loads the kernel ELF at `path` into guest memory and returns its 64-bit entry point. The
 /// file should not change while VMs run from it (pages not yet touched are read from it then):
 /// replace it by renaming a new file over it.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<GuestAddress, Error> {
     let name = || path.display().to_string();
-    let mut file = File::open(path).map_err(|source| Error::OpenKernel { path: name(), source })?;
-    check_elf(path, &mut file)?;
+    let file = File::open(path).map_err(|source| Error::OpenKernel { path: name(), source })?;
     let bad = |why: &str| Error::LoadKernel { path: name(), why: why.to_string() };
     let file_len = file.metadata().map_err(|source| Error::OpenKernel { path: name(), source })?.len();
 
     let mut ehdr = Elf64_Ehdr::default();
-    file.read_exact_at(ehdr.as_mut_slice(), 0).map_err(|_| bad("short ELF header"))?;
+    if file.read_exact_at(ehdr.as_mut_slice(), 0).is_err() || ehdr.e_ident[..4] != *b"\x7fELF" {
+        return Err(Error::NotElf(name()));
+    }
     if ehdr.e_ident[4] != ELFCLASS64 || ehdr.e_ident[5] != ELFDATA2LSB || ehdr.e_machine != EM_X86_64 {
         return Err(bad("not a 64-bit little-endian x86-64 ELF"));
     }

@@ -14,7 +14,9 @@ use std::path::Path;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{drain_queue, signal_used, Activation, Error, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    drain_queue, signal_used, Activation, Error, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// Virtio device id of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;
@@ -278,7 +280,7 @@ impl VirtioDevice for Block {
                 let descs: Vec<Descriptor> = chain.collect();
                 self.handle(mem, &descs)
             })
-            .and_then(|used| if used { signal_used(queue, mem, interrupt) } else { Ok(()) }),
+            .and_then(|used| if used { signal_used(queue, mem, interrupt).map(drop) } else { Ok(()) }),
             None => Ok(()),
         };
         self.active = Some(active);

@@ -142,12 +142,14 @@ where
 }
 
 /// Raises the used-ring interrupt for `queue` if the driver wants to know (always without
-/// EVENT_IDX; with it, once the used index has passed the driver's `used_event`).
-pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) -> Result<(), Error> {
+/// EVENT_IDX; with it, once the used index has passed the driver's `used_event`); says whether
+/// it did.
+pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) -> Result<bool, Error> {
     if queue.needs_notification(mem)? {
         interrupt.trigger(INT_USED_RING)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Copies the bytes of `config` at `offset` into `data`, zeros past its end.

@@ -59,7 +59,7 @@ pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS};
 use packet::{parse_header, Header, HDR_LEN, MAX_PAYLOAD};
 
 use super::{
-    drain_queue, signal_used, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    drain_queue, signal_used, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Virtio device id of a vsock device.
@@ -200,9 +200,7 @@ impl Vsock {
             }
         }
         self.tx_unsignalled = 0;
-        if self.tx_deadline.take().is_some() {
-            let _ = self.tx_timer.clear();
-        }
+        self.disarm_tx_timer();
         let mem = &active.mem;
         let Some(queue) = active.queues.get_mut(TXQ) else { return Ok(()) };
         if rx_signalled {
@@ -210,7 +208,13 @@ impl Vsock {
             queue.needs_notification(mem)?;
             Ok(())
         } else {
-            signal_used(queue, mem, interrupt)
+            signal_used(queue, mem, interrupt).map(drop)
+        }
+    }
+
+    fn disarm_tx_timer(&mut self) {
+        if self.tx_deadline.take().is_some() {
+            let _ = self.tx_timer.clear();
         }
     }
 
@@ -251,9 +255,8 @@ impl Vsock {
             queue.add_used(mem, head, len)?;
             used = true;
         }
-        if used && queue.needs_notification(mem)? {
-            interrupt.trigger(INT_USED_RING)?;
-            return Ok(true);
+        if used {
+            return signal_used(queue, mem, interrupt);
         }
         Ok(false)
     }
@@ -320,9 +323,7 @@ impl VirtioDevice for Vsock {
         self.active = None;
         self.muxer.reset();
         self.tx_unsignalled = 0;
-        if self.tx_deadline.take().is_some() {
-            let _ = self.tx_timer.clear();
-        }
+        self.disarm_tx_timer();
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -340,6 +341,7 @@ impl VirtioDevice for Vsock {
 mod tests {
     use super::packet::*;
     use super::*;
+    use crate::vmm::devices::virtio::INT_USED_RING;
     use std::io::ErrorKind;
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::path::PathBuf;
