@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 mod client;
 
 use clap::{Parser, Subcommand};
-use ember::vmm::{default_guest_dir, Console, Outcome, VmConfig, Vmm, DEFAULT_CMDLINE};
+use ember::vmm::{default_guest_dir, Console, Outcome, RestoreConfig, VmConfig, Vmm, DEFAULT_CMDLINE};
 
 /// Exit status of `ember boot`: the guest powered off cleanly (or reached ready with `--until-ready`).
 const EXIT_OK: u8 = 0;
@@ -87,6 +87,17 @@ struct BootArgs {
     /// listener at `<PATH>_P`.
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
+    /// Once ember-init reports ready, pause the VM, write its snapshot into this directory
+    /// (`state` and a sparse `memory` file), print `snapshot_ms=<ms> memory_kib=<KiB written>`
+    /// and exit.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    snapshot_to: Option<PathBuf>,
+    /// Restore the snapshot in this directory instead of booting (--memory-mib, --vcpus, the
+    /// kernel, rootfs, code image and command line come from the snapshot; /tmp is a fresh
+    /// drive of the snapshot's size), print `restore_ms=<ms>` and run until the guest powers
+    /// off (or, with --until-ready, exit).
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
     /// With --until-ready: stay idle this long after ready, then print the VMM's own resident
     /// memory as `vmm_overhead_kib=<KiB>`.
     #[arg(long, hide = true)]
@@ -164,18 +175,36 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         "-" => Console::Stdout,
         path => Console::File(path.into()),
     };
+    if let Some(dir) = &args.restore {
+        let config = RestoreConfig {
+            snapshot_dir: dir.clone(),
+            console,
+            tmp_dir: std::env::temp_dir(),
+            vsock_uds: args.vsock_uds.clone(),
+        };
+        return match Vmm::restore(&config) {
+            Ok(vmm) => {
+                println!("restore_ms={:.1}", started.elapsed().as_secs_f64() * 1000.0);
+                run_to_end(vmm, &args, started)
+            }
+            Err(e) => {
+                eprintln!("ember: error: {e}");
+                ExitCode::from(EXIT_VMM_ERROR)
+            }
+        };
+    }
     let config = VmConfig {
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
-        kernel: args.kernel.unwrap_or_else(|| default_guest_dir().join("vmlinux")),
-        rootfs: Some(args.rootfs.unwrap_or_else(|| default_guest_dir().join("rootfs.ext4"))),
-        cmdline: args.cmdline,
+        kernel: args.kernel.clone().unwrap_or_else(|| default_guest_dir().join("vmlinux")),
+        rootfs: Some(args.rootfs.clone().unwrap_or_else(|| default_guest_dir().join("rootfs.ext4"))),
+        cmdline: args.cmdline.clone(),
         console,
         hugepages: !args.no_hugepages,
-        code: args.code_image,
+        code: args.code_image.clone(),
         tmp_mib: args.tmp_mib,
         tmp_dir: std::env::temp_dir(),
-        vsock_uds: args.vsock_uds,
+        vsock_uds: args.vsock_uds.clone(),
     };
     let mut vmm = match Vmm::start(&config) {
         Ok(vmm) => vmm,
@@ -184,7 +213,33 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
             return ExitCode::from(EXIT_VMM_ERROR);
         }
     };
-    let outcome = vmm.wait(args.until_ready, Duration::from_secs(args.boot_timeout), started);
+    if let Some(dir) = &args.snapshot_to {
+        let outcome = vmm.wait(true, Duration::from_secs(args.boot_timeout), started);
+        if outcome != Outcome::Ready {
+            return report(outcome);
+        }
+        let paused = Instant::now();
+        return match vmm.snapshot(dir) {
+            Ok(written) => {
+                println!("snapshot_ms={} memory_kib={}", paused.elapsed().as_millis(), written >> 10);
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("ember: error: {e}");
+                ExitCode::from(EXIT_VMM_ERROR)
+            }
+        };
+    }
+    run_to_end(vmm, &args, started)
+}
+
+/// Runs a started or restored VM to its end (or to ready, with --until-ready) and reports.
+fn run_to_end(mut vmm: Vmm, args: &BootArgs, started: Instant) -> ExitCode {
+    let outcome = if args.restore.is_some() && args.until_ready {
+        Outcome::Ready
+    } else {
+        vmm.wait(args.until_ready, Duration::from_secs(args.boot_timeout), started)
+    };
     if let Some((at, info)) = vmm.ready {
         let ms = at.duration_since(started).as_millis();
         eprintln!(
@@ -203,6 +258,11 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
             println!("ready_ms={ms}");
         }
     }
+    report(outcome)
+}
+
+/// Says how a run ended and turns it into the exit status.
+fn report(outcome: Outcome) -> ExitCode {
     match outcome {
         Outcome::Ready => ExitCode::from(EXIT_OK),
         Outcome::PoweredOff(0) => {

@@ -27,6 +27,9 @@ pub enum Source {
     Backend(RawFd),
 }
 
+/// The epoll token of the stop eventfd.
+const STOP: u64 = u64::MAX;
+
 /// One source and the device it drives.
 pub struct Handler {
     /// What to wait on.
@@ -37,8 +40,9 @@ pub struct Handler {
     pub interrupt: Arc<Interrupt>,
 }
 
-/// Runs the loop until a fatal error, which is reported on `events`.
-pub fn run(handlers: Vec<Handler>, events: Sender<VmEvent>) {
+/// Runs the loop until a fatal error, which is reported on `events`, or until `stop` is
+/// written (a snapshot wants the devices still); the loop then returns, between two handlers.
+pub fn run(handlers: Vec<Handler>, stop: EventFd, events: Sender<VmEvent>) {
     let fail = |what: String| {
         let _ = events.send(VmEvent::Error(what));
     };
@@ -55,7 +59,10 @@ pub fn run(handlers: Vec<Handler>, events: Sender<VmEvent>) {
             return fail(format!("epoll_ctl: {e}"));
         }
     }
-    let mut ready = vec![EpollEvent::default(); handlers.len().max(1)];
+    if let Err(e) = epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP)) {
+        return fail(format!("epoll_ctl: {e}"));
+    }
+    let mut ready = vec![EpollEvent::default(); handlers.len() + 1];
     let mut reported = vec![false; handlers.len()];
     loop {
         let n = match epoll.wait(-1, &mut ready) {
@@ -63,6 +70,9 @@ pub fn run(handlers: Vec<Handler>, events: Sender<VmEvent>) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return fail(format!("epoll_wait: {e}")),
         };
+        if ready[..n].iter().any(|ev| ev.data() == STOP) {
+            return;
+        }
         for ev in &ready[..n] {
             let i = ev.data() as usize;
             let Some(h) = handlers.get(i) else { continue };

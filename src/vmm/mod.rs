@@ -19,13 +19,16 @@ pub mod arch;
 pub mod devices;
 mod event_loop;
 pub mod process;
+pub mod snapshot;
 pub mod vstate;
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,14 +38,15 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::{boot, layout, mptable};
-use devices::legacy::{ConsoleSink, PioDevices};
+use devices::legacy::{ConsoleSink, PioDevices, SerialSnapshot};
 use devices::virtio::block::{Block, MAX_SCRATCH_MIB, MIN_SCRATCH_MIB};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{Interrupt, VirtioDevice};
 use devices::MmioBus;
+use snapshot::{DeviceKind, DeviceState, VmSnapshot};
 use vstate::stats::Counter;
-use vstate::vcpu::{ExitContext, Vcpu};
+use vstate::vcpu::{ExitContext, Vcpu, VcpuState};
 use vstate::vm::{create_memory, Vm};
 
 /// The guest's vsock context id (0-2 are reserved; each VM has its own device, so all can use 3).
@@ -99,6 +103,15 @@ pub enum Error {
     /// The vsock device could not be set up.
     #[error("vsock: {0}")]
     Vsock(#[from] devices::virtio::vsock::Error),
+    /// A snapshot file could not be read or written, or is damaged.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] snapshot::Error),
+    /// A saved device state does not fit its device.
+    #[error("restore: {0}")]
+    Device(#[from] devices::virtio::Error),
+    /// The VM could not be paused for a snapshot.
+    #[error("pause: {0}")]
+    Pause(String),
     /// The console file could not be created.
     #[error("cannot open console file {path}: {source}")]
     Console {
@@ -163,19 +176,7 @@ pub struct VmConfig {
 impl VmConfig {
     /// Checks the ranges a caller can get wrong.
     pub fn validate(&self) -> Result<(), Error> {
-        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(Error::InvalidConfig(format!(
-                "memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, not {}",
-                self.memory_mib
-            )));
-        }
-        if self.vcpus == 0 || self.vcpus > mptable::MAX_CPUS {
-            return Err(Error::InvalidConfig(format!(
-                "vCPUs must be between 1 and {}, not {}",
-                mptable::MAX_CPUS,
-                self.vcpus
-            )));
-        }
+        validate_shape(self.memory_mib, self.vcpus)?;
         if let Some(mib) = self.tmp_mib {
             if !(MIN_SCRATCH_MIB..=MAX_SCRATCH_MIB).contains(&mib) {
                 return Err(Error::InvalidConfig(format!(
@@ -185,6 +186,19 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// Checks memory size and vCPU count (of a boot or of a snapshot being restored).
+fn validate_shape(memory_mib: u32, vcpus: u8) -> Result<(), Error> {
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        return Err(Error::InvalidConfig(format!(
+            "memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, not {memory_mib}"
+        )));
+    }
+    if vcpus == 0 || vcpus > mptable::MAX_CPUS {
+        return Err(Error::InvalidConfig(format!("vCPUs must be between 1 and {}, not {vcpus}", mptable::MAX_CPUS)));
+    }
+    Ok(())
 }
 
 /// What the VMM's threads tell its main thread.
@@ -205,6 +219,13 @@ pub enum VmEvent {
     Crash(String),
     /// The VMM failed.
     Error(String),
+    /// A vCPU stopped for a snapshot, with its state (or why it could not be read).
+    Paused {
+        /// The vCPU.
+        id: u8,
+        /// Its state.
+        state: Result<Box<VcpuState>, String>,
+    },
 }
 
 /// How a run ended, as [`Vmm::wait`] sees it.
@@ -233,13 +254,36 @@ pub struct ReadyInfo {
     pub exits: u64,
 }
 
+/// The last bytes the guest wrote to its console, kept for error messages.
+type ConsoleTail = Arc<Mutex<VecDeque<u8>>>;
+
+/// How long the vCPUs have to stop for a snapshot.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to restore, and the host-side things a restored VM gets new.
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    /// The directory [`Vmm::snapshot`] wrote.
+    pub snapshot_dir: PathBuf,
+    /// The serial console.
+    pub console: Console,
+    /// Where a fresh /tmp drive's (unlinked) backing file is created.
+    pub tmp_dir: PathBuf,
+    /// The vsock device's host socket (required if the snapshot has a vsock device).
+    pub vsock_uds: Option<PathBuf>,
+}
+
 /// A running microVM.
 pub struct Vmm {
-    _vm: Vm,
+    vm: Vm,
     exits: Arc<ExitContext>,
     events: Receiver<VmEvent>,
-    console_tail: Arc<Mutex<VecDeque<u8>>>,
+    console_tail: ConsoleTail,
     guest_ranges: Vec<(u64, u64)>,
+    memory_mib: u32,
+    transports: Vec<(DeviceKind, Arc<Mutex<MmioTransport>>)>,
+    event_loop: Option<(EventFd, thread::JoinHandle<()>)>,
+    vcpu_threads: Vec<thread::JoinHandle<()>>,
     /// What ember-init reported, filled in by [`Vmm::wait`].
     pub ready: Option<(Instant, ReadyInfo)>,
 }
@@ -256,41 +300,35 @@ impl Vmm {
         let (events_tx, events) = channel();
 
         let mut cmdline = boot::make_cmdline(&config.cmdline)?;
-        let mut mmio = MmioBus::default();
-        let mut handlers = Vec::new();
-        let mut virtio: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
-        // Block devices become /dev/vda, vdb, ... in the order they are announced.
-        let mut drive_name = {
-            let mut next = b'a';
-            move || {
-                let name = format!("/dev/vd{}", next as char);
-                next += 1;
-                name
-            }
-        };
         let param = |cmdline: &mut linux_loader::cmdline::Cmdline, key: &str, value: &str| {
             cmdline.insert(key, value).map_err(|e| boot::Error::Cmdline(e.to_string()))
         };
+        // Block devices become /dev/vda, vdb, ... in the order they are announced.
+        let mut kinds = Vec::new();
+        let mut drives = 0u8;
+        let mut drive_name = || {
+            drives += 1;
+            format!("/dev/vd{}", (b'a' + drives - 1) as char)
+        };
         if let Some(rootfs) = &config.rootfs {
-            virtio.push(Arc::new(Mutex::new(Block::open(rootfs, true, "ember-rootfs")?)));
+            kinds.push(DeviceKind::Image { path: rootfs.clone(), id: "ember-rootfs".into() });
             drive_name();
         }
         if let Some(code) = &config.code {
-            virtio.push(Arc::new(Mutex::new(Block::open(code, true, "ember-code")?)));
+            kinds.push(DeviceKind::Image { path: code.clone(), id: "ember-code".into() });
             param(&mut cmdline, ember_proto::cmdline::CODE_DRIVE, &drive_name())?;
         }
         if let Some(mib) = config.tmp_mib {
-            virtio.push(Arc::new(Mutex::new(Block::scratch(&config.tmp_dir, mib, "ember-tmp")?)));
+            kinds.push(DeviceKind::Scratch { mib, id: "ember-tmp".into() });
             param(&mut cmdline, ember_proto::cmdline::TMP_DRIVE, &drive_name())?;
         }
-        if let Some(uds) = &config.vsock_uds {
-            virtio.push(Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds)?)));
+        if config.vsock_uds.is_some() {
+            kinds.push(DeviceKind::Vsock);
             param(&mut cmdline, ember_proto::cmdline::VSOCK, "1")?;
         }
-        for (i, device) in virtio.into_iter().enumerate() {
-            let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
-            let irq = layout::virtio_irq(i as u32);
-            attach_virtio(&vm, &mut mmio, &mut handlers, device, base, irq)?;
+        let mut devices = Devices::default();
+        for kind in kinds {
+            let (base, irq) = devices.attach(&vm, kind, &config.tmp_dir, config.vsock_uds.as_deref(), false)?;
             cmdline
                 .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
                 .map_err(|e| boot::Error::Cmdline(e.to_string()))?;
@@ -298,46 +336,188 @@ impl Vmm {
         boot::write_boot_params(vm.memory(), &cmdline, mem_size)?;
         mptable::setup(vm.memory(), config.vcpus)?;
 
-        let console_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let out: Option<Box<dyn std::io::Write + Send>> = match &config.console {
-            Console::Off => None,
-            Console::Stdout => Some(Box::new(std::io::stdout())),
-            Console::File(path) => Some(Box::new(
-                File::create(path).map_err(|source| Error::Console { path: path.display().to_string(), source })?,
-            )),
-        };
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-        let pio = PioDevices::new(serial_irq, ConsoleSink::new(out, console_tail.clone()), events_tx.clone());
-
+        let (pio, console_tail) = legacy_devices(&vm, &config.console, &events_tx, None)?;
         let vcpus =
             (0..config.vcpus).map(|id| Vcpu::new(&vm, id, config.vcpus, entry)).collect::<Result<Vec<_>, _>>()?;
+        Vmm::launch(vm, vcpus, devices, pio, console_tail, config.memory_mib, events_tx, events)
+    }
+
+    /// Builds a VM from the snapshot in `config.snapshot_dir` and starts its vCPUs where they
+    /// stopped. Guest memory is the snapshot's memory file mapped private; the drives are
+    /// opened again from their paths (a fresh /tmp drive in `config.tmp_dir`), the vsock
+    /// device listens on `config.vsock_uds` and tells the guest that its old connections are
+    /// gone.
+    pub fn restore(config: &RestoreConfig) -> Result<Vmm, Error> {
+        let snap: VmSnapshot = snapshot::read_state(&config.snapshot_dir.join(snapshot::STATE_FILE))?;
+        let count = u8::try_from(snap.vcpus.len()).unwrap_or(0);
+        validate_shape(snap.memory_mib, count)?;
+        let mem_size = u64::from(snap.memory_mib) << 20;
+        let memory_path = config.snapshot_dir.join(snapshot::MEMORY_FILE);
+        let file = File::open(&memory_path).map_err(|source| snapshot::Error::Io { path: memory_path, source })?;
+        let mem = vstate::vm::map_memory_file(&file, mem_size)?;
+        let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
+        let vm = Vm::new(&kvm, mem)?;
+        vm.restore_state(&snap.vm)?;
+        // The vCPUs (their LAPICs) before the devices: a device that raises its interrupt as
+        // it is restored must find them in their final state, not have the interrupt
+        // overwritten by a LAPIC state set after it.
+        let vcpus = snap
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(id, state)| Vcpu::restore(&vm, id as u8, count, state))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (events_tx, events) = channel();
+
+        let mut devices = Devices::default();
+        for saved in &snap.devices {
+            devices.attach(&vm, saved.kind.clone(), &config.tmp_dir, config.vsock_uds.as_deref(), true)?;
+            let transport = &devices.transports.last().expect("just attached").1;
+            transport
+                .lock()
+                .map_err(|_| Error::Pause("device lock poisoned".into()))?
+                .restore_state(&saved.transport)?;
+        }
+        let (pio, console_tail) = legacy_devices(&vm, &config.console, &events_tx, Some(&snap.serial))?;
+        let mut vmm = Vmm::launch(vm, vcpus, devices, pio, console_tail, snap.memory_mib, events_tx, events)?;
+        let info = ReadyInfo { memory_mib: snap.memory_mib, vcpus: u32::from(count), exits: 0 };
+        vmm.ready = Some((Instant::now(), info));
+        Ok(vmm)
+    }
+
+    /// Starts the device event loop and the vCPU threads of a VM that is set up.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        vm: Vm,
+        vcpus: Vec<Vcpu>,
+        devices: Devices,
+        pio: PioDevices,
+        console_tail: ConsoleTail,
+        memory_mib: u32,
+        events_tx: Sender<VmEvent>,
+        events: Receiver<VmEvent>,
+    ) -> Result<Vmm, Error> {
+        vstate::vcpu::install_kick_handler();
         // Binary stats need Linux 5.14; without them the exit counts read as 0.
         let exit_counters = vcpus.iter().filter_map(|v| Counter::open(v.fd(), "exits").ok()).collect();
-        let ctx =
-            Arc::new(ExitContext { pio, mmio, events: events_tx.clone(), exit_counters, _mem: vm.memory().clone() });
-
+        let ctx = Arc::new(ExitContext {
+            pio,
+            mmio: devices.mmio,
+            events: events_tx.clone(),
+            exit_counters,
+            _mem: vm.memory().clone(),
+            pause: AtomicBool::new(false),
+            msr_indices: OnceLock::new(),
+        });
         let guest_ranges = vm
             .memory()
             .iter()
             .filter_map(|r| vm.memory().get_host_address(r.start_addr()).ok().map(|h| (h as u64, r.len())))
             .collect();
-        if !handlers.is_empty() {
-            let tx = events_tx.clone();
-            thread::Builder::new()
-                .name("ember-events".into())
-                .spawn(move || event_loop::run(handlers, tx))
-                .map_err(os("spawn event loop"))?;
-        }
+        let stop_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+        let loop_stop = stop_loop.try_clone().map_err(os("eventfd"))?;
+        let handlers = devices.handlers;
+        let tx = events_tx.clone();
+        let event_thread = thread::Builder::new()
+            .name("ember-events".into())
+            .spawn(move || event_loop::run(handlers, loop_stop, tx))
+            .map_err(os("spawn event loop"))?;
+        let mut vcpu_threads = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let ctx = ctx.clone();
-            thread::Builder::new()
+            let handle = thread::Builder::new()
                 .name("ember-vcpu".into())
                 .stack_size(256 << 10)
                 .spawn(move || vcpu.run(ctx))
                 .map_err(os("spawn vCPU thread"))?;
+            vcpu_threads.push(handle);
         }
-        Ok(Vmm { _vm: vm, exits: ctx, events, console_tail, guest_ranges, ready: None })
+        Ok(Vmm {
+            vm,
+            exits: ctx,
+            events,
+            console_tail,
+            guest_ranges,
+            memory_mib,
+            transports: devices.transports,
+            event_loop: Some((stop_loop, event_thread)),
+            vcpu_threads,
+            ready: None,
+        })
+    }
+
+    /// Pauses the VM for good and writes its snapshot into `dir` (created if missing): the
+    /// state file and the memory file. The VM does not run again in this process; restore
+    /// the snapshot to run it. Returns the bytes of memory written (pages not all zeros).
+    pub fn snapshot(&mut self, dir: &Path) -> Result<u64, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| snapshot::Error::Io { path: dir.to_owned(), source })?;
+        // The devices first, so that nothing raises an interrupt or touches a ring after the
+        // vCPUs' state is read. A notification the guest writes meanwhile is not lost: a
+        // restore processes every queue once.
+        if let Some((stop, thread)) = self.event_loop.take() {
+            stop.write(1).map_err(os("stop the event loop"))?;
+            thread.join().map_err(|_| Error::Pause("the event loop panicked".into()))?;
+        }
+        let vcpus = self.pause_vcpus()?;
+        let vm = self.vm.save_state()?;
+        let devices = self
+            .transports
+            .iter()
+            .map(|(kind, t)| {
+                let t = t.lock().map_err(|_| Error::Pause("device lock poisoned".into()))?;
+                Ok(DeviceState { kind: kind.clone(), transport: t.save_state() })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let serial = self.exits.pio.serial_state().ok_or_else(|| Error::Pause("serial lock poisoned".into()))?;
+        let snap = VmSnapshot { memory_mib: self.memory_mib, vcpus, vm, devices, serial };
+        let regions: Vec<&[u8]> = self
+            .guest_ranges
+            .iter()
+            // SAFETY: each range is a live guest RAM mapping this Vmm keeps; every vCPU is out of
+            // KVM_RUN for good and the event loop has returned, so nothing writes it meanwhile.
+            .map(|&(host, len)| unsafe { std::slice::from_raw_parts(host as *const u8, len as usize) })
+            .collect();
+        let written = snapshot::write_memory(&dir.join(snapshot::MEMORY_FILE), &regions)?;
+        // The state file last: a snapshot directory with a state file is complete.
+        snapshot::write_state(&dir.join(snapshot::STATE_FILE), &snap)?;
+        Ok(written)
+    }
+
+    /// Stops every vCPU out of KVM_RUN and collects its state, in id order.
+    fn pause_vcpus(&mut self) -> Result<Vec<VcpuState>, Error> {
+        let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
+        let list = kvm.get_msr_index_list().map_err(|e| Error::Pause(format!("KVM_GET_MSR_INDEX_LIST: {e}")))?;
+        let _ = self.exits.msr_indices.set(list.as_slice().to_vec());
+        self.exits.pause.store(true, Ordering::Release);
+        let mut states: Vec<Option<VcpuState>> = self.vcpu_threads.iter().map(|_| None).collect();
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while states.iter().any(Option::is_none) {
+            if Instant::now() > deadline {
+                return Err(Error::Pause(format!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}")));
+            }
+            // A kick can land just before a thread enters KVM_RUN and be lost: kick again until
+            // every thread has answered.
+            for (thread, state) in self.vcpu_threads.iter().zip(&states) {
+                if state.is_none() {
+                    // SAFETY: the pthread_t of a thread this Vmm spawned and never joined, so it is
+                    // valid; the signal's handler does nothing.
+                    unsafe { libc::pthread_kill(thread.as_pthread_t(), vstate::vcpu::kick_signal()) };
+                }
+            }
+            match self.events.recv_timeout(Duration::from_millis(1)) {
+                Ok(VmEvent::Paused { id, state }) => {
+                    let state = state.map_err(Error::Pause)?;
+                    if let Some(slot) = states.get_mut(usize::from(id)) {
+                        *slot = Some(*state);
+                    }
+                }
+                Ok(VmEvent::Status { .. }) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(VmEvent::Reset) => return Err(Error::Pause("the guest reset while pausing".into())),
+                Ok(VmEvent::Crash(why) | VmEvent::Error(why)) => return Err(Error::Pause(why)),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Pause("all VM threads ended".into())),
+            }
+        }
+        Ok(states.into_iter().flatten().collect())
     }
 
     /// Waits for the run to end. With `until_ready` it ends as soon as ember-init reports
@@ -372,6 +552,7 @@ impl Vmm {
                 VmEvent::Reset => return Outcome::Crashed(self.crash_reason("the guest reset without powering off")),
                 VmEvent::Crash(why) => return Outcome::Crashed(self.crash_reason(&why)),
                 VmEvent::Error(why) => return Outcome::VmmError(why),
+                VmEvent::Paused { .. } => return Outcome::VmmError("a vCPU paused unasked".into()),
             }
         }
     }
@@ -418,34 +599,85 @@ impl Vmm {
     }
 }
 
-/// Wires a virtio device onto the VM in one place: its MMIO window, the ioeventfd of each
-/// queue's notify register, its irqfd, and its host-side fd in the event loop.
-fn attach_virtio(
+/// The virtio devices being wired onto a VM, in bus order.
+#[derive(Default)]
+struct Devices {
+    mmio: MmioBus,
+    handlers: Vec<event_loop::Handler>,
+    transports: Vec<(DeviceKind, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl Devices {
+    /// Opens the device `kind` describes and wires it onto the VM in one place: its MMIO
+    /// window (the next free one), the ioeventfd of each queue's notify register, its irqfd,
+    /// and its host-side fd in the event loop. With `kick` every queue starts notified, so
+    /// that a restored device looks at rings the guest may have filled just before the
+    /// snapshot. Returns the window's base and the IRQ line.
+    fn attach(
+        &mut self,
+        vm: &Vm,
+        kind: DeviceKind,
+        tmp_dir: &Path,
+        vsock_uds: Option<&Path>,
+        kick: bool,
+    ) -> Result<(u64, u32), Error> {
+        let device: Arc<Mutex<dyn VirtioDevice>> = match &kind {
+            DeviceKind::Image { path, id } => Arc::new(Mutex::new(Block::open(path, true, id)?)),
+            DeviceKind::Scratch { mib, id } => Arc::new(Mutex::new(Block::scratch(tmp_dir, *mib, id)?)),
+            DeviceKind::Vsock => {
+                let uds = vsock_uds.ok_or_else(|| Error::InvalidConfig("the VM needs a vsock socket path".into()))?;
+                Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds)?))
+            }
+        };
+        let index = self.transports.len() as u32;
+        let base = layout::VIRTIO_MMIO_START + u64::from(index) * layout::VIRTIO_MMIO_SIZE;
+        let irq = layout::virtio_irq(index);
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+        vm.register_irqfd(&irqfd, irq)?;
+        let interrupt = Arc::new(Interrupt::new(irqfd));
+        let queues = device.lock().map(|d| d.queue_max_sizes().len()).unwrap_or(0);
+        for queue in 0..queues {
+            let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+            vm.register_ioevent(&notify, base + REG_QUEUE_NOTIFY, queue as u32)?;
+            if kick {
+                notify.write(1).map_err(os("eventfd"))?;
+            }
+            let source = event_loop::Source::Queue { notify, index: queue };
+            self.handlers.push(event_loop::Handler { source, device: device.clone(), interrupt: interrupt.clone() });
+        }
+        let backend = device.lock().ok().and_then(|d| d.backend_fd());
+        if let Some(fd) = backend {
+            let source = event_loop::Source::Backend(fd);
+            self.handlers.push(event_loop::Handler { source, device: device.clone(), interrupt: interrupt.clone() });
+        }
+        let transport = Arc::new(Mutex::new(MmioTransport::new(device, interrupt, vm.memory().clone())));
+        self.mmio.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone());
+        self.transports.push((kind, transport));
+        Ok((base, irq))
+    }
+}
+
+/// COM1 (writing to `console`, keeping its tail), the i8042 and the status port, with COM1's
+/// IRQ wired. Returns them and the console's tail.
+fn legacy_devices(
     vm: &Vm,
-    mmio: &mut MmioBus,
-    handlers: &mut Vec<event_loop::Handler>,
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    base: u64,
-    irq: u32,
-) -> Result<(), Error> {
-    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
-    vm.register_irqfd(&irqfd, irq)?;
-    let interrupt = Arc::new(Interrupt::new(irqfd));
-    let queues = device.lock().map(|d| d.queue_max_sizes().len()).unwrap_or(0);
-    for queue in 0..queues {
-        let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
-        vm.register_ioevent(&notify, base + REG_QUEUE_NOTIFY, queue as u32)?;
-        let source = event_loop::Source::Queue { notify, index: queue };
-        handlers.push(event_loop::Handler { source, device: device.clone(), interrupt: interrupt.clone() });
-    }
-    let backend = device.lock().ok().and_then(|d| d.backend_fd());
-    if let Some(fd) = backend {
-        let source = event_loop::Source::Backend(fd);
-        handlers.push(event_loop::Handler { source, device: device.clone(), interrupt: interrupt.clone() });
-    }
-    let transport = MmioTransport::new(device, interrupt, vm.memory().clone());
-    mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)));
-    Ok(())
+    console: &Console,
+    events: &Sender<VmEvent>,
+    serial: Option<&SerialSnapshot>,
+) -> Result<(PioDevices, ConsoleTail), Error> {
+    let console_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let out: Option<Box<dyn std::io::Write + Send>> = match console {
+        Console::Off => None,
+        Console::Stdout => Some(Box::new(std::io::stdout())),
+        Console::File(path) => Some(Box::new(
+            File::create(path).map_err(|source| Error::Console { path: path.display().to_string(), source })?,
+        )),
+    };
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
+    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+    let pio = PioDevices::new(serial_irq, ConsoleSink::new(out, console_tail.clone()), events.clone(), serial)
+        .map_err(os("serial"))?;
+    Ok((pio, console_tail))
 }
 
 #[cfg(test)]

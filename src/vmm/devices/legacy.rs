@@ -10,6 +10,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use ember_proto::{Status, STATUS_PORT};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -81,6 +83,63 @@ impl Write for ConsoleSink {
     }
 }
 
+/// COM1's registers, as saved in a snapshot (the guest's 8250 driver programmed them at boot;
+/// a restored UART with its interrupts off would leave the guest's console writers waiting).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// The scratch register.
+    pub scratch: u8,
+    /// Bytes waiting for the guest to read.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for SerialSnapshot {
+    fn from(s: SerialState) -> Self {
+        SerialSnapshot {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialSnapshot> for SerialState {
+    fn from(s: &SerialSnapshot) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor[0],
+            baud_divisor_high: s.baud_divisor[1],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 /// The port-I/O devices of one VM.
 pub struct PioDevices {
     serial: Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>>,
@@ -88,12 +147,26 @@ pub struct PioDevices {
 }
 
 impl PioDevices {
-    /// Builds the devices; `serial_irq` is the irqfd for COM1's IRQ line.
-    pub fn new(serial_irq: EventFd, console: ConsoleSink, events: Sender<VmEvent>) -> Self {
-        PioDevices {
-            serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), console)),
-            i8042: Mutex::new(I8042Device::new(ResetTrigger(events))),
-        }
+    /// Builds the devices; `serial_irq` is the irqfd for COM1's IRQ line. With `serial`, COM1
+    /// starts in that saved state (a restore).
+    pub fn new(
+        serial_irq: EventFd,
+        console: ConsoleSink,
+        events: Sender<VmEvent>,
+        serial: Option<&SerialSnapshot>,
+    ) -> io::Result<Self> {
+        let trigger = IrqTrigger(serial_irq);
+        let serial = match serial {
+            None => Serial::new(trigger, console),
+            Some(state) => Serial::from_state(&state.into(), trigger, vm_superio::serial::NoEvents, console)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("serial state: {e:?}")))?,
+        };
+        Ok(PioDevices { serial: Mutex::new(serial), i8042: Mutex::new(I8042Device::new(ResetTrigger(events))) })
+    }
+
+    /// COM1's registers (for a snapshot).
+    pub fn serial_state(&self) -> Option<SerialSnapshot> {
+        self.serial.lock().ok().map(|s| s.state().into())
     }
 
     /// Handles an `in` from `port`, filling `data`. Unclaimed ports read as all ones, as on a PC.
@@ -146,7 +219,7 @@ mod tests {
         let (tx, rx) = channel();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        (PioDevices::new(evt, ConsoleSink::new(None, tail.clone()), tx), rx, tail)
+        (PioDevices::new(evt, ConsoleSink::new(None, tail.clone()), tx, None).unwrap(), rx, tail)
     }
 
     #[test]

@@ -4,13 +4,25 @@
 //! port I/O (console, i8042, the status port) and MMIO (virtio-mmio registers). What the
 //! guest does that ends the VM (power-off, reset, a crash) is reported to the VMM's main thread
 //! as a [`VmEvent`]; the vCPU thread then stops. The main thread never touches vCPU state.
+//!
+//! Pausing for a snapshot: the main thread sets [`ExitContext::pause`] and kicks each vCPU
+//! thread with [`KICK_SIGNAL`] until it answers. The vCPU thread, out of `KVM_RUN`, enters
+//! it once more with `immediate_exit` set, which completes an I/O exit still in flight (an
+//! `out` whose instruction pointer has not moved yet, an MMIO read whose data KVM has not
+//! delivered) without running the guest, then reads its state ([`VcpuState`]) and sends it as
+//! [`VmEvent::Paused`]. A restore builds the vCPU from that state with [`Vcpu::restore`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::stats::Counter;
@@ -36,7 +48,74 @@ pub enum Error {
     /// The boot register setup failed.
     #[error("vCPU {0}: {1}")]
     Regs(u8, regs::Error),
+    /// A saved state does not fit this vCPU or host.
+    #[error("vCPU {id}: {why}")]
+    State {
+        /// The vCPU.
+        id: u8,
+        /// What does not fit.
+        why: String,
+    },
 }
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN` (its handler does nothing; the
+/// interrupted ioctl returns EINTR).
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the do-nothing handler for [`kick_signal`] (once per process; later calls are free).
+pub fn install_kick_handler() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler is an extern "C" fn that touches
+        // nothing, so it is async-signal-safe. No SA_RESTART: KVM_RUN must return EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
+
+/// A vCPU's architectural state, everything KVM keeps for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// The XSAVE area (legacy 4 KiB layout; the x87 and SSE state included).
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// The local APIC.
+    pub lapic: kvm_lapic_state,
+    /// Every MSR KVM lists as saved across migration that this vCPU could read.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: kvm_vcpu_events,
+    /// Running, halted, waiting for SIPI.
+    pub mp_state: kvm_mp_state,
+}
+
+/// Refuses hosts whose XSAVE area outgrows the legacy 4 KiB `kvm_xsave` (AMX tiles), which
+/// KVM_SET_XSAVE would read past.
+fn check_xsave_fits(vm: &Vm, id: u8) -> Result<(), Error> {
+    let size = vm.fd().check_extension_int(kvm_ioctls::Cap::Xsave2);
+    if size > 4096 {
+        return Err(Error::State { id, why: format!("the host's XSAVE area is {size} bytes, over 4 KiB") });
+    }
+    Ok(())
+}
+
+/// How many MSRs one KVM_GET_MSRS / KVM_SET_MSRS call carries.
+const MSR_CHUNK: usize = 128;
 
 /// What the vCPU threads of one VM share: the devices they dispatch exits to, where they
 /// report, and every vCPU's exit counter (read all at once when the guest reports status).
@@ -51,6 +130,10 @@ pub struct ExitContext {
     pub exit_counters: Vec<Counter>,
     /// Keeps guest memory mapped for as long as any vCPU thread runs.
     pub _mem: GuestMemoryMmap,
+    /// Set by the main thread to pause every vCPU for a snapshot.
+    pub pause: AtomicBool,
+    /// The MSRs a paused vCPU saves (KVM's list, read by the main thread before pausing).
+    pub msr_indices: OnceLock<Vec<u32>>,
 }
 
 impl ExitContext {
@@ -88,6 +171,74 @@ impl Vcpu {
         Ok(Vcpu { id, fd })
     }
 
+    /// Creates vCPU `id` of `count` in the state a snapshot saved.
+    pub fn restore(vm: &Vm, id: u8, count: u8, state: &VcpuState) -> Result<Self, Error> {
+        let err = |what| move |source| Error::Kvm { id, what, source };
+        check_xsave_fits(vm, id)?;
+        let fd = vm.fd().create_vcpu(u64::from(id)).map_err(err("KVM_CREATE_VCPU"))?;
+        // The order KVM needs: CPUID before anything it shapes, the LAPIC before the MSRs that
+        // point into it (TSC deadline), events last.
+        fd.set_cpuid2(&cpuid::for_vcpu(vm.supported_cpuid(), id, count)).map_err(err("KVM_SET_CPUID2"))?;
+        fd.set_mp_state(state.mp_state).map_err(err("KVM_SET_MP_STATE"))?;
+        fd.set_regs(&state.regs).map_err(err("KVM_SET_REGS"))?;
+        fd.set_sregs(&state.sregs).map_err(err("KVM_SET_SREGS"))?;
+        // SAFETY: check_xsave_fits made sure this host's XSAVE area is no larger than the
+        // 4 KiB kvm_xsave, so KVM reads nothing past the struct.
+        unsafe { fd.set_xsave(&state.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
+        fd.set_xcrs(&state.xcrs).map_err(err("KVM_SET_XCRS"))?;
+        fd.set_debug_regs(&state.debugregs).map_err(err("KVM_SET_DEBUGREGS"))?;
+        fd.set_lapic(&state.lapic).map_err(err("KVM_SET_LAPIC"))?;
+        for chunk in state.msrs.chunks(MSR_CHUNK) {
+            let msrs = Msrs::from_entries(chunk).map_err(|e| Error::State { id, why: format!("MSRs: {e:?}") })?;
+            let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
+            if set != chunk.len() {
+                let index = chunk[set].index;
+                return Err(Error::State { id, why: format!("KVM refused MSR {index:#x}") });
+            }
+        }
+        fd.set_vcpu_events(&state.events).map_err(err("KVM_SET_VCPU_EVENTS"))?;
+        Ok(Vcpu { id, fd })
+    }
+
+    /// Reads this vCPU's state. It must be out of `KVM_RUN` for good: the I/O exit it may be in
+    /// the middle of is completed first.
+    fn save(&mut self, msr_indices: &[u32]) -> Result<VcpuState, Error> {
+        let id = self.id;
+        let err = |what| move |source| Error::Kvm { id, what, source };
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(Error::Kvm { id, what: "KVM_RUN (immediate exit)", source: e }),
+            Ok(exit) => Err(Error::State { id, why: format!("exit {exit:?} while pausing") }),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        completed?;
+        let mut msrs = Vec::with_capacity(msr_indices.len());
+        for chunk in msr_indices.chunks(MSR_CHUNK) {
+            let mut wanted: Vec<kvm_msr_entry> =
+                chunk.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+            // KVM stops at the first MSR it cannot read; such an MSR is left out.
+            while !wanted.is_empty() {
+                let mut buf =
+                    Msrs::from_entries(&wanted).map_err(|e| Error::State { id, why: format!("MSRs: {e:?}") })?;
+                let read = self.fd.get_msrs(&mut buf).map_err(err("KVM_GET_MSRS"))?;
+                msrs.extend_from_slice(&buf.as_slice()[..read]);
+                wanted.drain(..(read + 1).min(wanted.len()));
+            }
+        }
+        Ok(VcpuState {
+            regs: self.fd.get_regs().map_err(err("KVM_GET_REGS"))?,
+            sregs: self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?,
+            xsave: self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
+            xcrs: self.fd.get_xcrs().map_err(err("KVM_GET_XCRS"))?,
+            lapic: self.fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?,
+            msrs,
+            debugregs: self.fd.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
+            events: self.fd.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
+            mp_state: self.fd.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
+        })
+    }
+
     /// The vCPU fd (for its statistics).
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
@@ -97,6 +248,11 @@ impl Vcpu {
     pub fn run(mut self, ctx: Arc<ExitContext>) {
         let id = self.id;
         let end = loop {
+            if ctx.pause.load(Ordering::Acquire) {
+                let indices = ctx.msr_indices.get().map_or(&[][..], |v| &v[..]);
+                let state = self.save(indices).map(Box::new).map_err(|e| e.to_string());
+                break VmEvent::Paused { id, state };
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => ctx.pio.read(port, data),
                 Ok(VcpuExit::IoOut(port, data)) => {

@@ -1,8 +1,15 @@
 //! The KVM VM: its guest memory, the in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and
 //! PIT, and the irqfd/ioeventfd registrations devices use.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region, CpuId,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -25,7 +32,28 @@ pub enum Error {
     /// Guest memory could not be mapped.
     #[error("cannot map {0} MiB of guest memory")]
     MapMemory(u64),
+    /// A snapshot's memory file is not the size its state says.
+    #[error("the memory file is {actual} bytes, the snapshot's memory is {expected}")]
+    MemoryFileSize {
+        /// Bytes the state's memory size calls for.
+        expected: u64,
+        /// The file's length.
+        actual: u64,
+    },
 }
+
+/// The VM-wide state KVM keeps: the interrupt controllers, the PIT and kvmclock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmState {
+    /// PIC master, PIC slave, IOAPIC (in that order).
+    pub irqchips: Vec<kvm_irqchip>,
+    /// The PIT.
+    pub pit: kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+}
+
+const IRQCHIPS: [u32; 3] = [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC];
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
@@ -72,6 +100,38 @@ fn map_ram(len: usize, hugepages: bool) -> Result<MmapRegion, Error> {
     // protection and flags, owned by nothing else. The region does not unmap it on drop: guest
     // RAM lives as long as the VMM process.
     unsafe { MmapRegion::build_raw(aligned as *mut u8, len, prot, flags) }.map_err(|_| err())
+}
+
+/// Maps a snapshot's memory file as guest RAM laid out as [`boot::ram_regions`] says for
+/// `size`, each region MAP_PRIVATE at its offset: pages are read from the file when the guest
+/// first touches them, a write copies only that page, and every VM mapping the same file
+/// shares the pages it has not written.
+pub fn map_memory_file(file: &File, size: u64) -> Result<GuestMemoryMmap, Error> {
+    let actual = file.metadata().map_err(|_| Error::MapMemory(size >> 20))?.len();
+    if actual != size {
+        return Err(Error::MemoryFileSize { expected: size, actual });
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+    let mut offset = 0u64;
+    let mut regions = Vec::new();
+    for (start, len) in boot::ram_regions(size) {
+        let err = || Error::MapMemory((len >> 20) as u64);
+        // SAFETY: a new private mapping of `len` bytes of the file at `offset`, which the size
+        // check above keeps inside the file; nothing else refers to it.
+        let raw =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), offset as libc::off_t) };
+        if raw == libc::MAP_FAILED {
+            return Err(err());
+        }
+        // SAFETY: [raw, raw + len) is the live private mapping just made, with these protection
+        // and flags, owned by nothing else; like anonymous guest RAM it lives as long as the
+        // process.
+        let mapping = unsafe { MmapRegion::build_raw(raw.cast(), len, prot, flags) }.map_err(|_| err())?;
+        regions.push(GuestRegionMmap::new(mapping, start).ok_or_else(err)?);
+        offset += len as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|_| Error::MapMemory(size >> 20))
 }
 
 /// Maps `size` bytes of guest RAM laid out as [`boot::ram_regions`] says. With `hugepages` the
@@ -127,6 +187,32 @@ impl Vm {
     /// The CPUID KVM supports, before per-vCPU filtering.
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
+    }
+
+    /// Reads the interrupt controllers, PIT and clock (the vCPUs must be paused).
+    pub fn save_state(&self) -> Result<VmState, Error> {
+        let mut irqchips = Vec::with_capacity(IRQCHIPS.len());
+        for chip_id in IRQCHIPS {
+            let mut chip = kvm_irqchip { chip_id, ..Default::default() };
+            self.fd.get_irqchip(&mut chip).map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+            irqchips.push(chip);
+        }
+        let pit = self.fd.get_pit2().map_err(kvm_err("KVM_GET_PIT2"))?;
+        let clock = self.fd.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?;
+        Ok(VmState { irqchips, pit, clock })
+    }
+
+    /// Puts back what [`Vm::save_state`] read, before any vCPU exists.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), Error> {
+        self.fd.set_pit2(&state.pit).map_err(kvm_err("KVM_SET_PIT2"))?;
+        // The clock goes on from where it stopped; the flags GET_CLOCK reports (TSC_STABLE,
+        // REALTIME, HOST_TSC) are not all accepted back.
+        let clock = kvm_clock_data { clock: state.clock.clock, ..Default::default() };
+        self.fd.set_clock(&clock).map_err(kvm_err("KVM_SET_CLOCK"))?;
+        for chip in &state.irqchips {
+            self.fd.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
     }
 
     /// Makes a write of `datamatch` to MMIO `addr` signal `evt` inside KVM, without an exit to

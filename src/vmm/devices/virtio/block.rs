@@ -290,6 +290,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn queues(&self) -> Option<&[virtio_queue::Queue]> {
+        self.active.as_ref().map(|a| a.queues.as_slice())
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Activation, Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
+use super::{Activation, Error, Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
@@ -48,6 +49,86 @@ const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
+
+/// A queue's configuration and ring positions, as saved in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// The largest size the device offers.
+    pub max_size: u16,
+    /// The size the driver chose.
+    pub size: u16,
+    /// Whether the driver enabled it.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// The next available entry the device will read.
+    pub next_avail: u16,
+    /// The next used entry the device will write.
+    pub next_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX is in use.
+    pub event_idx: bool,
+}
+
+impl From<&Queue> for QueueSnapshot {
+    fn from(q: &Queue) -> Self {
+        let s = q.state();
+        QueueSnapshot {
+            max_size: s.max_size,
+            size: s.size,
+            ready: s.ready,
+            desc_table: s.desc_table,
+            avail_ring: s.avail_ring,
+            used_ring: s.used_ring,
+            next_avail: s.next_avail,
+            next_used: s.next_used,
+            event_idx: s.event_idx_enabled,
+        }
+    }
+}
+
+impl QueueSnapshot {
+    fn to_queue(&self) -> Result<Queue, Error> {
+        let state = QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        };
+        Queue::try_from(state).map_err(Error::Queue)
+    }
+}
+
+/// The transport's registers, its queues and its interrupt status, as saved in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// The device status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// DRIVER_OK was set and the device runs.
+    pub activated: bool,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// The queues (the device's own once activated).
+    pub queues: Vec<QueueSnapshot>,
+}
 
 /// One device's register window.
 pub struct MmioTransport {
@@ -241,6 +322,71 @@ impl MmioTransport {
     pub fn is_activated(&self) -> bool {
         self.activated
     }
+
+    /// The transport's state, with the device's queues if it runs. The device must be idle
+    /// (the VM paused, the event loop out of it).
+    pub fn save_state(&self) -> TransportState {
+        let queues = if self.activated {
+            self.with_device(|d| d.queues().map(|qs| qs.iter().map(QueueSnapshot::from).collect()))
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            self.queues.iter().map(QueueSnapshot::from).collect()
+        };
+        TransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        }
+    }
+
+    /// Puts a fresh transport into a saved state; an activated device gets its queues back and
+    /// hears that it was restored.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<(), Error> {
+        let max_sizes: Vec<u16> = self.with_device(|d| d.queue_max_sizes().to_vec()).unwrap_or_default();
+        let saved_sizes: Vec<u16> = state.queues.iter().map(|q| q.max_size).collect();
+        if saved_sizes != max_sizes {
+            return Err(Error::State(format!("queues {saved_sizes:?}, the device has {max_sizes:?}")));
+        }
+        let offered = self.with_device(|d| d.features()).unwrap_or(0);
+        if state.driver_features & !offered != 0 {
+            return Err(Error::State(format!("features {:#x} were not offered", state.driver_features)));
+        }
+        let mut queues = state.queues.iter().map(QueueSnapshot::to_queue).collect::<Result<Vec<_>, _>>()?;
+        if state.activated && !queues.iter().all(|q| !q.ready() || q.is_valid(&self.mem)) {
+            return Err(Error::State("a ready queue lies outside guest memory".into()));
+        }
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        self.activated = state.activated;
+        // The status first: what `restored` raises must not be cleared by it.
+        self.interrupt.restore(state.interrupt_status)?;
+        if state.activated {
+            for q in &mut queues {
+                q.set_event_idx(state.driver_features & VIRTIO_RING_F_EVENT_IDX != 0);
+            }
+            let activation = Activation { mem: self.mem.clone(), queues, features: state.driver_features };
+            let interrupt = self.interrupt.clone();
+            self.with_device(|d| {
+                d.activate(activation);
+                d.restored(&interrupt)
+            })
+            .unwrap_or(Ok(()))?;
+        } else {
+            self.queues = queues;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +400,8 @@ mod tests {
     struct Dummy {
         activated: Option<(usize, u64)>,
         resets: u32,
+        queues: Vec<Queue>,
+        restored: u32,
     }
 
     impl VirtioDevice for Dummy {
@@ -271,6 +419,7 @@ mod tests {
         }
         fn activate(&mut self, a: Activation) {
             self.activated = Some((a.queues.len(), a.features));
+            self.queues = a.queues;
         }
         fn process_queue(&mut self, _: usize, _: &Interrupt) -> Result<(), Error> {
             Ok(())
@@ -278,6 +427,13 @@ mod tests {
         fn reset(&mut self) {
             self.resets += 1;
             self.activated = None;
+        }
+        fn queues(&self) -> Option<&[Queue]> {
+            self.activated.map(|_| self.queues.as_slice())
+        }
+        fn restored(&mut self, _: &Interrupt) -> Result<(), Error> {
+            self.restored += 1;
+            Ok(())
         }
     }
 
@@ -370,5 +526,67 @@ mod tests {
         wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         assert!(!t.is_activated());
         assert_ne!(rd(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn state_survives_a_restore() {
+        let (mut t, dev) = setup();
+        drive_to_ok(&mut t);
+        dev.lock().unwrap().queues[0].set_next_avail(3);
+        dev.lock().unwrap().queues[1].set_next_used(5);
+        t.interrupt.trigger(crate::vmm::devices::virtio::INT_USED_RING).unwrap();
+        let saved = t.save_state();
+        assert!(saved.activated);
+        assert_eq!(saved.queues.len(), 2);
+        assert_eq!((saved.queues[0].next_avail, saved.queues[1].next_used), (3, 5));
+
+        let (mut t2, dev2) = setup();
+        t2.restore_state(&saved).unwrap();
+        assert!(t2.is_activated());
+        {
+            let d = dev2.lock().unwrap();
+            assert_eq!(d.activated, Some((2, VIRTIO_F_VERSION_1 | 0x5)));
+            assert_eq!(d.restored, 1);
+            assert_eq!(d.queues[0].next_avail(), 3);
+        }
+        assert_eq!(rd(&mut t2, REG_STATUS), rd(&mut t, REG_STATUS));
+        assert_eq!(rd(&mut t2, REG_INTERRUPT_STATUS), 1);
+        assert_eq!(t2.save_state(), saved);
+
+        // A transport the driver has not finished with comes back as it was, device idle.
+        let (mut t3, _) = setup();
+        wr(&mut t3, REG_STATUS, STATUS_ACKNOWLEDGE);
+        wr(&mut t3, REG_QUEUE_SEL, 1);
+        wr(&mut t3, REG_QUEUE_NUM, 4);
+        let half = t3.save_state();
+        let (mut t4, dev4) = setup();
+        t4.restore_state(&half).unwrap();
+        assert!(dev4.lock().unwrap().activated.is_none());
+        assert_eq!(t4.save_state(), half);
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_is_refused() {
+        let (mut t, _) = setup();
+        drive_to_ok(&mut t);
+        let saved = t.save_state();
+        let check = |state: TransportState, want: &str| {
+            let (mut fresh, dev) = setup();
+            let err = fresh.restore_state(&state).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+            assert!(dev.lock().unwrap().activated.is_none());
+        };
+        let mut fewer = saved.clone();
+        fewer.queues.pop();
+        check(fewer, "queues [16], the device has [16, 8]");
+        let mut features = saved.clone();
+        features.driver_features |= 1 << 40;
+        check(features, "were not offered");
+        let mut outside = saved.clone();
+        outside.queues[0].desc_table = 0xffff_0000;
+        check(outside, "outside guest memory");
+        let mut size = saved;
+        size.queues[1].size = 3;
+        check(size, "virtqueue");
     }
 }

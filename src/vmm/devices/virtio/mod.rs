@@ -40,6 +40,9 @@ pub enum Error {
     /// The interrupt could not be raised.
     #[error("cannot raise the device interrupt: {0}")]
     Interrupt(std::io::Error),
+    /// A saved device state does not fit the device.
+    #[error("device state: {0}")]
+    State(String),
 }
 
 /// A device's interrupt line: the status register the driver reads, and the irqfd.
@@ -68,6 +71,16 @@ impl Interrupt {
     /// Clears `bits` (the driver's InterruptACK).
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Puts back a saved status register; bits still pending are raised again (a driver that
+    /// finds nothing new in its rings takes no harm from it).
+    pub fn restore(&self, status: u32) -> Result<(), Error> {
+        self.status.store(0, Ordering::SeqCst);
+        if status != 0 {
+            self.trigger(status)?;
+        }
+        Ok(())
     }
 }
 
@@ -99,6 +112,13 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, interrupt: &Interrupt) -> Result<(), Error>;
     /// Stops the device and forgets its queues (the driver reset it).
     fn reset(&mut self);
+    /// The queues of an activated device (for a snapshot); None before activation.
+    fn queues(&self) -> Option<&[Queue]>;
+    /// Called once after a restore has activated the device with its saved queues, before the
+    /// guest runs again: what the device must tell the driver about its new host side.
+    fn restored(&mut self, _interrupt: &Interrupt) -> Result<(), Error> {
+        Ok(())
+    }
     /// An fd for the event loop to watch on the device's host side (vsock's sockets, say);
     /// when it is readable the loop calls [`VirtioDevice::process_backend`].
     fn backend_fd(&self) -> Option<RawFd> {

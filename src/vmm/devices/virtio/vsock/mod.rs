@@ -1,7 +1,8 @@
 //! virtio-vsock (virtio 1.x, section 5.10) with Firecracker's "hybrid vsock" host side: guest
 //! stream sockets meet host processes on Unix sockets.
 //!
-//! What it owns: the device's three queues (rx = 0, tx = 1, event = 2, the last unused), a
+//! What it owns: the device's three queues (rx = 0, tx = 1, event = 2, the last used only to
+//! tell the driver, after a snapshot restore, that every connection is gone), a
 //! listening Unix socket at `uds_path`, every host stream of a connection, and one epoll fd over
 //! all of them ([`VirtioDevice::backend_fd`]).
 //!
@@ -67,6 +68,9 @@ pub const DEVICE_TYPE_VSOCK: u32 = 19;
 const QUEUE_SIZE: u16 = 256;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+const EVQ: usize = 2;
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the driver drops every connection and reads the CID again.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Used tx chains not yet signalled past which the interrupt goes at once: a quarter of the
 /// ring, so a sender never waits on a full ring for the timer.
 const TX_IRQ_BATCH: u32 = QUEUE_SIZE as u32 / 4;
@@ -324,6 +328,32 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
         self.tx_unsignalled = 0;
         self.disarm_tx_timer();
+    }
+
+    fn queues(&self) -> Option<&[virtio_queue::Queue]> {
+        self.active.as_ref().map(|a| a.queues.as_slice())
+    }
+
+    /// The connections the guest had before the snapshot led to host streams this process
+    /// never had: a transport-reset event makes the driver drop them all (its sockets see
+    /// ECONNRESET), and listeners stay. Without an event buffer the driver posted there is no
+    /// way to say it; the guest then learns connection by connection, from RSTs.
+    fn restored(&mut self, interrupt: &Interrupt) -> Result<(), super::Error> {
+        let Some(active) = self.active.as_mut() else { return Ok(()) };
+        let mem = &active.mem;
+        let Some(queue) = active.queues.get_mut(EVQ) else { return Ok(()) };
+        if !queue.ready() {
+            return Ok(());
+        }
+        let Some(chain) = queue.pop_descriptor_chain(mem) else { return Ok(()) };
+        let head = chain.head_index();
+        let written = Writer::new(mem, chain)
+            .ok()
+            .and_then(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).ok().map(|()| w.bytes_written()))
+            .unwrap_or(0);
+        queue.add_used(mem, head, written as u32)?;
+        signal_used(queue, mem, interrupt)?;
+        Ok(())
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -1018,5 +1048,27 @@ mod tests {
         g.tx = tx;
         g.give_rx(1, 4096);
         assert_eq!(ops(&g.take_rx()), [OP_REQUEST]);
+    }
+
+    #[test]
+    fn restore_tells_the_driver_its_connections_are_gone() {
+        let dir = TempDir::new_with_prefix("/tmp/ember-vsock-").unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut dev = Vsock::new(GUEST_CID, &dir.as_path().join("v.sock")).unwrap();
+        let (rx, tx, mut ev) = (Ring::new(RINGS[0]), Ring::new(RINGS[1]), Ring::new(RINGS[2]));
+        // The driver keeps event buffers posted; one is enough for the reset.
+        const EVENT_BUF: u64 = 0x00f0_0000;
+        mem.write_obj(0xffff_ffffu32, GuestAddress(EVENT_BUF)).unwrap();
+        ev.add(&mem, &[(EVENT_BUF, 8, F_WRITE)]);
+        dev.activate(Activation { mem: mem.clone(), queues: vec![rx.queue(), tx.queue(), ev.queue()], features: 0 });
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        dev.restored(&irq).unwrap();
+        assert_eq!(ev.take_used(&mem), vec![(0, 4)]);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(EVENT_BUF)).unwrap(), EVENT_TRANSPORT_RESET);
+        assert_eq!(irq.status() & INT_USED_RING, INT_USED_RING);
+        assert_eq!(irq.irqfd.read().unwrap(), 1);
+        // Without a posted buffer there is nothing to say, and nothing breaks.
+        dev.restored(&irq).unwrap();
+        assert!(ev.take_used(&mem).is_empty());
     }
 }
