@@ -131,6 +131,10 @@ struct ServeArgs {
     /// Seconds a boot plus the runtime's init may take.
     #[arg(long, default_value_t = 10)]
     init_timeout_s: u64,
+    /// Keep each instance's serial console (kernel and ember-init messages) in
+    /// `<DIR>/<instance id>.console`, for debugging; the files are not removed.
+    #[arg(long, value_name = "DIR")]
+    console_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +289,10 @@ fn report(outcome: Outcome) -> ExitCode {
             eprintln!("ember: error: {why}");
             ExitCode::from(EXIT_VMM_ERROR)
         }
+        Outcome::SnapshotRequested(_) => {
+            eprintln!("ember: error: a snapshot request was not carried out");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
     }
 }
 
@@ -312,6 +320,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
             keep_alive: Duration::from_secs(args.keep_alive_s),
             init_timeout: Duration::from_secs(args.init_timeout_s),
+            console_dir: args.console_dir,
         },
         socket: args.socket,
         data_dir: args.data_dir,

@@ -89,7 +89,7 @@ fn main() {
                 }
             }
             if flag(&cmdline, ember_proto::cmdline::RUNTIME) {
-                runtime::run(&signals)
+                runtime::run(&signals, &cmdline, flag(&cmdline, ember_proto::cmdline::SNAP_START))
             } else if argv.is_empty() && vsock {
                 supervise::idle(&signals)
             } else {
@@ -131,7 +131,11 @@ fn boot() -> Result<(supervise::Signals, String), Error> {
     power::route_ctrl_alt_del();
     mounts::mount_all()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| Error::new("read /proc/cmdline", e))?;
-    mounts::mount_drives(&cmdline)?;
+    mounts::mount_code(&cmdline)?;
+    // A SnapStart boot mounts /tmp only after a restore (see runtime::restore).
+    if !flag(&cmdline, ember_proto::cmdline::SNAP_START) {
+        mounts::mount_tmp(&cmdline, false)?;
+    }
 
     let memory_mib = probe::memory_mib().unwrap_or_else(|e| {
         log!("cannot measure memory: {e}");

@@ -47,15 +47,28 @@ pub fn mount_all() -> Result<(), Error> {
     Ok(())
 }
 
-/// Mounts the drives the VMM attached, as the kernel command line names them
-/// (`ember.code=/dev/vdX`, `ember.tmp=/dev/vdX`): the function's code read-only at /var/task,
-/// and the instance's scratch disk read-write at /tmp, over the boot-time tmpfs.
-pub fn mount_drives(cmdline: &str) -> Result<(), Error> {
-    let param = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='));
-    if let Some(dev) = param(ember_proto::cmdline::CODE_DRIVE) {
+fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Mounts the function's code read-only at /var/task from the drive the kernel command line
+/// names (`ember.code=/dev/vdX`), if any.
+pub fn mount_code(cmdline: &str) -> Result<(), Error> {
+    if let Some(dev) = param(cmdline, ember_proto::cmdline::CODE_DRIVE) {
         mount_ext4(dev, c"/var/task", libc::MS_RDONLY | NOSUID_NODEV, c"")?;
     }
-    if let Some(dev) = param(ember_proto::cmdline::TMP_DRIVE) {
+    Ok(())
+}
+
+/// Mounts the instance's scratch drive (`ember.tmp=/dev/vdX`) read-write at /tmp, over the
+/// boot-time tmpfs, which with `detach_tmpfs` is first unmounted (lazily: its memory goes as
+/// soon as nothing uses it).
+pub fn mount_tmp(cmdline: &str, detach_tmpfs: bool) -> Result<(), Error> {
+    if let Some(dev) = param(cmdline, ember_proto::cmdline::TMP_DRIVE) {
+        // SAFETY: a static NUL-terminated path.
+        if detach_tmpfs && unsafe { libc::umount2(c"/tmp".as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(Error::new("unmount the boot /tmp", io::Error::last_os_error()));
+        }
         // The host formats /tmp with lazy inode-table init; noinit_itable keeps the kernel from
         // zeroing those tables in the background, which cost block writes (and VM exits) for
         // minutes after every boot and grew the sparse host file for nothing.

@@ -72,6 +72,10 @@ pub mod cmdline {
     /// `ember.runtime=1`: ember-init connects the runtime channel ([`super::runtime`]) to the
     /// host, starts the runtime it is sent and serves the Lambda Runtime API.
     pub const RUNTIME: &str = "ember.runtime";
+    /// `ember.snapstart=1`: this boot is an init snapshot's (SnapStart): /tmp is mounted only
+    /// after a restore, and a runtime channel that breaks is connected again (a restore resets
+    /// every vsock connection) and must then start with a `Restore` frame.
+    pub const SNAP_START: &str = "ember.snapstart";
 }
 
 /// The vsock port of ember-init's echo service: every byte a host connection sends comes back.

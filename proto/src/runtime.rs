@@ -17,6 +17,18 @@
 //!                                 <-  Exited {reason}   (the runtime process ended)
 //! ```
 //!
+//! SnapStart (`ember.snapstart=1`): `Ready` comes when the runtime's init is over, from
+//! `GET /runtime/restore/next` (awslambdaric, after its before-snapshot hooks) or else from the
+//! first `/invocation/next`; the agent snapshots the VM right then. A restored guest finds its
+//! channel reset, connects again, and the agent speaks first:
+//!
+//! ```text
+//!   Restore {wall_clock_ms} + entropy ->    reseeds the RNG, sets the clock, mounts /tmp,
+//!                                           answers the pending restore/next
+//!                                 <-  RestoreError {error_type} + body (POST /runtime/restore/error)
+//!                                 <-  Ready (the runtime waits for its first event)
+//! ```
+//!
 //! A frame is `len: u32 LE | kind: u8 | meta_len: u32 LE | meta (JSON) | payload`, where `len`
 //! counts everything after itself. The payload is raw bytes (the event, the response, log
 //! output), so nothing large is ever escaped. The [`Decoder`] is sans-I/O: both the blocking
@@ -54,6 +66,12 @@ pub enum Kind {
     Error = 7,
     /// Guest -> agent: [`Exited`]; the runtime process is gone. No payload.
     Exited = 8,
+    /// Agent -> guest, first on a channel made again after a restore: [`Restore`]; the payload
+    /// is fresh entropy for the guest's RNG.
+    Restore = 9,
+    /// Guest -> agent: [`InitError`]; an after-restore hook failed (`POST
+    /// /runtime/restore/error`); the payload is the runtime's error body.
+    RestoreError = 10,
 }
 
 impl Kind {
@@ -67,6 +85,8 @@ impl Kind {
             6 => Kind::Response,
             7 => Kind::Error,
             8 => Kind::Exited,
+            9 => Kind::Restore,
+            10 => Kind::RestoreError,
             _ => return None,
         })
     }
@@ -136,6 +156,13 @@ pub struct InitError {
     /// The `Lambda-Runtime-Function-Error-Type` header, if the runtime sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_type: Option<String>,
+}
+
+/// What a restored guest is told before anything else.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The host's wall clock, in ms since the epoch.
+    pub wall_clock_ms: u64,
 }
 
 /// The runtime process ended.

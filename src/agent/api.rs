@@ -487,6 +487,14 @@ struct CreateFunctionInput<'a> {
     package_type: Option<String>,
     architectures: Option<Vec<String>>,
     layers: Option<Vec<String>>,
+    snap_start: Option<SnapStartInput>,
+}
+
+/// `SnapStart`: `{"ApplyOn": "PublishedVersions" | "None"}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct SnapStartInput {
+    apply_on: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -527,6 +535,7 @@ struct UpdateConfigurationInput {
     ephemeral_storage: Option<EphemeralStorageInput>,
     revision_id: Option<String>,
     layers: Option<Vec<String>>,
+    snap_start: Option<SnapStartInput>,
 }
 
 /// UpdateFunctionCode's body.
@@ -760,6 +769,7 @@ fn validate_create(input: CreateFunctionInput<'_>) -> Result<(NewFunction, Vec<u
         timeout_s,
         ephemeral_mib,
         environment,
+        snap_start: validate_snap_start(input.snap_start)?.unwrap_or(false),
     };
     Ok((new, zip))
 }
@@ -794,8 +804,22 @@ fn validate_update_configuration(
         timeout_s: input.timeout.map(validate_timeout).transpose()?,
         ephemeral_mib: input.ephemeral_storage.and_then(|e| e.size).map(validate_ephemeral).transpose()?,
         environment,
+        snap_start: validate_snap_start(input.snap_start)?,
     };
     Ok((patch, input.revision_id))
+}
+
+/// `SnapStart.ApplyOn`: whether init snapshots are on, if the input says.
+fn validate_snap_start(input: Option<SnapStartInput>) -> Result<Option<bool>, ApiError> {
+    match input.and_then(|s| s.apply_on).as_deref() {
+        None => Ok(None),
+        Some("PublishedVersions") => Ok(Some(true)),
+        Some("None") => Ok(Some(false)),
+        Some(other) => Err(ApiError::invalid(format!(
+            "1 validation error detected: Value '{other}' at 'snapStart.applyOn' failed to satisfy constraint: \
+             Member must satisfy enum value set: [PublishedVersions, None]"
+        ))),
+    }
 }
 
 fn validate_update_code(input: UpdateCodeInput<'_>) -> Result<(Vec<u8>, bool, Option<String>), ApiError> {
@@ -991,7 +1015,11 @@ pub fn configuration_json(c: &FunctionConfig) -> Value {
         "PackageType": "Zip",
         "Architectures": ["x86_64"],
         "EphemeralStorage": { "Size": c.ephemeral_mib },
-        "SnapStart": { "ApplyOn": "None", "OptimizationStatus": "Off" },
+        "SnapStart": if c.snap_start {
+            json!({ "ApplyOn": "PublishedVersions", "OptimizationStatus": "On" })
+        } else {
+            json!({ "ApplyOn": "None", "OptimizationStatus": "Off" })
+        },
         "LoggingConfig": { "LogFormat": "Text", "LogGroup": format!("/aws/lambda/{}", c.name) },
     });
     if c.handler.is_empty() {
@@ -1038,8 +1066,10 @@ mod tests {
                 cpu_shares: false,
                 keep_alive: Duration::from_secs(1),
                 init_timeout: Duration::from_secs(1),
+                console_dir: None,
             },
             logs.clone(),
+            crate::agent::snapshots::Snapshots::open(&dir.join("snapshots")).unwrap(),
         )
         .unwrap();
         let agent = Agent { store: Store::open(&dir).unwrap(), pool, logs };
@@ -1181,6 +1211,7 @@ mod tests {
             revision_id: "rev".into(),
             last_modified: "2026-11-22T08:30:00.000+0000".into(),
             version: "$LATEST".into(),
+            snap_start: false,
         };
         let v = configuration_json(&c);
         assert_eq!(v["FunctionName"], "f");

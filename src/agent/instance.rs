@@ -1,7 +1,10 @@
 //! One function instance: an `ember vmm` child process and the runtime channel to its guest.
 //!
 //! [`launch`] spawns the VMM, waits for ember-init to connect the runtime channel, sends the
-//! runtime's [`Config`] and waits for the runtime's first `/next` (its init is over). The running
+//! runtime's [`Config`] and waits for the runtime's first `/next` (its init is over). A launch
+//! from a SnapStart snapshot (the spec's `vm.restore`) sends a `Restore` instead (fresh entropy
+//! and the host's clock) and waits for the restored runtime to be ready again; an init
+//! snapshot is taken from a SnapStart boot with [`Instance::snapshot`]. The running
 //! instance then belongs to an actor task ([`Handle`] is the way in): it runs one [`Job`] at a
 //! time and, between jobs, watches its VMM, so that a VMM or guest that dies while idle is
 //! noticed at once and leaves the pool.
@@ -24,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cgroup::CpuShares;
 use super::logs::{FunctionLog, InvocationLog};
-use crate::vmm::process::{VmmExit, VmmSpec, CONTROL_FD};
+use crate::vmm::process::{Control, VmmExit, VmmSpec, CONTROL_FD};
 
 /// Why an instance could not start or stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,10 @@ pub enum Error {
     /// The VM ended before ember-init connected the runtime channel: the boot failed.
     #[error("{0}")]
     Boot(String),
+    /// A restore from a snapshot failed before the guest connected (a damaged or mismatched
+    /// snapshot, most likely).
+    #[error("restore failed: {0}")]
+    Restore(String),
     /// The runtime reported an init error; `body` is its error JSON.
     #[error("init error {error_type:?}")]
     InitError {
@@ -93,8 +100,10 @@ pub struct Instance {
     decoder: Decoder,
     /// Where reads from the channel land, allocated once (not zeroed per read on the hot path).
     read_buf: Box<[u8]>,
-    /// How long the boot and init took.
+    /// How long the boot and init took (or the restore, for a restored instance).
     pub init_duration: Duration,
+    /// Whether it was restored from a snapshot.
+    pub restored: bool,
 }
 
 /// Spawns the VMM and waits until the runtime asks for its first event. Runtime output during
@@ -116,19 +125,31 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     control.get_mut().write_all(&line).await.map_err(host("send spec"))?;
 
     let deadline = tokio::time::Instant::from_std(started + spec.init_timeout);
+    let restoring = spec.vm.restore.is_some();
     let mut channel = tokio::select! {
         accepted = listener.accept() => accepted.map_err(host("accept runtime channel"))?.0,
-        ended = read_exit(&mut control) => return Err(kill(&mut child, Error::Boot(ended)).await),
+        ended = read_exit(&mut control) => {
+            let e = if restoring { Error::Restore(ended) } else { Error::Boot(ended) };
+            return Err(kill(&mut child, e).await);
+        }
         () = tokio::time::sleep_until(deadline) => {
             return Err(kill(&mut child, Error::InitTimeout(spec.init_timeout)).await)
         }
     };
     drop(listener);
-    spec.runtime.wall_clock_ms =
+    let wall_clock_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    let config = runtime::encode(Kind::Config, Some(&spec.runtime), b"");
-    if let Err(e) = channel.write_all(&config).await {
-        return Err(kill(&mut child, Error::Host(format!("send runtime config: {e}"))).await);
+    let first = if restoring {
+        match entropy() {
+            Ok(entropy) => runtime::encode(Kind::Restore, Some(&runtime::Restore { wall_clock_ms }), &entropy),
+            Err(e) => return Err(kill(&mut child, Error::Host(format!("entropy for the restored guest: {e}"))).await),
+        }
+    } else {
+        spec.runtime.wall_clock_ms = wall_clock_ms;
+        runtime::encode(Kind::Config, Some(&spec.runtime), b"")
+    };
+    if let Err(e) = channel.write_all(&first).await {
+        return Err(kill(&mut child, Error::Host(format!("send the runtime channel's first frame: {e}"))).await);
     }
     let mut instance = Instance {
         id: spec.id,
@@ -140,6 +161,7 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         decoder: Decoder::new(),
         read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
         init_duration: Duration::ZERO,
+        restored: restoring,
     };
     loop {
         let frame = tokio::select! {
@@ -152,10 +174,18 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
                 continue;
             }
             Ok(f) if f.kind == Kind::Ready => Ok(()),
-            Ok(f) if f.kind == Kind::InitError => match f.meta::<runtime::InitError>() {
-                Ok(meta) => Err(Error::InitError { error_type: meta.error_type, body: f.payload }),
-                Err(e) => Err(Error::Protocol(e.to_string())),
-            },
+            Ok(f) if f.kind == Kind::InitError || f.kind == Kind::RestoreError => {
+                match f.meta::<runtime::InitError>() {
+                    Ok(meta) => {
+                        let error_type = match f.kind {
+                            Kind::RestoreError => meta.error_type.or_else(|| Some(AFTER_RESTORE_ERROR.into())),
+                            _ => meta.error_type,
+                        };
+                        Err(Error::InitError { error_type, body: f.payload })
+                    }
+                    Err(e) => Err(Error::Protocol(e.to_string())),
+                }
+            }
             Ok(f) => Err(unexpected(&f)),
             Err(e) => Err(e),
         };
@@ -173,6 +203,22 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         instance.shares.limit(&instance.id, pid, spec.vm.memory_mib);
     }
     Ok(instance)
+}
+
+/// The error type of a failed after-restore hook when the runtime names none.
+const AFTER_RESTORE_ERROR: &str = "Runtime.AfterRestoreError";
+/// Bytes of fresh entropy a restored guest gets.
+const RESTORE_ENTROPY: usize = 64;
+
+/// Fresh random bytes from the host's kernel for a restored guest's RNG.
+fn entropy() -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; RESTORE_ENTROPY];
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`, which is valid for them.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(buf)
 }
 
 /// `<path>_<port>`: where the VMM's vsock looks for a host listener on `port`.
@@ -260,6 +306,31 @@ impl Instance {
                 ended = read_exit(&mut self.control) => return Err(Error::VmEnded(ended)),
             }
         }
+    }
+
+    /// Snapshots the instance into `dir` (its init is over: it has just been launched from a
+    /// SnapStart boot) and ends it; the VMM exits once the snapshot is written. Returns the
+    /// VMM's account of it.
+    pub async fn snapshot(mut self, dir: &Path) -> Result<String, Error> {
+        let mut line = serde_json::to_vec(&Control::Snapshot(dir.to_owned())).expect("a request serializes");
+        line.push(b'\n');
+        let result = match self.control.get_mut().write_all(&line).await {
+            Ok(()) => {
+                let mut answer = String::new();
+                match self.control.read_line(&mut answer).await {
+                    Ok(n) if n > 0 => match serde_json::from_str::<VmmExit>(&answer) {
+                        Ok(exit) if exit.outcome == "snapshotted" => Ok(exit.message),
+                        Ok(exit) => Err(Error::VmEnded(exit.message)),
+                        Err(e) => Err(Error::Protocol(format!("the VMM sent a bad answer: {e}"))),
+                    },
+                    Ok(_) => Err(Error::VmEnded("the VMM process died while snapshotting".into())),
+                    Err(e) => Err(Error::Host(format!("the VMM's control socket failed: {e}"))),
+                }
+            }
+            Err(e) => Err(Error::Host(format!("send the snapshot request: {e}"))),
+        };
+        self.destroy().await;
+        result
     }
 
     /// Kills the VMM and removes the instance's directory and cgroup.

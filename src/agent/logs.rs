@@ -154,6 +154,12 @@ impl InvocationLog {
         if let Some(init) = report.init_duration_ms {
             lines.push_str(&format!("Init Duration: {init:.2} ms\t"));
         }
+        if let Some(restore) = report.restore_duration_ms {
+            lines.push_str(&format!(
+                "Restore Duration: {restore:.2} ms\tBilled Restore Duration: {} ms\t",
+                restore.ceil() as u64
+            ));
+        }
         lines.push('\n');
         self.output(lines.as_bytes());
         self.tail.map(|mut t| {
@@ -175,6 +181,8 @@ pub struct Report {
     pub max_memory_used_mib: u32,
     /// The cold start's boot and init, on a cold start only.
     pub init_duration_ms: Option<f64>,
+    /// A restored instance's restore, on its first invocation.
+    pub restore_duration_ms: Option<f64>,
 }
 
 #[cfg(test)]
@@ -193,7 +201,13 @@ mod tests {
         let logs = Logs::open(&dir).unwrap();
         let mut inv = InvocationLog::start(logs.function("f"), "r1", "$LATEST", true);
         inv.output(b"hello\n");
-        let report = Report { duration_ms: 1.2, memory_mib: 128, max_memory_used_mib: 40, init_duration_ms: Some(5.0) };
+        let report = Report {
+            duration_ms: 1.2,
+            memory_mib: 128,
+            max_memory_used_mib: 40,
+            init_duration_ms: Some(5.0),
+            ..Report::default()
+        };
         let tail = String::from_utf8(inv.finish("r1", &report).unwrap()).unwrap();
         assert!(tail.starts_with("START RequestId: r1 Version: $LATEST\nhello\nEND RequestId: r1\n"), "{tail}");
         assert!(tail.contains("REPORT RequestId: r1\tDuration: 1.20 ms\tBilled Duration: 2 ms\tMemory Size: 128 MB\tMax Memory Used: 40 MB\tInit Duration: 5.00 ms"), "{tail}");

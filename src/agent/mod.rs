@@ -16,6 +16,7 @@ pub mod error;
 pub mod instance;
 pub mod logs;
 pub mod pool;
+pub mod snapshots;
 pub mod store;
 
 pub use error::ApiError;
@@ -117,7 +118,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = store::Store::open(&options.data_dir).map_err(|e| ServeError::Store(e.to_string()))?;
     let logs = logs::Logs::open(&options.data_dir.join("logs")).map_err(io_err("open the log directory"))?;
     let run_dir = options.pool.run_dir.display().to_string();
-    let pool = pool::Pool::new(options.pool, logs.clone()).map_err(io_err(format!("set up {run_dir}")))?;
+    let snapshots = snapshots::Snapshots::open(&options.data_dir.join("snapshots"))
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    let pool = pool::Pool::new(options.pool, logs.clone(), snapshots).map_err(io_err(format!("set up {run_dir}")))?;
     let agent = Arc::new(Agent { store, pool, logs });
 
     match std::fs::remove_file(&options.socket) {

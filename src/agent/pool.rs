@@ -2,6 +2,13 @@
 //! (one event at a time per instance, as Lambda does); with none idle a new one boots, up to a
 //! per-host limit past which invocations get 429. Idle instances go after a keep-alive; at the
 //! limit, the least recently used idle instance of another function makes room.
+//!
+//! SnapStart functions start by restoring their init snapshot instead of booting. The first
+//! cold start of a revision makes the snapshot: a SnapStart boot runs the runtime's init, the
+//! VM is snapshotted when the runtime says it is ready, and the instance is then restored
+//! from it like every later one (one snapshot is made at a time per function; cold starts
+//! that come meanwhile wait for it). A snapshot that cannot be restored is removed, with a
+//! line in the function's log saying why, and that cold start boots instead.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,8 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ember_proto::runtime::{self, Config};
 
 use super::cgroup::CpuShares;
-use super::instance::{self, Handle, Job, JobDone, JobResult, LaunchSpec};
-use super::logs::{InvocationLog, Logs, Report};
+use super::instance::{self, Handle, Instance, Job, JobDone, JobResult, LaunchSpec};
+use super::logs::{FunctionLog, InvocationLog, Logs, Report};
+use super::snapshots::{Fingerprint, Meta, Snapshots};
 use super::store::{lambda_time, random_uuid, FunctionConfig};
 use super::{ApiError, InvokeOutput, InvokeRequest};
 use crate::vmm::process::VmmSpec;
@@ -44,6 +52,8 @@ pub struct PoolConfig {
     pub keep_alive: Duration,
     /// How long a boot plus the runtime's init may take.
     pub init_timeout: Duration,
+    /// Keep each instance's serial console in `<dir>/<instance id>.console` (for debugging).
+    pub console_dir: Option<PathBuf>,
 }
 
 /// The microVM instances of every function on this host.
@@ -61,6 +71,9 @@ struct Shared {
     released: tokio::sync::Notify,
     logs: Logs,
     state: Mutex<State>,
+    snapshots: Snapshots,
+    /// Held while a function's snapshot is looked up or made.
+    snapshot_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Default)]
@@ -84,13 +97,31 @@ struct Idle {
 struct Taken {
     handle: Handle,
     epoch: u64,
-    init_duration: Option<Duration>,
+    /// A new instance's boot and init, or its restore.
+    started: Option<Started>,
+}
+
+/// How a new instance came to be, and how long it took.
+#[derive(Clone, Copy, Debug)]
+enum Started {
+    Booted(Duration),
+    Restored(Duration),
+}
+
+/// What a new instance starts from.
+enum Start {
+    /// A boot.
+    Boot,
+    /// A SnapStart boot, to be snapshotted when its init is over.
+    SnapStartBoot,
+    /// A restore of the snapshot in this directory.
+    Restore(PathBuf),
 }
 
 impl Pool {
     /// A pool with no instances. Clears `run_dir`, where instances of an earlier agent may have
     /// left sockets (their VMMs died with it).
-    pub fn new(config: PoolConfig, logs: Logs) -> std::io::Result<Pool> {
+    pub fn new(config: PoolConfig, logs: Logs, snapshots: Snapshots) -> std::io::Result<Pool> {
         match std::fs::remove_dir_all(&config.run_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -103,7 +134,11 @@ impl Pool {
         });
         let boots = tokio::sync::Semaphore::new(config.max_boots.max(1));
         let released = tokio::sync::Notify::new();
-        Ok(Pool { shared: Arc::new(Shared { config, shares, boots, released, logs, state: Mutex::default() }) })
+        let snapshot_locks = Mutex::default();
+        let state = Mutex::default();
+        Ok(Pool {
+            shared: Arc::new(Shared { config, shares, boots, released, logs, state, snapshots, snapshot_locks }),
+        })
     }
 
     /// Runs one invocation on a warm idle instance of the function, or a new one.
@@ -112,7 +147,7 @@ impl Pool {
         let request_id = req.request_id.clone();
         let flog = self.shared.logs.function(&f.name);
         let taken = self.take(f, &request_id).await?;
-        let Taken { handle, epoch, init_duration } = match taken {
+        let Taken { handle, epoch, started: new } = match taken {
             Ok(t) => t,
             // The runtime failed its init: a function error, as Lambda answers it.
             Err(output) => return Ok(output.with_tail(req.want_tail)),
@@ -170,7 +205,14 @@ impl Pool {
             duration_ms: duration.as_secs_f64() * 1000.0,
             memory_mib: f.memory_mib,
             max_memory_used_mib: memory_used,
-            init_duration_ms: init_duration.map(|d| d.as_secs_f64() * 1000.0),
+            init_duration_ms: match new {
+                Some(Started::Booted(d)) => Some(d.as_secs_f64() * 1000.0),
+                _ => None,
+            },
+            restore_duration_ms: match new {
+                Some(Started::Restored(d)) => Some(d.as_secs_f64() * 1000.0),
+                _ => None,
+            },
         };
         let log_tail = log.finish(&request_id, &report);
         if reusable {
@@ -180,8 +222,9 @@ impl Pool {
     }
 
     /// Retires every instance of `function` (after its code or configuration changed, or it
-    /// was deleted): idle ones at once, busy ones when their invocation ends.
+    /// was deleted): idle ones at once, busy ones when their invocation ends; and its snapshot.
     pub fn retire(&self, function: &str) {
+        self.shared.snapshots.remove(function);
         let dropped = {
             let mut state = self.shared.lock();
             *state.epochs.entry(function.to_owned()).or_default() += 1;
@@ -220,42 +263,20 @@ impl Pool {
         let idle = state.idle.get_mut(&f.name)?;
         let pos = idle.iter().rposition(|i| i.revision == f.revision_id && i.epoch == epoch)?;
         let Idle { handle, epoch, .. } = idle.remove(pos);
-        Some(Ok(Taken { handle, epoch, init_duration: None }))
+        Some(Ok(Taken { handle, epoch, started: None }))
     }
 
-    /// Boots a new instance, once a slot is free.
+    /// Starts a new instance (a boot, or a SnapStart function's restore), once a slot is free.
     async fn cold_start(&self, f: &FunctionConfig, request_id: &str) -> Result<Result<Taken, InvokeOutput>, ApiError> {
         let epoch = self.reserve_slot(&f.name)?;
         let flog = self.shared.logs.function(&f.name);
-        let mut attempts = 0;
-        let launched = loop {
-            let spec = match self.launch_spec(f, &random_hex()) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    self.shared.gone_taken();
-                    return Err(e);
-                }
-            };
-            attempts += 1;
-            match instance::launch(spec, &flog).await {
-                // A VM that died before its runtime could start, or crashed (a guest kernel
-                // panic or triple fault, the VMM gone) before it was given the event, is most
-                // likely the platform's failure, not the function's: boot another, once. A
-                // runtime that exits or reports an init error is the function's and is not retried.
-                Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
-                    eprintln!(
-                        "ember: {}: a new instance ended before its first event ({why}); booting another",
-                        f.name
-                    );
-                }
-                other => break other,
-            }
-        };
+        let launched = if f.snap_start { self.restore(f, &flog).await } else { self.boot(f, &flog, Start::Boot).await };
         match launched {
             Ok(instance) => {
-                let init_duration = Some(instance.init_duration);
+                let took = instance.init_duration;
+                let started = Some(if instance.restored { Started::Restored(took) } else { Started::Booted(took) });
                 let handle = instance::spawn_actor(instance, self.shared.clone(), self.shared.config.keep_alive);
-                Ok(Ok(Taken { handle, epoch, init_duration }))
+                Ok(Ok(Taken { handle, epoch, started }))
             }
             Err(e) => {
                 self.shared.gone_taken();
@@ -284,6 +305,113 @@ impl Pool {
                 }))
             }
         }
+    }
+
+    /// Boots an instance (`start` is a boot or a SnapStart boot). A VM that died before its
+    /// runtime could start, or crashed (a guest kernel panic or triple fault, the VMM gone)
+    /// before it was given the event, is most likely the platform's failure, not the
+    /// function's: another boots, once. A runtime that exits or reports an init error is the
+    /// function's and is not retried.
+    async fn boot(&self, f: &FunctionConfig, flog: &FunctionLog, start: Start) -> Result<Instance, instance::Error> {
+        let mut attempts = 0;
+        loop {
+            let start = match &start {
+                Start::Boot => Start::Boot,
+                _ => Start::SnapStartBoot,
+            };
+            let spec = self.launch_spec(f, &random_hex(), start)?;
+            attempts += 1;
+            match instance::launch(spec, flog).await {
+                Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
+                    eprintln!(
+                        "ember: {}: a new instance ended before its first event ({why}); booting another",
+                        f.name
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Restores an instance of a SnapStart function from its snapshot, made first if need be.
+    /// Without a usable snapshot the instance boots.
+    async fn restore(&self, f: &FunctionConfig, flog: &FunctionLog) -> Result<Instance, instance::Error> {
+        let Some(dir) = self.init_snapshot(f, flog).await? else {
+            return self.boot(f, flog, Start::Boot).await;
+        };
+        match instance::launch(self.launch_spec(f, &random_hex(), Start::Restore(dir))?, flog).await {
+            Err(instance::Error::Restore(why)) => {
+                let line = format!(
+                    "{} The SnapStart snapshot of {} could not be restored and was removed; this instance boots \
+                     instead. Reason: {why}\n",
+                    timestamp(),
+                    f.name
+                );
+                eprint!("ember: {line}");
+                flog.append_output(line.as_bytes());
+                self.shared.snapshots.remove(&f.name);
+                self.boot(f, flog, Start::Boot).await
+            }
+            other => other,
+        }
+    }
+
+    /// The directory of the function's init snapshot: the one on disk if it matches the
+    /// function, else a new one from a SnapStart boot (one at a time per function). `None`
+    /// when none could be made for a reason that is the host's (logged); an init failure is
+    /// the function's and comes back as the error.
+    async fn init_snapshot(&self, f: &FunctionConfig, flog: &FunctionLog) -> Result<Option<PathBuf>, instance::Error> {
+        let files = match self.snapshot_files(f) {
+            Ok(files) => files,
+            Err(e) => return Err(instance::Error::Host(format!("cannot read the files the instance runs from: {e}"))),
+        };
+        let lock = self.shared.snapshot_lock(&f.name);
+        let _making = lock.lock().await;
+        if let Some(dir) = self.shared.snapshots.lookup(f, &files) {
+            return Ok(Some(dir));
+        }
+        let staging = match self.shared.snapshots.staging(&f.name) {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("ember: {}: no SnapStart snapshot: {e}", f.name);
+                return Ok(None);
+            }
+        };
+        let instance = match self.boot(f, flog, Start::SnapStartBoot).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                self.shared.snapshots.discard(&staging);
+                return Err(e);
+            }
+        };
+        let started = Instant::now();
+        let made = instance.snapshot(&staging).await.map_err(|e| e.to_string()).and_then(|_| {
+            let meta = Meta {
+                revision_id: f.revision_id.clone(),
+                files,
+                created: lambda_time(SystemTime::now()),
+                snapshot_ms: started.elapsed().as_millis() as u64,
+            };
+            self.shared.snapshots.commit(&f.name, &staging, &meta).map_err(|e| e.to_string())
+        });
+        match made {
+            Ok(dir) => Ok(Some(dir)),
+            Err(why) => {
+                eprintln!("ember: {}: the SnapStart snapshot failed: {why}", f.name);
+                self.shared.snapshots.discard(&staging);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The files a function's instance runs from (kernel, runtime image, code image), as a
+    /// snapshot records them.
+    fn snapshot_files(&self, f: &FunctionConfig) -> std::io::Result<Vec<Fingerprint>> {
+        let guest = &self.shared.config.guest_dir;
+        [guest.join("vmlinux"), runtime_image(guest, &f.runtime), f.code_image.clone()]
+            .iter()
+            .map(|p| Fingerprint::of(p))
+            .collect()
     }
 
     /// Counts a new instance, evicting the least recently used idle instance of another
@@ -325,23 +453,35 @@ impl Pool {
         self.shared.released.notify_waiters();
     }
 
-    fn launch_spec(&self, f: &FunctionConfig, id: &str) -> Result<LaunchSpec, ApiError> {
+    fn launch_spec(&self, f: &FunctionConfig, id: &str, start: Start) -> Result<LaunchSpec, instance::Error> {
         let config = &self.shared.config;
-        let rootfs = config.guest_dir.join("runtimes").join(format!("{}.ext4", f.runtime));
+        let rootfs = runtime_image(&config.guest_dir, &f.runtime);
         if !rootfs.is_file() {
-            return Err(ApiError::service(format!(
+            return Err(instance::Error::Host(format!(
                 "the image of runtime {} is missing: {}",
                 f.runtime,
                 rootfs.display()
             )));
         }
         let (argv, env) = runtime_files(&config.guest_dir, &f.runtime).map_err(|e| {
-            ApiError::service(format!(
+            instance::Error::Host(format!(
                 "cannot read the command of runtime {} in {}: {e}",
                 f.runtime,
                 config.guest_dir.display()
             ))
         })?;
+        let mut cmdline = format!("{DEFAULT_CMDLINE} {}=1", ember_proto::cmdline::RUNTIME);
+        let mut runtime = runtime_config(f, id, &argv, &env);
+        let mut restore = None;
+        match start {
+            Start::Boot => {}
+            Start::SnapStartBoot => {
+                cmdline.push_str(&format!(" {}=1", ember_proto::cmdline::SNAP_START));
+                runtime.env.retain(|(k, _)| k != INIT_TYPE);
+                runtime.env.push((INIT_TYPE.into(), "snap-start".into()));
+            }
+            Start::Restore(dir) => restore = Some(dir),
+        }
         let dir = config.run_dir.join(id);
         Ok(LaunchSpec {
             id: id.to_owned(),
@@ -351,16 +491,17 @@ impl Pool {
                 vcpus: vcpus_for(f.memory_mib),
                 kernel: config.guest_dir.join("vmlinux"),
                 rootfs,
-                cmdline: format!("{DEFAULT_CMDLINE} {}=1", ember_proto::cmdline::RUNTIME),
+                cmdline,
                 code: Some(f.code_image.clone()),
                 tmp_mib: Some(f.ephemeral_mib),
                 tmp_dir: dir.clone(),
                 vsock_uds: PathBuf::new(),
-                console: None,
+                console: config.console_dir.as_ref().map(|d| d.join(format!("{id}.console"))),
                 boot_timeout_s: config.init_timeout.as_secs().max(1),
+                restore,
             },
             dir,
-            runtime: runtime_config(f, id, &argv, &env),
+            runtime,
             init_timeout: config.init_timeout,
             shares: self.shared.shares.clone(),
         })
@@ -370,6 +511,12 @@ impl Pool {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock held while `function`'s snapshot is looked up or made.
+    fn snapshot_lock(&self, function: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.snapshot_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(function.to_owned()).or_default().clone()
     }
 
     /// An instance that was not idle (booting or busy) is gone.
@@ -445,6 +592,14 @@ type Env = Vec<(String, String)>;
 /// What a runtime's image directory says about running it: `<runtime>.command` (the argv,
 /// words split on spaces, `$HANDLER` standing for the handler) and `<runtime>.env` (KEY=VALUE
 /// lines), written by scripts/build-runtimes.sh beside the image.
+/// The root image of `runtime`.
+fn runtime_image(guest_dir: &std::path::Path, runtime: &str) -> PathBuf {
+    guest_dir.join("runtimes").join(format!("{runtime}.ext4"))
+}
+
+/// The variable that says how an instance was initialized.
+const INIT_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
+
 fn runtime_files(guest_dir: &std::path::Path, runtime: &str) -> std::io::Result<(Vec<String>, Env)> {
     let dir = guest_dir.join("runtimes");
     let command = std::fs::read_to_string(dir.join(format!("{runtime}.command")))?;
@@ -482,7 +637,7 @@ fn runtime_config(
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mib.to_string()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", f.name)),
         ("AWS_LAMBDA_LOG_STREAM_NAME", stream),
-        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+        (INIT_TYPE, "on-demand".into()),
         ("AWS_REGION", region.clone()),
         ("AWS_DEFAULT_REGION", region),
         ("TZ", ":UTC".into()),
@@ -498,7 +653,7 @@ fn runtime_config(
 }
 
 /// A random id of 32 hex digits (instance ids, trace ids).
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     random_uuid().replace('-', "")
 }
 
@@ -535,24 +690,7 @@ mod tests {
 
     #[test]
     fn lambda_variables_win_over_the_function_s() {
-        let mut f = FunctionConfig {
-            name: "f".into(),
-            arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
-            runtime: "python3.11".into(),
-            handler: "handler.main".into(),
-            role: String::new(),
-            description: String::new(),
-            memory_mib: 256,
-            timeout_s: 3,
-            ephemeral_mib: 512,
-            environment: Default::default(),
-            code_sha256: String::new(),
-            code_size: 0,
-            code_image: PathBuf::new(),
-            revision_id: "r".into(),
-            last_modified: String::new(),
-            version: "$LATEST".into(),
-        };
+        let mut f = crate::agent::store::tests::config_for("f");
         f.environment.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "spoofed".into());
         f.environment.insert("MY_VAR".into(), "1".into());
         let argv = vec!["/usr/bin/python3.11".to_owned(), "-m".into(), "awslambdaric".into(), "$HANDLER".into()];

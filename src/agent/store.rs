@@ -90,6 +90,9 @@ pub struct FunctionConfig {
     pub last_modified: String,
     /// `$LATEST`.
     pub version: String,
+    /// SnapStart (`ApplyOn: PublishedVersions`): cold starts restore an init snapshot. Ember
+    /// has no published versions yet, so it applies to `$LATEST`.
+    pub snap_start: bool,
 }
 
 /// The configuration of a function to create (already validated by the API).
@@ -113,6 +116,8 @@ pub struct NewFunction {
     pub ephemeral_mib: u32,
     /// See [`FunctionConfig`].
     pub environment: BTreeMap<String, String>,
+    /// See [`FunctionConfig`].
+    pub snap_start: bool,
 }
 
 /// A change of configuration: `None` keeps the current value.
@@ -134,6 +139,8 @@ pub struct ConfigPatch {
     pub ephemeral_mib: Option<u32>,
     /// Replaces all the variables.
     pub environment: Option<BTreeMap<String, String>>,
+    /// See [`FunctionConfig`].
+    pub snap_start: Option<bool>,
 }
 
 /// One page of [`Store::list`].
@@ -212,13 +219,14 @@ CREATE TABLE IF NOT EXISTS functions (
     code_b64      TEXT NOT NULL,
     code_size     INTEGER NOT NULL,
     revision_id   TEXT NOT NULL,
-    last_modified TEXT NOT NULL
+    last_modified TEXT NOT NULL,
+    snap_start    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS functions_code ON functions (code_hex);
 ";
 
 const COLUMNS: &str = "name, runtime, handler, role, description, memory_mib, timeout_s, ephemeral_mib, environment, \
-                       code_hex, code_b64, code_size, revision_id, last_modified";
+                       code_hex, code_b64, code_size, revision_id, last_modified, snap_start";
 
 /// Function metadata and code under one data dir.
 pub struct Store {
@@ -271,6 +279,15 @@ impl Store {
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(10))?;
         writer.execute_batch(SCHEMA)?;
+        // Data dirs from before SnapStart lack its column.
+        let has_snap_start: bool = writer.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('functions') WHERE name = 'snap_start'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_snap_start {
+            writer.execute_batch("ALTER TABLE functions ADD COLUMN snap_start INTEGER NOT NULL DEFAULT 0")?;
+        }
         let reader = Connection::open_with_flags(
             &db,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
@@ -364,12 +381,13 @@ impl Store {
             revision_id: random_uuid(),
             last_modified: lambda_time(SystemTime::now()),
             version: LATEST.to_string(),
+            snap_start: new.snap_start,
         };
         {
             let mut conn = lock(&self.writer);
             let tx = conn.transaction()?;
             let inserted = tx.execute(
-                &format!("INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                &format!("INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     config.name,
                     config.runtime,
@@ -385,6 +403,7 @@ impl Store {
                     config.code_size as i64,
                     config.revision_id,
                     config.last_modified,
+                    config.snap_start,
                 ],
             );
             match inserted {
@@ -456,7 +475,18 @@ impl Store {
             }
             config.runtime = runtime;
         }
-        let ConfigPatch { handler, role, description, memory_mib, timeout_s, ephemeral_mib, environment, .. } = patch;
+        let ConfigPatch {
+            handler,
+            role,
+            description,
+            memory_mib,
+            timeout_s,
+            ephemeral_mib,
+            environment,
+            snap_start,
+            ..
+        } = patch;
+        config.snap_start = snap_start.unwrap_or(config.snap_start);
         config.handler = handler.unwrap_or(config.handler);
         config.role = role.unwrap_or(config.role);
         config.description = description.unwrap_or(config.description);
@@ -468,8 +498,8 @@ impl Store {
         config.last_modified = lambda_time(SystemTime::now());
         tx.execute(
             "UPDATE functions SET runtime = ?2, handler = ?3, role = ?4, description = ?5, memory_mib = ?6, \
-             timeout_s = ?7, ephemeral_mib = ?8, environment = ?9, revision_id = ?10, last_modified = ?11 \
-             WHERE name = ?1",
+             timeout_s = ?7, ephemeral_mib = ?8, environment = ?9, revision_id = ?10, last_modified = ?11, \
+             snap_start = ?12 WHERE name = ?1",
             params![
                 name,
                 config.runtime,
@@ -482,6 +512,7 @@ impl Store {
                 env_json(&config.environment),
                 config.revision_id,
                 config.last_modified,
+                config.snap_start,
             ],
         )?;
         tx.commit()?;
@@ -548,6 +579,7 @@ impl Store {
             revision_id: row.get(12)?,
             last_modified: row.get(13)?,
             version: LATEST.to_string(),
+            snap_start: row.get(14)?,
         })
     }
 
@@ -762,6 +794,29 @@ pub(crate) mod tests {
     use crate::agent::codezip::tests::{make_zip, temp_dir, Entry};
     use std::time::Duration;
 
+    /// A function as the store would return it, for tests elsewhere.
+    pub(crate) fn config_for(name: &str) -> FunctionConfig {
+        FunctionConfig {
+            name: name.into(),
+            arn: function_arn(name),
+            runtime: "python3.11".into(),
+            handler: "handler.main".into(),
+            role: String::new(),
+            description: String::new(),
+            memory_mib: 256,
+            timeout_s: 3,
+            ephemeral_mib: 512,
+            environment: Default::default(),
+            code_sha256: String::new(),
+            code_size: 0,
+            code_image: PathBuf::new(),
+            revision_id: "r".into(),
+            last_modified: String::new(),
+            version: LATEST.into(),
+            snap_start: false,
+        }
+    }
+
     pub(crate) fn new_function(name: &str) -> NewFunction {
         NewFunction {
             name: name.to_string(),
@@ -773,6 +828,7 @@ pub(crate) mod tests {
             timeout_s: 3,
             ephemeral_mib: 512,
             environment: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            snap_start: false,
         }
     }
 
@@ -887,7 +943,7 @@ pub(crate) mod tests {
 
         // Losing a race for the name after the code was stored removes the new code...
         let shared = store.create(new_function("a"), &python_zip("shared")).unwrap();
-        store.writer.lock().unwrap().execute("INSERT INTO functions SELECT 'b', runtime, handler, role, description, memory_mib, timeout_s, ephemeral_mib, environment, code_hex, code_b64, code_size, revision_id, last_modified FROM functions WHERE name = 'a'", []).unwrap();
+        store.writer.lock().unwrap().execute("INSERT INTO functions SELECT 'b', runtime, handler, role, description, memory_mib, timeout_s, ephemeral_mib, environment, code_hex, code_b64, code_size, revision_id, last_modified, snap_start FROM functions WHERE name = 'a'", []).unwrap();
         let err = store.create(new_function("b"), &python_zip("new")).unwrap_err();
         assert!(matches!(err, StoreError::Exists(_)), "{err:?}");
         assert_eq!(blobs(&dir), [format!("{}.ext4", hex_of(&shared)), format!("{}.zip", hex_of(&shared))]);
@@ -958,5 +1014,35 @@ pub(crate) mod tests {
         assert_eq!(blobs(&dir), [format!("{}.ext4", hex_of(&survivor)), format!("{}.zip", hex_of(&survivor))]);
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn snap_start_is_stored_and_old_data_dirs_gain_it() {
+        let dir = temp_dir("store-snapstart");
+        // A data dir from before SnapStart: the table without its column, one function.
+        {
+            let conn = Connection::open(dir.join("ember.db")).unwrap();
+            conn.execute_batch(&SCHEMA.replace(",\n    snap_start    INTEGER NOT NULL DEFAULT 0", "")).unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO functions ({}) VALUES ('old', 'python3.11', 'h.x', 'r', '', 128, 3, 512, '{{}}', \
+                          'ab', 'q', 1, 'rev', 't')",
+                    COLUMNS.replace(", snap_start", "")
+                ),
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        assert!(!store.get("old").unwrap().snap_start);
+        let updated =
+            store.update_config("old", ConfigPatch { snap_start: Some(true), ..Default::default() }, None).unwrap();
+        assert!(updated.snap_start);
+        let mut new = new_function("new");
+        new.snap_start = true;
+        store.create(new, &python_zip("x")).unwrap();
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        assert!(store.get("old").unwrap().snap_start && store.get("new").unwrap().snap_start);
     }
 }

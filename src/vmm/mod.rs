@@ -219,6 +219,8 @@ pub enum VmEvent {
     Crash(String),
     /// The VMM failed.
     Error(String),
+    /// The VMM's controller asks for a snapshot into this directory.
+    SnapshotRequested(PathBuf),
     /// A vCPU stopped for a snapshot, with its state (or why it could not be read).
     Paused {
         /// The vCPU.
@@ -241,6 +243,8 @@ pub enum Outcome {
     BootTimeout(Duration),
     /// The VMM failed while running.
     VmmError(String),
+    /// The controller asked for a snapshot into this directory (see [`Vmm::controller`]).
+    SnapshotRequested(PathBuf),
 }
 
 /// What ember-init reported when it became ready.
@@ -284,6 +288,7 @@ pub struct Vmm {
     transports: Vec<(DeviceKind, Arc<Mutex<MmioTransport>>)>,
     event_loop: Option<(EventFd, thread::JoinHandle<()>)>,
     vcpu_threads: Vec<thread::JoinHandle<()>>,
+    events_tx: Sender<VmEvent>,
     /// What ember-init reported, filled in by [`Vmm::wait`].
     pub ready: Option<(Instant, ReadyInfo)>,
 }
@@ -442,8 +447,15 @@ impl Vmm {
             transports: devices.transports,
             event_loop: Some((stop_loop, event_thread)),
             vcpu_threads,
+            events_tx,
             ready: None,
         })
+    }
+
+    /// A way for another thread to reach [`Vmm::wait`]: a [`VmEvent::SnapshotRequested`] sent
+    /// here makes it return [`Outcome::SnapshotRequested`].
+    pub fn controller(&self) -> Sender<VmEvent> {
+        self.events_tx.clone()
     }
 
     /// Pauses the VM for good and writes its snapshot into `dir` (created if missing): the
@@ -511,7 +523,7 @@ impl Vmm {
                         *slot = Some(*state);
                     }
                 }
-                Ok(VmEvent::Status { .. }) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(VmEvent::Status { .. } | VmEvent::SnapshotRequested(_)) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(VmEvent::Reset) => return Err(Error::Pause("the guest reset while pausing".into())),
                 Ok(VmEvent::Crash(why) | VmEvent::Error(why)) => return Err(Error::Pause(why)),
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Pause("all VM threads ended".into())),
@@ -553,6 +565,7 @@ impl Vmm {
                 VmEvent::Crash(why) => return Outcome::Crashed(self.crash_reason(&why)),
                 VmEvent::Error(why) => return Outcome::VmmError(why),
                 VmEvent::Paused { .. } => return Outcome::VmmError("a vCPU paused unasked".into()),
+                VmEvent::SnapshotRequested(dir) => return Outcome::SnapshotRequested(dir),
             }
         }
     }

@@ -1,10 +1,12 @@
 //! `ember vmm`: one microVM in its own process, controlled by the agent over a Unix socket.
 //!
 //! The agent creates a socket pair, passes one end as this process's fd [`CONTROL_FD`] and
-//! writes one JSON line, the [`VmmSpec`]. The VMM boots it and, when the VM ends, writes one
-//! [`VmmExit`] line and exits. Closing the agent's end (or the agent dying: the process asks
-//! for SIGKILL when its parent goes) ends the VM at once, so no VMM outlives its agent.
-//! The agent never maps guest memory.
+//! writes one JSON line, the [`VmmSpec`]. The VMM boots it (or restores the snapshot the spec
+//! names) and, when the VM ends, writes one [`VmmExit`] line and exits. While the VM runs the
+//! agent may send one [`Control`] line: a snapshot request, after which the VMM pauses the VM,
+//! writes the snapshot, reports `snapshotted` (or why not) and exits. Closing the agent's end,
+//! or anything else on it (or the agent dying: the process asks for SIGKILL when its parent
+//! goes), ends the VM at once, so no VMM outlives its agent. The agent never maps guest memory.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::io::FromRawFd;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Console, Outcome, VmConfig, Vmm};
+use super::{Console, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm};
 
 /// The fd of the control socket in an `ember vmm` process.
 pub const CONTROL_FD: i32 = 3;
@@ -46,12 +48,25 @@ pub struct VmmSpec {
     pub console: Option<PathBuf>,
     /// Seconds ember-init has to report ready.
     pub boot_timeout_s: u64,
+    /// Restore this snapshot directory instead of booting (the kernel, images, command line,
+    /// memory and vCPUs above are then the snapshot's; a fresh /tmp drive is made in
+    /// `tmp_dir` and the vsock device listens on `vsock_uds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<PathBuf>,
+}
+
+/// What the agent may ask of a running VMM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Pause the VM for good and write its snapshot into this directory.
+    Snapshot(PathBuf),
 }
 
 /// How the VM ended, as `ember vmm` reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmExit {
-    /// `powered_off`, `crashed`, `boot_timeout` or `vmm_error`.
+    /// `powered_off`, `crashed`, `boot_timeout`, `vmm_error` or `snapshotted`.
     pub outcome: String,
     /// ember-init's status for `powered_off`, else 0.
     pub status: u32,
@@ -67,6 +82,7 @@ impl VmmExit {
             Outcome::Crashed(m) => ("crashed", 0, m),
             Outcome::BootTimeout(t) => ("boot_timeout", 0, format!("the guest did not boot within {} s", t.as_secs())),
             Outcome::VmmError(m) => ("vmm_error", 0, m),
+            Outcome::SnapshotRequested(_) => ("vmm_error", 0, "a snapshot request was not carried out".into()),
         };
         VmmExit { outcome: outcome.into(), status, message }
     }
@@ -96,33 +112,66 @@ pub fn run() -> u8 {
 }
 
 fn boot(control: &UnixStream, started: Instant) -> Result<VmmExit, String> {
+    let mut reader = BufReader::new(control.try_clone().map_err(|e| format!("clone control socket: {e}"))?);
     let mut line = String::new();
-    BufReader::new(control.take(MAX_SPEC)).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
+    (&mut reader).take(MAX_SPEC).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
     let spec: VmmSpec = serde_json::from_str(&line).map_err(|e| format!("bad spec: {e}"))?;
-    let config = VmConfig {
-        memory_mib: spec.memory_mib,
-        vcpus: spec.vcpus,
-        kernel: spec.kernel,
-        rootfs: Some(spec.rootfs),
-        cmdline: spec.cmdline,
-        console: spec.console.map_or(Console::Off, Console::File),
-        hugepages: true,
-        code: spec.code,
-        tmp_mib: spec.tmp_mib,
-        tmp_dir: spec.tmp_dir,
-        vsock_uds: Some(spec.vsock_uds),
-    };
-    let mut vmm = Vmm::start(&config).map_err(|e| e.to_string())?;
-    // The agent closing its end (or sending anything) ends the VM: exit without ceremony, the
-    // kernel tears the VM down with the process.
-    let watcher = control.try_clone().map_err(|e| format!("clone control socket: {e}"))?;
+    let console = spec.console.map_or(Console::Off, Console::File);
+    let mut vmm = match spec.restore {
+        Some(snapshot_dir) => {
+            let config =
+                RestoreConfig { snapshot_dir, console, tmp_dir: spec.tmp_dir, vsock_uds: Some(spec.vsock_uds) };
+            Vmm::restore(&config)
+        }
+        None => Vmm::start(&VmConfig {
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            kernel: spec.kernel,
+            rootfs: Some(spec.rootfs),
+            cmdline: spec.cmdline,
+            console,
+            hugepages: true,
+            code: spec.code,
+            tmp_mib: spec.tmp_mib,
+            tmp_dir: spec.tmp_dir,
+            vsock_uds: Some(spec.vsock_uds),
+        }),
+    }
+    .map_err(|e| e.to_string())?;
+    // A snapshot request goes to the main thread (which owns the VM); anything else from the
+    // agent, its end closing included, ends the VM without ceremony: the kernel tears the VM
+    // down with the process.
+    let controller = vmm.controller();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            let mut byte = [0u8; 1];
-            let _ = (&watcher).read(&mut byte);
+            let mut line = String::new();
+            if (&mut reader).take(MAX_SPEC).read_line(&mut line).is_ok() {
+                if let Ok(Control::Snapshot(dir)) = serde_json::from_str::<Control>(&line) {
+                    let _ = controller.send(VmEvent::SnapshotRequested(dir));
+                    return;
+                }
+            }
             std::process::exit(0);
         })
         .map_err(|e| format!("spawn control thread: {e}"))?;
-    Ok(VmmExit::from_outcome(vmm.wait(false, Duration::from_secs(spec.boot_timeout_s), started)))
+    match vmm.wait(false, Duration::from_secs(spec.boot_timeout_s), started) {
+        Outcome::SnapshotRequested(dir) => {
+            let paused = Instant::now();
+            let exit = match vmm.snapshot(&dir) {
+                Ok(written) => VmmExit {
+                    outcome: "snapshotted".into(),
+                    status: 0,
+                    message: format!(
+                        "snapshot written in {} ms ({} KiB of memory)",
+                        paused.elapsed().as_millis(),
+                        written >> 10
+                    ),
+                },
+                Err(e) => VmmExit { outcome: "vmm_error".into(), status: 0, message: format!("snapshot failed: {e}") },
+            };
+            Ok(exit)
+        }
+        outcome => Ok(VmmExit::from_outcome(outcome)),
+    }
 }

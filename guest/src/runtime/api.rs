@@ -16,6 +16,10 @@
 //!   runtime and a `Function.ResponseSizeTooLarge` error to the agent.
 //! - `POST /runtime/init/error`: a [`Kind::InitError`] frame (a body over the limit becomes a
 //!   `Function.ResponseSizeTooLarge` one, as for the other two).
+//! - SnapStart only (`ember.snapstart=1`; elsewhere a 404): `GET /runtime/restore/next` sends
+//!   [`Kind::Ready`] (the agent snapshots the VM now) and answers once the guest has been
+//!   restored ([`Api::restored`]); `POST /runtime/restore/error` (a failed after-restore hook)
+//!   becomes a [`Kind::RestoreError`] frame.
 //! - Anything else: a 404 with a Lambda error body.
 //!
 //! Bodies are read as they stream in, never more than [`MAX_RESPONSE`] bytes of one, and frames
@@ -68,6 +72,12 @@ pub struct Api {
     channel: Arc<Channel>,
     queue: tokio::sync::Mutex<UnboundedReceiver<Invocation>>,
     ready_sent: AtomicBool,
+    /// This guest's init is snapshotted (SnapStart).
+    snap_start: bool,
+    /// The runtime waits in `restore/next`.
+    restore_waiting: AtomicBool,
+    /// Wakes that `restore/next` after a restore.
+    restored: tokio::sync::Notify,
     /// Request ids handed to the runtime and not answered yet.
     open: Mutex<HashSet<String>>,
     memory: probe::MemoryUsed,
@@ -129,6 +139,8 @@ enum Route {
     Response(String),
     Error(String),
     InitError,
+    RestoreNext,
+    RestoreError,
     Unknown,
 }
 
@@ -142,6 +154,8 @@ fn route(method: &Method, path: &str) -> Route {
         (&Method::POST, ["runtime", "invocation", id, "response"]) if !id.is_empty() => Route::Response(id.to_string()),
         (&Method::POST, ["runtime", "invocation", id, "error"]) if !id.is_empty() => Route::Error(id.to_string()),
         (&Method::POST, ["runtime", "init", "error"]) => Route::InitError,
+        (&Method::GET, ["runtime", "restore", "next"]) => Route::RestoreNext,
+        (&Method::POST, ["runtime", "restore", "error"]) => Route::RestoreError,
         _ => Route::Unknown,
     }
 }
@@ -203,12 +217,16 @@ fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 impl Api {
     /// The API state, sending frames to `channel`, and the sender its invocations come from.
-    pub fn new(channel: Arc<Channel>) -> (Arc<Api>, UnboundedSender<Invocation>) {
+    /// With `snap_start` the restore endpoints are served.
+    pub fn new(channel: Arc<Channel>, snap_start: bool) -> (Arc<Api>, UnboundedSender<Invocation>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let api = Api {
             channel,
             queue: tokio::sync::Mutex::new(rx),
             ready_sent: AtomicBool::new(false),
+            snap_start,
+            restore_waiting: AtomicBool::new(false),
+            restored: tokio::sync::Notify::new(),
             open: Mutex::new(HashSet::new()),
             memory: probe::MemoryUsed::open(),
         };
@@ -222,15 +240,56 @@ impl Api {
             Route::Response(id) => self.response(id, req.into_body()).await,
             Route::Error(id) => self.error(id, error_type, req.into_body()).await,
             Route::InitError => self.init_error(error_type, req.into_body()).await,
-            Route::Unknown => Err(ApiError::NotFound(req.method().clone(), req.uri().path().to_string())),
+            Route::RestoreNext if self.snap_start => self.restore_next().await,
+            Route::RestoreError if self.snap_start => self.restore_error(error_type, req.into_body()).await,
+            Route::RestoreNext | Route::RestoreError | Route::Unknown => {
+                Err(ApiError::NotFound(req.method().clone(), req.uri().path().to_string()))
+            }
         };
         result.unwrap_or_else(ApiError::into_reply)
     }
 
-    async fn next(&self) -> Result<Reply, ApiError> {
+    /// Tells the agent, once, that the runtime is ready: its init is over (it waits for an
+    /// event, or for a restore).
+    fn send_ready(&self) {
         if !self.ready_sent.swap(true, Ordering::AcqRel) {
             self.channel.send_bare(Kind::Ready, &[]);
         }
+    }
+
+    /// The guest has been restored from a snapshot (its channel is connected again): a
+    /// runtime waiting in `restore/next` is answered and its next `/next` tells the agent it
+    /// is ready; a runtime that was snapshotted waiting in `/next` is ready now.
+    pub fn restored(&self) {
+        self.ready_sent.store(false, Ordering::Release);
+        if self.restore_waiting.swap(false, Ordering::AcqRel) {
+            self.restored.notify_one();
+        } else {
+            self.send_ready();
+        }
+    }
+
+    async fn restore_next(&self) -> Result<Reply, ApiError> {
+        self.restore_waiting.store(true, Ordering::Release);
+        self.send_ready();
+        self.restored.notified().await;
+        Ok(reply(StatusCode::OK, "{}"))
+    }
+
+    async fn restore_error(&self, error_type: Option<String>, body: Incoming) -> Result<Reply, ApiError> {
+        let (meta, error) = match read_body(body).await? {
+            Read::Complete(error) => (InitError { error_type }, error),
+            Read::TooLarge(rest) => {
+                drain(rest).await;
+                (InitError { error_type: Some(TOO_LARGE_TYPE.to_string()) }, TOO_LARGE_BODY.as_bytes().to_vec())
+            }
+        };
+        self.channel.send(Kind::RestoreError, &meta, &error);
+        Ok(accepted())
+    }
+
+    async fn next(&self) -> Result<Reply, ApiError> {
+        self.send_ready();
         let Invocation { invoke, event, deadline_ms } =
             self.queue.lock().await.recv().await.ok_or(ApiError::ShuttingDown)?;
         lock(&self.open).insert(invoke.request_id.clone());
@@ -394,7 +453,7 @@ mod tests {
     /// A Runtime API server on an ephemeral port, wired to an in-process agent.
     fn server() -> (SocketAddr, Host) {
         let (host, channel, guest) = Host::pair();
-        let (api, invokes) = Api::new(channel);
+        let (api, invokes) = Api::new(channel, false);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let reader = async move {

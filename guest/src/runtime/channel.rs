@@ -6,15 +6,19 @@
 //! stream, so that frames never interleave; each frame is encoded into one buffer and written
 //! with one `write_all`). What to do when the stream breaks is the caller's decision: the
 //! writer calls the `on_broken` function it was given, the reader returns a [`ChannelError`].
+//!
+//! A SnapStart guest's channel is [`Channel::reconnecting`]: a restore resets every vsock
+//! connection, so a failed write waits (up to [`RECONNECT_TIMEOUT`]) for the reader's side to
+//! connect again and [`Channel::replace`] the stream, then sends the whole frame on the new one.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use std::{fmt, thread};
 
-use ember_proto::runtime::{self, Config, Decoder, Frame, FrameError, Invoke, Kind};
+use ember_proto::runtime::{self, Config, Decoder, Frame, FrameError, Invoke, Kind, Restore};
 use hyper::body::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -24,6 +28,8 @@ use tokio::sync::mpsc::UnboundedSender;
 const READ_CHUNK: usize = 64 << 10;
 /// The pause between two connection attempts.
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// How long a reconnecting channel's writers wait for the stream to be replaced.
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One event for the runtime, as the agent sent it.
 #[derive(Debug)]
@@ -96,11 +102,24 @@ fn connect_once(cid: u32, port: u32) -> io::Result<UnixStream> {
 
 /// Reads the first frame, which must be a [`Config`]. `decoder` keeps whatever came after it.
 pub fn read_config(stream: &mut UnixStream, decoder: &mut Decoder) -> Result<Config, ChannelError> {
+    let frame = first_frame(stream, decoder, Kind::Config)?;
+    frame.meta().map_err(ChannelError::Frame)
+}
+
+/// Reads the first frame of a channel made again after a restore, which must be a
+/// [`Kind::Restore`]; returns it and the entropy it carries.
+pub fn read_restore(stream: &mut UnixStream, decoder: &mut Decoder) -> Result<(Restore, Vec<u8>), ChannelError> {
+    let frame = first_frame(stream, decoder, Kind::Restore)?;
+    let restore = frame.meta().map_err(ChannelError::Frame)?;
+    Ok((restore, frame.payload))
+}
+
+fn first_frame(stream: &mut UnixStream, decoder: &mut Decoder, kind: Kind) -> Result<Frame, ChannelError> {
     let frame = next_frame(stream, decoder, &mut vec![0; READ_CHUNK])?;
-    if frame.kind != Kind::Config {
+    if frame.kind != kind {
         return Err(ChannelError::Unexpected(frame.kind));
     }
-    frame.meta().map_err(ChannelError::Frame)
+    Ok(frame)
 }
 
 /// Reads [`Kind::Invoke`] frames until the stream ends or fails, and hands each to `invokes`.
@@ -116,7 +135,7 @@ pub async fn read_invokes(
 ) -> ChannelError {
     // SAFETY: the fd is owned by the UnixStream that the AsyncFd takes, so it stays open and
     // the same until the AsyncFd drops it, and `as_raw_fd` always returns it.
-    let stream = match unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) } {
+    let stream = match unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE | Interest::ERROR) } {
         Ok(stream) => stream,
         Err(e) => return ChannelError::Read(e.into()),
     };
@@ -141,7 +160,9 @@ pub async fn read_invokes(
                 return ChannelError::ApiGone;
             }
         }
-        let mut guard = match stream.readable().await {
+        // ERROR too: a vsock connection reset (a snapshot restore) shows only as EPOLLERR,
+        // which readable() alone would never wake for.
+        let mut guard = match stream.ready(Interest::READABLE | Interest::ERROR).await {
             Ok(guard) => guard,
             Err(e) => return ChannelError::Read(e),
         };
@@ -180,14 +201,29 @@ fn next_frame(stream: &mut UnixStream, decoder: &mut Decoder, buf: &mut [u8]) ->
 
 /// The writing half of the channel, shared by every thread that sends frames.
 pub struct Channel {
-    stream: Mutex<UnixStream>,
+    /// None while a reconnecting channel waits for its new stream.
+    stream: Mutex<Option<UnixStream>>,
+    replaced: Condvar,
+    reconnects: bool,
     on_broken: fn(&io::Error),
 }
 
 impl Channel {
     /// Writes frames to `stream`; calls `on_broken` when a write fails.
     pub fn new(stream: UnixStream, on_broken: fn(&io::Error)) -> Self {
-        Channel { stream: Mutex::new(stream), on_broken }
+        Channel { stream: Mutex::new(Some(stream)), replaced: Condvar::new(), reconnects: false, on_broken }
+    }
+
+    /// Like [`Channel::new`], but a failed write waits for [`Channel::replace`] and sends the
+    /// frame again on the new stream; `on_broken` is called only if none comes in time.
+    pub fn reconnecting(stream: UnixStream, on_broken: fn(&io::Error)) -> Self {
+        Channel { reconnects: true, ..Channel::new(stream, on_broken) }
+    }
+
+    /// Puts a new stream in place of a broken one and wakes the writers waiting for it.
+    pub fn replace(&self, stream: UnixStream) {
+        *self.stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(stream);
+        self.replaced.notify_all();
     }
 
     /// Sends one frame with metadata.
@@ -202,9 +238,27 @@ impl Channel {
 
     fn write(&self, frame: &[u8]) {
         let mut stream = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = stream.write_all(frame) {
-            drop(stream);
-            (self.on_broken)(&e);
+        let deadline = Instant::now() + RECONNECT_TIMEOUT;
+        loop {
+            if let Some(s) = stream.as_mut() {
+                match s.write_all(frame) {
+                    Ok(()) => return,
+                    Err(e) if !self.reconnects => {
+                        drop(stream);
+                        (self.on_broken)(&e);
+                        return;
+                    }
+                    // Half a frame may have gone out on the old stream; the new one gets it whole.
+                    Err(_) => *stream = None,
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(stream);
+                (self.on_broken)(&io::Error::new(io::ErrorKind::TimedOut, "the channel was not made again in time"));
+                return;
+            }
+            stream = self.replaced.wait_timeout(stream, left).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 }

@@ -18,11 +18,17 @@
 //! Every guest-to-agent frame goes through the one [`channel::Channel`] (a mutex around the
 //! stream). A broken channel, a bad frame or the agent closing it is fatal: logged on the
 //! console, then [`power::power_off`] with [`FAILURE`], whichever thread sees it.
+//!
+//! SnapStart (`ember.snapstart=1`): the agent snapshots the VM when the runtime's init is over
+//! (see [`api`]). A restore resets the vsock connection: the reader then connects again, takes
+//! the agent's `Restore` frame, applies it ([`restore`]), puts the new stream in the channel
+//! and tells the API, which lets the runtime go on. Only a reconnection that fails is fatal.
 
 mod api;
 mod channel;
 mod net;
 mod process;
+mod restore;
 
 use std::io;
 use std::net::TcpListener;
@@ -39,8 +45,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs runtime mode until ember-init is asked to power off; returns the status to power off
 /// with. Does not return when the channel to the agent breaks (it powers off itself).
-pub fn run(signals: &Signals) -> u32 {
-    match start() {
+pub fn run(signals: &Signals, cmdline: &str, snap_start: bool) -> u32 {
+    match start(cmdline, snap_start) {
         Ok((channel, Some(runtime))) => {
             let pid = runtime.pid();
             supervise::watch(signals, pid, |wstatus| runtime.finish(wstatus, &channel))
@@ -55,7 +61,7 @@ pub fn run(signals: &Signals) -> u32 {
 
 /// Everything up to the runtime process started (`None` if it could not be, which the agent
 /// has been told).
-fn start() -> Result<(Arc<channel::Channel>, Option<process::Runtime>), Error> {
+fn start(cmdline: &str, snap_start: bool) -> Result<(Arc<channel::Channel>, Option<process::Runtime>), Error> {
     net::loopback_up().map_err(|e| Error::new("bring up lo", e))?;
     // Bound before the runtime starts, so that its first connection cannot be refused.
     let listener =
@@ -71,11 +77,39 @@ fn start() -> Result<(Arc<channel::Channel>, Option<process::Runtime>), Error> {
     }
 
     let writer = stream.try_clone().map_err(|e| Error::new("runtime channel: clone the stream", e))?;
-    let channel = Arc::new(channel::Channel::new(writer, channel_broken));
-    let (api, invokes) = api::Api::new(Arc::clone(&channel));
+    let channel = Arc::new(if snap_start {
+        channel::Channel::reconnecting(writer, channel_broken)
+    } else {
+        channel::Channel::new(writer, channel_broken)
+    });
+    let (api, invokes) = api::Api::new(Arc::clone(&channel), snap_start);
+    let (reader_channel, reader_api, cmdline) = (Arc::clone(&channel), Arc::clone(&api), cmdline.to_owned());
     let reader = async move {
-        let e = channel::read_invokes(stream, decoder, invokes).await;
-        log_error!("runtime channel: {e}");
+        let (mut stream, mut decoder) = (stream, decoder);
+        loop {
+            let e = channel::read_invokes(stream, decoder, invokes.clone()).await;
+            if !snap_start || power::powering_off() {
+                log_error!("runtime channel: {e}");
+                break;
+            }
+            // Most likely a restore (every vsock connection is reset): connect again.
+            let cmdline = cmdline.clone();
+            match tokio::task::spawn_blocking(move || reconnect(&cmdline)).await {
+                Ok(Ok((new_stream, new_decoder, writer))) => {
+                    reader_channel.replace(writer);
+                    reader_api.restored();
+                    (stream, decoder) = (new_stream, new_decoder);
+                }
+                Ok(Err(again)) => {
+                    log_error!("runtime channel: {e}; then {again}");
+                    break;
+                }
+                Err(again) => {
+                    log_error!("runtime channel: {e}; then {again}");
+                    break;
+                }
+            }
+        }
         power::power_off(FAILURE);
     };
     api::start(listener, api, reader).map_err(|e| Error::new("start the Runtime API", e))?;
@@ -87,6 +121,21 @@ fn start() -> Result<(Arc<channel::Channel>, Option<process::Runtime>), Error> {
             Ok((channel, None))
         }
     }
+}
+
+/// Connects the runtime channel again after a restore and applies the agent's `Restore`;
+/// returns the reading stream, its decoder and a writing clone.
+fn reconnect(
+    cmdline: &str,
+) -> Result<(std::os::unix::net::UnixStream, Decoder, std::os::unix::net::UnixStream), Error> {
+    let mut stream = channel::connect(libc::VMADDR_CID_HOST, RUNTIME_PORT, channel::RECONNECT_TIMEOUT)
+        .map_err(|e| Error::new(format!("connect again to the host on vsock port {RUNTIME_PORT}"), e))?;
+    let mut decoder = Decoder::new();
+    let (restore, entropy) = channel::read_restore(&mut stream, &mut decoder)
+        .map_err(|e| Error::new("runtime channel: read the restore", io::Error::other(e)))?;
+    restore::apply(&restore, &entropy, cmdline)?;
+    let writer = stream.try_clone().map_err(|e| Error::new("runtime channel: clone the stream", e))?;
+    Ok((stream, decoder, writer))
 }
 
 /// Sets the wall clock (the guest has no battery-backed clock the VMM keeps in step).

@@ -7,6 +7,9 @@ import ctypes
 import mmap
 import os
 import time
+import uuid
+
+from snapshot_restore_py import register_after_restore
 
 ENV_KEYS = (
     "AWS_LAMBDA_FUNCTION_NAME",
@@ -112,3 +115,36 @@ def dispatch(event, context):
     """Runs the handler named by event["action"], so that one function (one instance) serves
     every case of a test: {"action": "sleep", "ms": 10} runs sleep."""
     return globals()[event["action"]](event, context)
+
+
+# SnapStart: set once by the init, so that a restored instance shows what its snapshot held.
+INIT = {"token": os.urandom(8).hex(), "init_pid": os.getpid(), "after_restore": None}
+
+
+@register_after_restore
+def _after_restore():
+    """Runs after every restore, before the first event (SnapStart functions only). With
+    FAIL_AFTER_RESTORE set it fails, as a broken hook would."""
+    if os.environ.get("FAIL_AFTER_RESTORE"):
+        raise RuntimeError("after-restore hook failed on purpose")
+    INIT["after_restore"] = time.time()
+
+
+def snap_info(event, context):
+    """What a SnapStart test checks: the init's token, whether and when the after-restore hook
+    ran, fresh random values, the clock, /tmp; sleeps event.get("ms", 0) ms first."""
+    time.sleep(event.get("ms", 0) / 1000)
+    tmp = os.statvfs("/tmp")
+    with open("/tmp/probe", "w") as f:
+        f.write(INIT["token"])
+    return {
+        "init_token": INIT["token"],
+        "init_pid": INIT["init_pid"],
+        "pid": os.getpid(),
+        "after_restore": INIT["after_restore"],
+        "urandom": os.urandom(16).hex(),
+        "uuid4": str(uuid.uuid4()),
+        "time": time.time(),
+        "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
+        "tmp_mib": tmp.f_blocks * tmp.f_frsize // (1 << 20),
+    }

@@ -3,6 +3,7 @@
 //! - `{"fail": true}`: fails the invocation with errorType `bootstrap::TestError` (lambda_runtime
 //!   reports the Rust type name of the error) and errorMessage `boom`;
 //! - `{"sleep_ms": n}`: sleeps n milliseconds, then echoes the event;
+//! - `{"random": true}`: answers `{"random": <a u64 from the rand crate's thread RNG>}`;
 //! - anything else: echoes the event.
 
 use std::fmt;
@@ -33,6 +34,9 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
     let payload = event.payload;
     if payload.get("fail") == Some(&Value::Bool(true)) {
         return Err(TestError);
+    }
+    if payload.get("random") == Some(&Value::Bool(true)) {
+        return Ok(serde_json::json!({ "random": rand::random::<u64>() }));
     }
     if let Some(ms) = payload.get("sleep_ms").and_then(Value::as_u64) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -1,0 +1,203 @@
+//! SnapStart end to end through the agent's public API: init snapshots made from a real boot,
+//! instances restored from them, the runtime's snapshot hooks (awslambdaric's
+//! `snapshot_restore_py`), uniqueness after a restore, and what happens to a snapshot when the
+//! function changes, the agent restarts or the snapshot is damaged.
+//!
+//! Like the other KVM tests these need a KVM host that runs Linux guests; scripts/test.sh runs
+//! them in the right place, and anywhere else they fail and say why.
+
+mod common;
+use common::agent::{Agent, Response};
+use common::require_kvm_host;
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+fn start(name: &str) -> Agent {
+    require_kvm_host();
+    Agent::start(name, &[])
+}
+
+fn body(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Invokes and expects a success; returns the answer and the log tail.
+async fn ok(agent: &Agent, name: &str, payload: Value) -> (Value, String) {
+    let r = agent.invoke(name, payload).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(r.header("x-amz-function-error"), None, "{}", body(&r));
+    (r.json(), r.log_tail())
+}
+
+fn snapshot_dir(agent: &Agent, name: &str) -> PathBuf {
+    agent.data_dir.join("snapshots").join(name)
+}
+
+fn snapshot_meta(agent: &Agent, name: &str) -> Option<Value> {
+    let bytes = std::fs::read(snapshot_dir(agent, name).join("meta.json")).ok()?;
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Checks that the guest's clock (`time` in the answer), read during an invocation that the
+/// host sent at `sent` and saw answered at `answered`, was within a second of the host's.
+fn check_clock(answer: &Value, sent: f64, answered: f64) {
+    let t = answer["time"].as_f64().unwrap();
+    assert!(t > sent - 1.0 && t < answered + 1.0, "guest clock {t}, host {sent}..{answered}: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_snapstart_restores_unique_clones_and_keeps_init_state() {
+    let mut agent = start("snap-py");
+    let created = agent
+        .create(
+            "snap",
+            "python3.11",
+            "handler.snap_info",
+            "python.zip",
+            json!({"MemorySize": 128, "Timeout": 30, "SnapStart": {"ApplyOn": "PublishedVersions"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", body(&created));
+    assert_eq!(created.json()["SnapStart"], json!({"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}));
+
+    // The first cold start makes the snapshot, then restores from it.
+    let sent = now_s();
+    let (first, tail) = ok(&agent, "snap", json!({})).await;
+    check_clock(&first, sent, now_s());
+    assert!(tail.contains("Restore Duration:"), "a restored instance reports its restore: {tail}");
+    assert!(!tail.contains("Init Duration:"), "{tail}");
+    assert_eq!(first["init_type"], "snap-start");
+    let hook = first["after_restore"].as_f64().expect("the after-restore hook ran before the first event");
+    assert!(hook <= first["time"].as_f64().unwrap());
+    assert_eq!(first["tmp_mib"].as_u64().map(|m| m > 400 && m <= 512), Some(true), "/tmp is the 512 MB drive: {first}");
+    let meta = snapshot_meta(&agent, "snap").expect("the snapshot is on disk");
+    assert!(snapshot_dir(&agent, "snap").join("memory").is_file());
+
+    // Two at once: the idle instance takes one, a second clone of the same snapshot the other.
+    let sent = now_s();
+    let (a, b) = tokio::join!(ok(&agent, "snap", json!({"ms": 2000})), ok(&agent, "snap", json!({"ms": 2000})));
+    let answered = now_s();
+    let answers = [first.clone(), a.0, b.0];
+    assert_eq!(answers.iter().filter(|v| v["after_restore"] != first["after_restore"]).count(), 1, "{answers:?}");
+    for v in &answers {
+        // The init ran once, in the snapshot: every clone has its global.
+        assert_eq!(v["init_token"], first["init_token"]);
+        assert_eq!(v["init_pid"], first["init_pid"]);
+    }
+    let mut urandom: Vec<&str> = answers.iter().map(|v| v["urandom"].as_str().unwrap()).collect();
+    let mut uuids: Vec<&str> = answers.iter().map(|v| v["uuid4"].as_str().unwrap()).collect();
+    urandom.sort();
+    urandom.dedup();
+    uuids.sort();
+    uuids.dedup();
+    assert_eq!((urandom.len(), uuids.len()), (3, 3), "clones repeat random values: {answers:?}");
+    let clone = answers.iter().find(|v| v["after_restore"] != first["after_restore"]).unwrap();
+    check_clock(clone, sent, answered);
+
+    // The snapshot and its metadata survive an agent restart; the next cold start restores
+    // from the same snapshot rather than making another.
+    agent.kill9();
+    agent.spawn();
+    let (_, tail) = ok(&agent, "snap", json!({})).await;
+    assert!(tail.contains("Restore Duration:"), "{tail}");
+    assert_eq!(snapshot_meta(&agent, "snap").as_ref(), Some(&meta), "the snapshot was made again");
+
+    // A damaged snapshot: detected, removed, logged, and the function boots instead.
+    agent.kill9();
+    let state = snapshot_dir(&agent, "snap").join("state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(&state, bytes).unwrap();
+    agent.spawn();
+    let (_, tail) = ok(&agent, "snap", json!({})).await;
+    assert!(tail.contains("Init Duration:"), "a damaged snapshot makes the instance boot: {tail}");
+    let logs = agent.request("GET", "/2015-03-31/functions/snap/logs", &[], vec![]).await;
+    let logs = body(&logs);
+    assert!(logs.contains("could not be restored") && logs.contains("checksum mismatch"), "{logs}");
+
+    // A configuration change makes the snapshot stale: the next cold start makes a new one.
+    agent.kill9();
+    agent.spawn();
+    let updated = agent
+        .request(
+            "PUT",
+            "/2015-03-31/functions/snap/configuration",
+            &[],
+            serde_json::to_vec(&json!({"MemorySize": 256})).unwrap(),
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{}", body(&updated));
+    assert!(snapshot_meta(&agent, "snap").is_none(), "a stale snapshot is kept");
+    let (after, tail) = ok(&agent, "snap", json!({})).await;
+    assert!(tail.contains("Restore Duration:") && tail.contains("Memory Size: 256 MB"), "{tail}");
+    assert_ne!(after["init_token"], first["init_token"], "the new snapshot comes from a new init");
+    let new_meta = snapshot_meta(&agent, "snap").unwrap();
+    assert_ne!(new_meta["revision_id"], meta["revision_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provided_snapstart_at_2048_mib_and_failures() {
+    let agent = start("snap-rs");
+    let created = agent
+        .create(
+            "big",
+            "provided.al2023",
+            "bootstrap",
+            "rust.zip",
+            json!({"MemorySize": 2048, "Timeout": 30, "SnapStart": {"ApplyOn": "PublishedVersions"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", body(&created));
+
+    // A runtime without hooks is snapshotted waiting for its first event.
+    let (echo, tail) = ok(&agent, "big", json!({"hello": "world"})).await;
+    assert_eq!(echo, json!({"hello": "world"}));
+    assert!(tail.contains("Restore Duration:") && tail.contains("Memory Size: 2048 MB"), "{tail}");
+    // Two clones give different numbers from the rand crate.
+    let (a, b) = tokio::join!(
+        ok(&agent, "big", json!({"random": true, "sleep_ms": 1500})),
+        ok(&agent, "big", json!({"random": true, "sleep_ms": 1500}))
+    );
+    assert_ne!(a.0["random"], b.0["random"]);
+
+    // New code makes the snapshot stale.
+    let meta = snapshot_meta(&agent, "big").expect("the snapshot is on disk");
+    let zip = std::fs::read(common::guest_dir().join("functions/rust.zip")).unwrap();
+    use base64::Engine as _;
+    let code = json!({"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)});
+    let updated = agent.request("PUT", "/2015-03-31/functions/big/code", &[], serde_json::to_vec(&code).unwrap()).await;
+    assert_eq!(updated.status, 200, "{}", body(&updated));
+    assert!(snapshot_meta(&agent, "big").is_none());
+    ok(&agent, "big", json!({"again": 1})).await;
+    assert_ne!(snapshot_meta(&agent, "big").unwrap()["revision_id"], meta["revision_id"]);
+
+    // A failing after-restore hook is the function's error, as Lambda reports it.
+    let created = agent
+        .create(
+            "hook",
+            "python3.11",
+            "handler.snap_info",
+            "python.zip",
+            json!({
+                "Timeout": 30,
+                "SnapStart": {"ApplyOn": "PublishedVersions"},
+                "Environment": {"Variables": {"FAIL_AFTER_RESTORE": "1"}},
+            }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", body(&created));
+    let failed = agent.invoke("hook", json!({})).await;
+    assert_eq!(failed.status, 200, "{}", body(&failed));
+    assert_eq!(failed.header("x-amz-function-error"), Some("Unhandled"));
+    let tail = failed.log_tail();
+    assert!(tail.contains("Runtime.AfterRestoreError"), "{tail}");
+    assert!(body(&failed).contains("after-restore hook failed on purpose"), "{}", body(&failed));
+}
