@@ -300,28 +300,35 @@ pub fn invoke(runs: usize, cold_runs: usize) -> Result<String, Error> {
     result
 }
 
-fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error> {
-    let zip =
-        std::fs::read(vmm::default_guest_dir().join("functions/rust.zip")).map_err(io("read functions/rust.zip"))?;
-    let socket = dir.join("ember.sock");
+/// Starts `ember serve` with its data in `dir`, plus `extra` arguments.
+fn spawn_agent(dir: &Path, extra: &[&str]) -> Result<std::process::Child, Error> {
     let exe = std::env::current_exe().map_err(io("current_exe"))?;
-    let mut agent = Command::new(exe)
+    Command::new(exe)
         .arg("serve")
         .arg("--socket")
-        .arg(&socket)
+        .arg(dir.join("ember.sock"))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--run-dir")
         .arg(dir.join("run"))
         .args(["--init-timeout-s", "120"])
+        .args(extra)
         .spawn()
-        .map_err(|e| Error::Spawn("ember serve".into(), e))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(io("tokio runtime"))?;
-    let result = rt.block_on(invoke_runs(&socket, &zip, runs, cold_runs));
+        .map_err(|e| Error::Spawn("ember serve".into(), e))
+}
+
+fn bench_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(io("tokio runtime"))
+}
+
+fn read_function_zip(name: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(vmm::default_guest_dir().join("functions").join(name)).map_err(io("read a test function's zip"))
+}
+
+fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error> {
+    let zip = read_function_zip("rust.zip")?;
+    let mut agent = spawn_agent(dir, &[])?;
+    let result = bench_runtime()?.block_on(invoke_runs(&dir.join("ember.sock"), &zip, runs, cold_runs));
     let _ = agent.kill();
     let _ = agent.wait();
     let (cold, warm, rps_c1, rps_c8) = result?;
@@ -336,6 +343,251 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
         rps_c8,
         median(&rtts)
     ))
+}
+
+/// The memory budget `bench restore` fills with idle restored instances, in KiB.
+const DENSITY_BUDGET_KIB: u64 = 16 << 20;
+
+/// What `bench restore` measured for one runtime.
+struct RestoreRuns {
+    invoke_ms: Vec<u64>,
+    restore_ms: Vec<u64>,
+    cold_ms: Vec<u64>,
+}
+
+/// `ember bench restore`: SnapStart through a real agent. Per runtime (provided, then
+/// python3.11), a 1 KiB echo at 128 MiB: invokes that each land on a freshly restored instance
+/// (the agent keeps no idle instance, and every answer's REPORT must show a restore), the
+/// restore alone (REPORT's Restore Duration), and cold invokes of the same function without
+/// SnapStart. Then the snapshot time of a 1024 MiB function, the restore at 2048 MiB, and, on a
+/// second agent, provisioned concurrency of up to `density_max` idle restored 128 MiB instances:
+/// their private memory (each VMM process's Private_Dirty: its own memory plus the guest pages
+/// it wrote) and how many fit a 16 GiB budget.
+pub fn restore(runs: usize, cold_runs: usize, density_max: u32) -> Result<String, Error> {
+    if runs == 0 || cold_runs == 0 || density_max == 0 {
+        return Err(Error::NoRuns);
+    }
+    let dir = std::env::temp_dir().join(format!("ember-bench-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a")).map_err(io("create temp dir"))?;
+    std::fs::create_dir_all(dir.join("b")).map_err(io("create temp dir"))?;
+    let result = restore_in(&dir, runs, cold_runs, density_max);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn restore_in(dir: &Path, runs: usize, cold_runs: usize, density_max: u32) -> Result<String, Error> {
+    let rt = bench_runtime()?;
+    let functions = [
+        ("provided.al2023", "bootstrap", read_function_zip("rust.zip")?),
+        ("python3.11", "handler.echo", read_function_zip("python.zip")?),
+    ];
+    // Agent A keeps no idle instance: every invoke starts a new one.
+    let a = dir.join("a");
+    let mut agent = spawn_agent(&a, &["--keep-alive-s", "0"])?;
+    let measured = rt.block_on(async {
+        let mut conn = AgentConn::open(&a.join("ember.sock")).await?;
+        let mut per_runtime = Vec::new();
+        for (runtime, handler, zip) in &functions {
+            per_runtime.push(restore_runs(&mut conn, runtime, handler, zip, 128, runs, cold_runs).await?);
+        }
+        let (provided, _, zip) = &functions[0];
+        // Snapshot creation at 1024 MiB, as the agent timed it.
+        restore_runs(&mut conn, provided, "bootstrap", zip, 1024, 1, 0).await?;
+        let meta = std::fs::read(a.join("data/snapshots/snap-1024/meta.json")).map_err(io("read meta.json"))?;
+        let meta: serde_json::Value = serde_json::from_slice(&meta).map_err(|e| Error::Io("meta.json", e.into()))?;
+        let snapshot_ms = meta["snapshot_ms"].as_u64().unwrap_or(0);
+        let big = restore_runs(&mut conn, provided, "bootstrap", zip, 2048, runs, 0).await?;
+        Ok::<_, Error>((per_runtime, snapshot_ms, big))
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (per_runtime, snapshot_ms, big) = measured?;
+
+    // Agent B holds idle restored instances: provisioned concurrency.
+    let b = dir.join("b");
+    let max = (density_max + 1).to_string();
+    let mut agent = spawn_agent(&b, &["--keep-alive-s", "3600", "--max-instances", &max])?;
+    let agent_pid = agent.id();
+    let density = rt.block_on(density_runs(&b, agent_pid, &functions[0].2, density_max));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (idle_kib, held) = density?;
+
+    let mut out = String::new();
+    for ((runtime, _, _), m) in functions.iter().zip(&per_runtime) {
+        out.push_str(&format!("restore runtime={runtime}\n"));
+        out.push_str(&format!(
+            "restore invoke_ms p50={} p90={} restore_ms p50={} cold_invoke_ms p50={} snapshot_ms={snapshot_ms} \
+             idle_rss_kib={idle_kib} density={held}\n",
+            median(&m.invoke_ms),
+            percentile(&m.invoke_ms, 90),
+            median(&m.restore_ms),
+            median(&m.cold_ms),
+        ));
+    }
+    // The python3.11 line must stay last; the memory-size line goes before the runtime lines.
+    let by_size = format!(
+        "restore restore_ms_by_memory 128_mib_p50={} 2048_mib_p50={}\n",
+        median(&per_runtime[0].restore_ms),
+        median(&big.restore_ms)
+    );
+    Ok(by_size + &out)
+}
+
+/// Creates a SnapStart function (and, with `cold_runs`, the same without SnapStart) and
+/// measures invokes on freshly started instances of each.
+async fn restore_runs(
+    conn: &mut AgentConn,
+    runtime: &str,
+    handler: &str,
+    zip: &[u8],
+    memory_mib: u32,
+    runs: usize,
+    cold_runs: usize,
+) -> Result<RestoreRuns, Error> {
+    use base64::Engine as _;
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip);
+    let tag = if memory_mib == 128 {
+        runtime.split('.').next().unwrap_or(runtime).to_owned()
+    } else {
+        memory_mib.to_string()
+    };
+    let create = |name: &str, snap: bool| {
+        serde_json::to_vec(&serde_json::json!({
+            "FunctionName": name, "Runtime": runtime, "Handler": handler, "MemorySize": memory_mib,
+            "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip}, "Timeout": 60,
+            "SnapStart": {"ApplyOn": if snap { "PublishedVersions" } else { "None" }},
+        }))
+        .expect("serializes")
+    };
+    let event = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
+    let tail = &[("X-Amz-Log-Type", "Tail")];
+    let mut result = RestoreRuns { invoke_ms: Vec::new(), restore_ms: Vec::new(), cold_ms: Vec::new() };
+
+    let name = format!("snap-{tag}");
+    conn.call("POST", "/2015-03-31/functions", &create(&name, true)).await?;
+    let path = format!("/2015-03-31/functions/{name}/invocations");
+    // The first invoke makes the snapshot.
+    conn.call("POST", &path, &event).await?;
+    let mut attempts = 0;
+    while result.invoke_ms.len() < runs {
+        attempts += 1;
+        let started = Instant::now();
+        let (headers, _) = conn.call_with("POST", &path, tail, &event).await?;
+        let took = started.elapsed().as_millis() as u64;
+        match report_field(&headers, "Restore Duration: ") {
+            Some(restore) => {
+                result.invoke_ms.push(took);
+                result.restore_ms.push(restore);
+            }
+            // An idle instance took it after all (its keep-alive had not fired yet): not a
+            // restore, not counted.
+            None if attempts < 3 * runs => {}
+            None => return Err(Error::Run { run: attempts, detail: "no invoke landed on a restored instance".into() }),
+        }
+    }
+
+    if cold_runs > 0 {
+        let name = format!("cold-{tag}");
+        conn.call("POST", "/2015-03-31/functions", &create(&name, false)).await?;
+        let path = format!("/2015-03-31/functions/{name}/invocations");
+        while result.cold_ms.len() < cold_runs {
+            let started = Instant::now();
+            let (headers, _) = conn.call_with("POST", &path, tail, &event).await?;
+            if report_field(&headers, "Init Duration: ").is_some() {
+                result.cold_ms.push(started.elapsed().as_millis() as u64);
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// A `<label><ms> ms` value of the REPORT line in a response's log tail, rounded.
+fn report_field(headers: &hyper::HeaderMap, label: &str) -> Option<u64> {
+    use base64::Engine as _;
+    let b64 = headers.get("x-amz-log-result")?.to_str().ok()?;
+    let tail = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    let rest = &tail[tail.find(label)? + label.len()..];
+    let ms: f64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(ms.round() as u64)
+}
+
+/// Provisions up to `max` idle restored 128 MiB instances on the agent (pid `agent_pid`) and
+/// returns the median private memory of one, in KiB, and how many fit the budget.
+async fn density_runs(dir: &Path, agent_pid: u32, zip: &[u8], max: u32) -> Result<(u64, u32), Error> {
+    use base64::Engine as _;
+    let mut conn = AgentConn::open(&dir.join("ember.sock")).await?;
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip);
+    let create = serde_json::to_vec(&serde_json::json!({
+        "FunctionName": "dense", "Runtime": "provided.al2023", "Handler": "bootstrap", "MemorySize": 128,
+        "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip}, "Timeout": 60,
+        "SnapStart": {"ApplyOn": "PublishedVersions"},
+    }))
+    .expect("serializes");
+    conn.call("POST", "/2015-03-31/functions", &create).await?;
+    // Make the snapshot first, so that every provisioned instance is a restore.
+    conn.call("POST", "/2015-03-31/functions/dense/invocations", b"{}").await?;
+    let path = "/2019-09-30/functions/dense/provisioned-concurrency?Qualifier=$LATEST";
+    let put = serde_json::to_vec(&serde_json::json!({ "ProvisionedConcurrentExecutions": max })).expect("serializes");
+    conn.call("PUT", path, &put).await?;
+    // Wait for it, stopping early once the instances use up the budget.
+    let private = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status: serde_json::Value = serde_json::from_slice(&conn.call("GET", path, b"").await?)
+            .map_err(|e| Error::Io("provisioned concurrency status", e.into()))?;
+        let private = vmm_private_kib(agent_pid);
+        let total: u64 = private.iter().sum();
+        match status["Status"].as_str() {
+            Some("READY") => break private,
+            Some("FAILED") => {
+                eprintln!("ember: bench: provisioned concurrency stopped: {status}");
+                break private;
+            }
+            _ if total > DENSITY_BUDGET_KIB => break private,
+            _ => {}
+        }
+    };
+    if private.is_empty() {
+        return Err(Error::Run { run: 0, detail: "no idle instance to measure".into() });
+    }
+    // All of them were held at once; count how many fit the budget, smallest first.
+    let mut sorted = private;
+    sorted.sort_unstable();
+    let mut used = 0;
+    let held = sorted
+        .iter()
+        .take_while(|kib| {
+            used += **kib;
+            used <= DENSITY_BUDGET_KIB
+        })
+        .count() as u32;
+    Ok((median(&sorted), held))
+}
+
+/// The Private_Dirty of every `ember vmm` child of `agent_pid`, in KiB.
+fn vmm_private_kib(agent_pid: u32) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let Some(after) = stat.rsplit_once(") ").map(|(_, rest)| rest) else { continue };
+        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) != Some(agent_pid) {
+            continue;
+        }
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
+        if let Some(kib) = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Private_Dirty:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        {
+            out.push(kib);
+        }
+    }
+    out
 }
 
 /// A kept-alive HTTP/1.1 connection to the agent.
@@ -361,24 +613,35 @@ impl AgentConn {
     /// Sends a request; returns the status and body, or fails on a non-2xx status or a function
     /// error.
     async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
+        self.call_with(method, path, &[], body).await.map(|(_, body)| body)
+    }
+
+    /// [`AgentConn::call`] with request headers; returns the response headers too.
+    async fn call_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(hyper::HeaderMap, Vec<u8>), Error> {
         use http_body_util::BodyExt;
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
-            .expect("request builds");
+        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body))).expect("request builds");
         let failed = |e: String| Error::Run { run: 0, detail: format!("{method} {path}: {e}") };
         // The connection takes the next request only once it has finished with the last.
         self.0.ready().await.map_err(|e| failed(e.to_string()))?;
         let resp = self.0.send_request(req).await.map_err(|e| failed(e.to_string()))?;
         let status = resp.status();
         let function_error = resp.headers().contains_key("x-amz-function-error");
+        let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.map_err(|e| failed(e.to_string()))?.to_bytes().to_vec();
         if !status.is_success() || function_error {
             return Err(failed(format!("{status}: {}", String::from_utf8_lossy(&body))));
         }
-        Ok(body)
+        Ok((headers, body))
     }
 }
 

@@ -165,6 +165,20 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         cold_runs: usize,
     },
+    /// SnapStart: invokes on freshly restored instances (provided and python3.11, 128 MiB),
+    /// the restore alone, cold invokes for comparison, snapshot time at 1024 MiB, restore at
+    /// 2048 MiB, and the private memory and density of idle restored instances.
+    Restore {
+        /// Invokes on restored instances per runtime.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Cold invokes per runtime.
+        #[arg(long, default_value_t = 3)]
+        cold_runs: usize,
+        /// The most idle restored instances to provision for the density count.
+        #[arg(long, default_value_t = 1000)]
+        density_max: u32,
+    },
     /// The host peer of `bench vsock`: echoes every connection on a Unix socket.
     #[command(hide = true)]
     EchoPeer {
@@ -362,6 +376,7 @@ fn main() -> ExitCode {
                 Bench::Boot { runs, memory_mib } => ember::bench::boot(runs, memory_mib),
                 Bench::Vsock { runs } => ember::bench::vsock(runs),
                 Bench::Invoke { runs, cold_runs } => ember::bench::invoke(runs, cold_runs),
+                Bench::Restore { runs, cold_runs, density_max } => ember::bench::restore(runs, cold_runs, density_max),
                 Bench::EchoPeer { socket } => ember::bench::echo_peer(&socket).map(|()| String::new()),
             };
             match report {

@@ -179,6 +179,51 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
     ok(&agent, "big", json!({"again": 1})).await;
     assert_ne!(snapshot_meta(&agent, "big").unwrap()["revision_id"], meta["revision_id"]);
 
+    // Provisioned concurrency: two restored instances kept ready for a function never invoked;
+    // two invokes at once then pay no restore.
+    let created = agent
+        .create(
+            "pc",
+            "provided.al2023",
+            "bootstrap",
+            "rust.zip",
+            json!({"Timeout": 30, "SnapStart": {"ApplyOn": "PublishedVersions"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", body(&created));
+    let path = "/2019-09-30/functions/pc/provisioned-concurrency";
+    let missing = agent.request("GET", &format!("{path}?Qualifier=$LATEST"), &[], vec![]).await;
+    assert_eq!(missing.status, 404, "{}", body(&missing));
+    assert_eq!(missing.header("x-amzn-errortype"), Some("ProvisionedConcurrencyConfigNotFoundException"));
+    let no_qualifier = agent.request("GET", path, &[], vec![]).await;
+    assert_eq!(no_qualifier.status, 400, "{}", body(&no_qualifier));
+    let put = serde_json::to_vec(&json!({"ProvisionedConcurrentExecutions": 2})).unwrap();
+    let set = agent.request("PUT", &format!("{path}?Qualifier=$LATEST"), &[], put).await;
+    assert_eq!(set.status, 202, "{}", body(&set));
+    assert_eq!(set.json()["RequestedProvisionedConcurrentExecutions"], 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let got = agent.request("GET", &format!("{path}?Qualifier=$LATEST"), &[], vec![]).await;
+        assert_eq!(got.status, 200, "{}", body(&got));
+        let status = got.json();
+        match status["Status"].as_str() {
+            Some("READY") => {
+                assert_eq!(status["AllocatedProvisionedConcurrentExecutions"], 2);
+                break;
+            }
+            Some("IN_PROGRESS") => {}
+            _ => panic!("provisioned concurrency: {status}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "not ready in time: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (a, b) = tokio::join!(ok(&agent, "pc", json!({"sleep_ms": 500})), ok(&agent, "pc", json!({"sleep_ms": 500})));
+    for tail in [&a.1, &b.1] {
+        assert!(!tail.contains("Restore Duration:") && !tail.contains("Init Duration:"), "{tail}");
+    }
+    let deleted = agent.request("DELETE", &format!("{path}?Qualifier=$LATEST"), &[], vec![]).await;
+    assert_eq!(deleted.status, 204, "{}", body(&deleted));
+
     // A failing after-restore hook is the function's error, as Lambda reports it.
     let created = agent
         .create(

@@ -49,6 +49,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codezip;
+use super::pool::ProvisionedStatus;
 use super::store::{function_arn, random_uuid, ConfigPatch, FunctionConfig, NewFunction, ACCOUNT_ID, LATEST};
 use super::{Agent, ApiError, InvokeRequest};
 
@@ -170,6 +171,11 @@ enum Route<'a> {
 }
 
 fn parse_route(path: &str) -> Option<Route<'_>> {
+    // Provisioned concurrency lives under a later API version; everything else under 2015's.
+    if let Some(rest) = path.strip_prefix("/2019-09-30/functions/") {
+        let name = rest.strip_suffix("/provisioned-concurrency")?;
+        return (!name.is_empty() && !name.contains('/')).then_some(Route::Sub(name, PROVISIONED));
+    }
     let rest = path.strip_prefix("/2015-03-31/functions")?;
     if rest.is_empty() || rest == "/" {
         return Some(Route::Functions);
@@ -220,8 +226,94 @@ where
         }
         (&Method::GET, Route::Sub(name, "code")) => download_code(agent, name, query).await,
         (&Method::GET, Route::Sub(name, "logs")) => read_logs(agent, name, query).await,
+        (&Method::PUT, Route::Sub(name, PROVISIONED)) => {
+            let body = read_body(&parts.headers, body, MAX_CONTROL_REQUEST, "PutProvisionedConcurrencyConfig").await?;
+            put_provisioned(agent, name, query, body).await
+        }
+        (&Method::GET, Route::Sub(name, PROVISIONED)) => {
+            let name = resolve_provisioned(name, query)?;
+            agent.store.get(&name)?;
+            let status = agent.pool.provisioned(&name).ok_or_else(ApiError::no_provisioned_config)?;
+            Ok(json_response(StatusCode::OK, &provisioned_json(&status)))
+        }
+        (&Method::DELETE, Route::Sub(name, PROVISIONED)) => {
+            let name = resolve_provisioned(name, query)?;
+            agent.store.get(&name)?;
+            if !agent.pool.remove_provisioned(&name) {
+                return Err(ApiError::no_provisioned_config());
+            }
+            let worker = agent.clone();
+            blocking(move || Ok(worker.store.set_provisioned(&name, None)?)).await?;
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
         _ => Err(unknown()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provisioned concurrency
+// ---------------------------------------------------------------------------------------------
+
+/// The route segment of the provisioned-concurrency operations.
+const PROVISIONED: &str = "provisioned-concurrency";
+
+/// PutProvisionedConcurrencyConfig's body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ProvisionedInput {
+    provisioned_concurrent_executions: Option<i64>,
+}
+
+/// The function a provisioned-concurrency request is about. Lambda requires a qualifier;
+/// Ember has no published versions or aliases yet, so `$LATEST` is the one it takes.
+fn resolve_provisioned(segment: &str, query: Option<&str>) -> Result<String, ApiError> {
+    if query_param(query, "Qualifier").is_none() {
+        return Err(ApiError::invalid("The Qualifier parameter is required."));
+    }
+    resolve(segment, query)
+}
+
+fn provisioned_json(s: &ProvisionedStatus) -> Value {
+    let mut out = json!({
+        "RequestedProvisionedConcurrentExecutions": s.requested,
+        "AllocatedProvisionedConcurrentExecutions": s.allocated,
+        "AvailableProvisionedConcurrentExecutions": s.allocated,
+        "Status": s.status,
+        "LastModified": s.last_modified,
+    });
+    if let Some(reason) = &s.reason {
+        out["StatusReason"] = json!(reason);
+    }
+    out
+}
+
+async fn put_provisioned(
+    agent: &Arc<Agent>,
+    raw_name: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let name = resolve_provisioned(raw_name, query)?;
+    let input: ProvisionedInput = parse_json(&body)?;
+    let requested = match input.provisioned_concurrent_executions {
+        Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(ApiError::invalid(format!(
+                "1 validation error detected: Value '{n}' at 'provisionedConcurrentExecutions' failed to satisfy \
+                 constraint: Member must have value greater than or equal to 1"
+            )))
+        }
+        None => return Err(ApiError::invalid("ProvisionedConcurrentExecutions is required.")),
+    };
+    let worker = agent.clone();
+    let f = blocking(move || {
+        let f = worker.store.get(&name)?;
+        worker.store.set_provisioned(&name, Some(requested))?;
+        Ok(f)
+    })
+    .await?;
+    let status = agent.pool.set_provisioned(f, requested);
+    Ok(json_response(StatusCode::ACCEPTED, &provisioned_json(&status)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,6 +480,7 @@ async fn delete_function(agent: &Arc<Agent>, raw_name: &str, query: Option<&str>
     let worker = agent.clone();
     let deleted = name.clone();
     blocking(move || Ok(worker.store.delete(&deleted)?)).await?;
+    agent.pool.remove_provisioned(&name);
     agent.pool.retire(&name);
     let logs = agent.clone();
     blocking(move || {
@@ -402,7 +495,6 @@ async fn delete_function(agent: &Arc<Agent>, raw_name: &str, query: Option<&str>
 
 async fn update_configuration(agent: &Arc<Agent>, name: String, body: Bytes) -> Result<HttpResponse, ApiError> {
     let worker = agent.clone();
-    let retired = name.clone();
     let config = blocking(move || {
         let input: UpdateConfigurationInput = parse_json(&body)?;
         let current = worker.store.get(&name)?;
@@ -410,13 +502,12 @@ async fn update_configuration(agent: &Arc<Agent>, name: String, body: Bytes) -> 
         Ok(worker.store.update_config(&name, patch, revision.as_deref())?)
     })
     .await?;
-    agent.pool.retire(&retired);
+    agent.pool.function_changed(&config);
     Ok(json_response(StatusCode::OK, &configuration_json(&config)))
 }
 
 async fn update_code(agent: &Arc<Agent>, name: String, body: Bytes) -> Result<HttpResponse, ApiError> {
     let worker = agent.clone();
-    let retired = name.clone();
     let (config, changed) = blocking(move || {
         let input: UpdateCodeInput<'_> = parse_json(&body)?;
         let (zip, dry_run, revision) = validate_update_code(input)?;
@@ -432,7 +523,7 @@ async fn update_code(agent: &Arc<Agent>, name: String, body: Bytes) -> Result<Ht
     })
     .await?;
     if changed {
-        agent.pool.retire(&retired);
+        agent.pool.function_changed(&config);
     }
     Ok(json_response(StatusCode::OK, &configuration_json(&config)))
 }

@@ -33,6 +33,15 @@ impl ApiError {
         Self::new(404, "ResourceNotFoundException", message)
     }
 
+    /// 404 `ProvisionedConcurrencyConfigNotFoundException`.
+    pub fn no_provisioned_config() -> Self {
+        Self::new(
+            404,
+            "ProvisionedConcurrencyConfigNotFoundException",
+            "No Provisioned Concurrency Config found for this function",
+        )
+    }
+
     /// 409 `ResourceConflictException`.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, "ResourceConflictException", message)

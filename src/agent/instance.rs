@@ -441,13 +441,24 @@ impl Handle {
     }
 }
 
+/// Why an actor tells its owner that its instance is gone (or would go).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// Idle past its keep-alive: the owner may keep it (then nothing happens).
+    KeptTooLong,
+    /// Its VM or runtime died while it was idle.
+    DiedIdle,
+    /// A job broke it (timeout, crash); it is destroyed.
+    Broken,
+}
+
 /// What an actor tells its owner, which holds its [`Handle`] while it is idle. Dropping the
 /// handle ends the actor and destroys the instance.
 pub trait Owner: Send + Sync + 'static {
-    /// The instance is gone (destroyed after a broken job, died while idle, or kept idle past
-    /// its keep-alive). Returns whether the owner still held it as idle (false: it was just
-    /// taken for a job, which the actor must still accept).
-    fn gone(&self, id: &str, while_idle: bool) -> bool;
+    /// The instance is gone, or has idled past its keep-alive. Returns whether the owner let
+    /// it go (for an idle instance: it held it and no longer does); false: it was just taken
+    /// for a job, which the actor must still accept, or (`KeptTooLong`) the owner keeps it.
+    fn gone(&self, id: &str, why: Gone) -> bool;
 }
 
 /// Starts the actor of a launched instance and returns its handle.
@@ -468,7 +479,7 @@ async fn actor<O: Owner>(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, 
                     Ok(frame) if frame.kind == Kind::Ready || frame.kind == Kind::Log => continue,
                     _ => {}
                 }
-                if owner.gone(&instance.id, true) {
+                if owner.gone(&instance.id, Gone::DiedIdle) {
                     instance.destroy().await;
                     return;
                 }
@@ -476,11 +487,12 @@ async fn actor<O: Owner>(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, 
                 jobs.recv().await
             }
             () = tokio::time::sleep(keep_alive) => {
-                if owner.gone(&instance.id, true) {
+                if owner.gone(&instance.id, Gone::KeptTooLong) {
                     instance.destroy().await;
                     return;
                 }
-                jobs.recv().await
+                // Kept (provisioned), or taken for a job: go on waiting.
+                continue;
             }
         };
         let Some(mut job) = job else {
@@ -494,7 +506,7 @@ async fn actor<O: Owner>(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, 
         let reusable = matches!(result, JobResult::Response { .. } | JobResult::Error { .. });
         let Job { log, reply, .. } = job;
         if !reusable {
-            owner.gone(&instance.id, false);
+            owner.gone(&instance.id, Gone::Broken);
         }
         let _ = reply.send(JobDone { result, log, reusable });
         if !reusable {

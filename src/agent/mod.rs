@@ -121,6 +121,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let snapshots = snapshots::Snapshots::open(&options.data_dir.join("snapshots"))
         .map_err(|e| ServeError::Store(e.to_string()))?;
     let pool = pool::Pool::new(options.pool, logs.clone(), snapshots).map_err(io_err(format!("set up {run_dir}")))?;
+    // Provisioned concurrency outlives the agent: start it again.
+    for (name, requested) in store.provisioned().map_err(|e| ServeError::Store(e.to_string()))? {
+        match store.get(&name) {
+            Ok(f) => {
+                pool.set_provisioned(f, requested);
+            }
+            Err(e) => eprintln!("ember: provisioned concurrency of {name}: {e}"),
+        }
+    }
     let agent = Arc::new(Agent { store, pool, logs });
 
     match std::fs::remove_file(&options.socket) {

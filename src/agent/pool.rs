@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ember_proto::runtime::{self, Config};
 
 use super::cgroup::CpuShares;
-use super::instance::{self, Handle, Instance, Job, JobDone, JobResult, LaunchSpec};
+use super::instance::{self, Gone, Handle, Instance, Job, JobDone, JobResult, LaunchSpec};
 use super::logs::{FunctionLog, InvocationLog, Logs, Report};
 use super::snapshots::{Fingerprint, Meta, Snapshots};
 use super::store::{lambda_time, random_uuid, FunctionConfig};
@@ -57,6 +57,7 @@ pub struct PoolConfig {
 }
 
 /// The microVM instances of every function on this host.
+#[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
 }
@@ -84,6 +85,70 @@ struct State {
     live: usize,
     /// Bumped by [`Pool::retire`]: instances of an older epoch are not reused.
     epochs: HashMap<String, u64>,
+    /// Provisioned concurrency, by function name.
+    provisioned: HashMap<String, Provisioned>,
+    /// Provisioned instances (idle or busy): instance id to function name. They are never
+    /// retired for idling nor evicted to make room.
+    pinned: HashMap<String, String>,
+}
+
+/// A function's provisioned concurrency.
+struct Provisioned {
+    /// The function as the instances should run it.
+    function: FunctionConfig,
+    requested: u32,
+    /// Provisioned instances alive.
+    allocated: u32,
+    /// Why provisioning stopped, if it did.
+    failed: Option<String>,
+    last_modified: String,
+    /// Bumped by every change of the configuration; a provisioner of an older one stops.
+    generation: u64,
+    /// Wakes the provisioner: an instance is gone, or the configuration changed.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// What GetProvisionedConcurrencyConfig answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisionedStatus {
+    /// Instances asked for.
+    pub requested: u32,
+    /// Instances running (idle or busy).
+    pub allocated: u32,
+    /// `IN_PROGRESS`, `READY` or `FAILED`.
+    pub status: &'static str,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// When it was last set.
+    pub last_modified: String,
+}
+
+impl Provisioned {
+    fn status(&self) -> ProvisionedStatus {
+        let status = match (&self.failed, self.allocated >= self.requested) {
+            (Some(_), _) => "FAILED",
+            (None, true) => "READY",
+            (None, false) => "IN_PROGRESS",
+        };
+        ProvisionedStatus {
+            requested: self.requested,
+            allocated: self.allocated.min(self.requested),
+            status,
+            reason: self.failed.clone(),
+            last_modified: self.last_modified.clone(),
+        }
+    }
+}
+
+impl State {
+    /// Forgets that instance `id` was provisioned; its function's provisioner makes another.
+    fn unpin(&mut self, id: &str) {
+        let Some(function) = self.pinned.remove(id) else { return };
+        if let Some(p) = self.provisioned.get_mut(&function) {
+            p.allocated = p.allocated.saturating_sub(1);
+            p.wake.notify_one();
+        }
+    }
 }
 
 struct Idle {
@@ -230,6 +295,9 @@ impl Pool {
             *state.epochs.entry(function.to_owned()).or_default() += 1;
             let dropped = state.idle.remove(function).unwrap_or_default();
             state.live -= dropped.len();
+            for idle in &dropped {
+                state.unpin(&idle.handle.id);
+            }
             dropped
         };
         // Dropping the handles ends the actors, which destroy their instances.
@@ -422,10 +490,13 @@ impl Pool {
             state.live += 1;
         } else {
             // The evicted instance's slot passes to the new one, so `live` stays.
+            let pinned = &state.pinned;
             let oldest = state
                 .idle
                 .iter()
-                .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, idle)| (idle.since, name, i)))
+                .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, idle)| (idle, name, i)))
+                .filter(|(idle, _, _)| !pinned.contains_key(&idle.handle.id))
+                .map(|(idle, name, i)| (idle.since, name, i))
                 .min()
                 .map(|(_, name, i)| (name.clone(), i));
             let Some((name, i)) = oldest else {
@@ -445,12 +516,150 @@ impl Pool {
         let mut state = self.shared.lock();
         if state.epochs.get(function).copied().unwrap_or_default() != epoch {
             state.live -= 1;
+            state.unpin(&handle.id);
             return;
         }
         let idle = Idle { handle, revision: revision.to_owned(), epoch, since: Instant::now() };
         state.idle.entry(function.to_owned()).or_default().push(idle);
         drop(state);
         self.shared.released.notify_waiters();
+    }
+
+    /// Sets `f`'s provisioned concurrency to `requested` instances, started (restored, for a
+    /// SnapStart function) in the background and kept idle for its invocations.
+    pub fn set_provisioned(&self, f: FunctionConfig, requested: u32) -> ProvisionedStatus {
+        let name = f.name.clone();
+        let (status, generation) = {
+            let mut state = self.shared.lock();
+            let allocated = state.pinned.values().filter(|n| **n == name).count() as u32;
+            let generation = state.provisioned.get(&name).map_or(0, |p| p.generation + 1);
+            let p = Provisioned {
+                function: f,
+                requested,
+                allocated,
+                failed: None,
+                last_modified: lambda_time(SystemTime::now()),
+                generation,
+                wake: Arc::new(tokio::sync::Notify::new()),
+            };
+            let status = p.status();
+            if let Some(old) = state.provisioned.insert(name.clone(), p) {
+                old.wake.notify_one();
+            }
+            // Fewer than before: the extra instances become ordinary idle ones.
+            let extra: Vec<String> = state
+                .pinned
+                .iter()
+                .filter(|(_, n)| **n == name)
+                .map(|(id, _)| id.clone())
+                .skip(requested as usize)
+                .collect();
+            for id in extra {
+                state.unpin(&id);
+            }
+            (status, generation)
+        };
+        tokio::spawn(self.clone().provision(name, generation));
+        status
+    }
+
+    /// The function's provisioned concurrency, if it has any.
+    pub fn provisioned(&self, function: &str) -> Option<ProvisionedStatus> {
+        self.shared.lock().provisioned.get(function).map(Provisioned::status)
+    }
+
+    /// Removes the function's provisioned concurrency; its instances become ordinary idle
+    /// ones. Says whether it had any.
+    pub fn remove_provisioned(&self, function: &str) -> bool {
+        let mut state = self.shared.lock();
+        let Some(p) = state.provisioned.remove(function) else { return false };
+        p.wake.notify_one();
+        state.pinned.retain(|_, n| n != function);
+        true
+    }
+
+    /// After a change to `f` (the instances of its old revision are retired): its provisioned
+    /// instances are made again from the new revision.
+    pub fn function_changed(&self, f: &FunctionConfig) {
+        self.retire(&f.name);
+        let requested = self.shared.lock().provisioned.get(&f.name).map(|p| p.requested);
+        if let Some(requested) = requested {
+            self.set_provisioned(f.clone(), requested);
+        }
+    }
+
+    /// Keeps `name`'s provisioned instances at the requested number while its configuration
+    /// is `generation`; starts up to `max_boots` at once. Stops at the first failure (the
+    /// status says why) or when the configuration changes.
+    async fn provision(self, name: String, generation: u64) {
+        loop {
+            let (f, missing, wake) = {
+                let state = self.shared.lock();
+                match state.provisioned.get(&name) {
+                    Some(p) if p.generation == generation && p.failed.is_none() => {
+                        (p.function.clone(), p.requested.saturating_sub(p.allocated), p.wake.clone())
+                    }
+                    _ => return,
+                }
+            };
+            if missing == 0 {
+                wake.notified().await;
+                continue;
+            }
+            let batch = (missing as usize).min(self.shared.config.max_boots.max(1));
+            let mut starts = tokio::task::JoinSet::new();
+            for _ in 0..batch {
+                let (pool, f) = (self.clone(), f.clone());
+                starts.spawn(async move { pool.start_provisioned(&f, generation).await });
+            }
+            while let Some(done) = starts.join_next().await {
+                let failed = match done {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(why)) => why,
+                    Err(e) => format!("the provisioning task failed: {e}"),
+                };
+                let mut state = self.shared.lock();
+                if let Some(p) = state.provisioned.get_mut(&name).filter(|p| p.generation == generation) {
+                    eprintln!("ember: {name}: provisioned concurrency failed: {failed}");
+                    p.failed.get_or_insert(failed);
+                }
+            }
+        }
+    }
+
+    /// Starts one provisioned instance of `f` and puts it idle, pinned.
+    async fn start_provisioned(&self, f: &FunctionConfig, generation: u64) -> Result<(), String> {
+        let _permit = self.shared.boots.acquire().await.expect("the boot semaphore is never closed");
+        let epoch = self.reserve_slot(&f.name).map_err(|_| "the host has no room for more instances".to_owned())?;
+        let flog = self.shared.logs.function(&f.name);
+        let launched = if f.snap_start { self.restore(f, &flog).await } else { self.boot(f, &flog, Start::Boot).await };
+        let instance = match launched {
+            Ok(instance) => instance,
+            Err(e) => {
+                self.shared.gone_taken();
+                return Err(match e {
+                    instance::Error::InitError { error_type, body } => format!(
+                        "{}: {}",
+                        error_type.unwrap_or_else(|| "Runtime.Unknown".into()),
+                        String::from_utf8_lossy(&body)
+                    ),
+                    other => other.to_string(),
+                });
+            }
+        };
+        let handle = instance::spawn_actor(instance, self.shared.clone(), self.shared.config.keep_alive);
+        let mut state = self.shared.lock();
+        let current = state.epochs.get(&f.name).copied().unwrap_or_default() == epoch;
+        match state.provisioned.get_mut(&f.name) {
+            Some(p) if current && p.generation == generation && p.allocated < p.requested => {
+                p.allocated += 1;
+                state.pinned.insert(handle.id.clone(), f.name.clone());
+            }
+            _ => {}
+        }
+        drop(state);
+        self.release(&f.name, &f.revision_id, handle, epoch);
+        Ok(())
     }
 
     fn launch_spec(&self, f: &FunctionConfig, id: &str, start: Start) -> Result<LaunchSpec, instance::Error> {
@@ -526,9 +735,14 @@ impl Shared {
 }
 
 impl instance::Owner for Shared {
-    fn gone(&self, id: &str, while_idle: bool) -> bool {
+    fn gone(&self, id: &str, why: Gone) -> bool {
         let mut state = self.lock();
-        if !while_idle {
+        if why == Gone::KeptTooLong && state.pinned.contains_key(id) {
+            // Provisioned instances stay, however long they idle.
+            return false;
+        }
+        state.unpin(id);
+        if why == Gone::Broken {
             state.live -= 1;
             return true;
         }

@@ -223,6 +223,10 @@ CREATE TABLE IF NOT EXISTS functions (
     snap_start    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS functions_code ON functions (code_hex);
+CREATE TABLE IF NOT EXISTS provisioned (
+    name          TEXT PRIMARY KEY NOT NULL,
+    requested     INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 const COLUMNS: &str = "name, runtime, handler, role, description, memory_mib, timeout_s, ephemeral_mib, environment, \
@@ -520,12 +524,35 @@ impl Store {
         Ok(config)
     }
 
+    /// Records `function`'s provisioned concurrency (None: removes it).
+    pub fn set_provisioned(&self, function: &str, requested: Option<u32>) -> Result<(), StoreError> {
+        let conn = lock(&self.writer);
+        match requested {
+            Some(n) => conn.execute(
+                "INSERT INTO provisioned (name, requested) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET requested = ?2",
+                params![function, n],
+            )?,
+            None => conn.execute("DELETE FROM provisioned WHERE name = ?1", [function])?,
+        };
+        Ok(())
+    }
+
+    /// Every function's provisioned concurrency, by name.
+    pub fn provisioned(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let conn = lock(&self.writer);
+        let mut stmt = conn.prepare("SELECT name, requested FROM provisioned ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Deletes a function and the code no other function uses. Returns what it was.
     pub fn delete(&self, name: &str) -> Result<FunctionConfig, StoreError> {
         let (config, hex) = {
             let mut conn = lock(&self.writer);
             let tx = conn.transaction()?;
             let found = self.read_for_update(&tx, name, None)?;
+            tx.execute("DELETE FROM provisioned WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
             tx.commit()?;
             self.invalidate(name);
