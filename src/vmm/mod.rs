@@ -20,6 +20,7 @@ pub mod devices;
 mod event_loop;
 pub mod process;
 pub mod snapshot;
+mod sparse;
 pub mod vstate;
 
 use std::collections::VecDeque;
