@@ -578,12 +578,7 @@ fn vmm_private_kib(agent_pid: u32) -> Vec<u64> {
         if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) != Some(agent_pid) {
             continue;
         }
-        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
-        if let Some(kib) = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Private_Dirty:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        {
+        if let Some(kib) = crate::agent::instance::private_dirty_kib(pid) {
             out.push(kib);
         }
     }

@@ -131,6 +131,11 @@ struct ServeArgs {
     /// Seconds a boot plus the runtime's init may take.
     #[arg(long, default_value_t = 10)]
     init_timeout_s: u64,
+    /// The most private memory idle instances may hold together, in MiB (each VMM's own memory
+    /// and the guest pages it wrote; a restored guest's unwritten pages are shared); past it
+    /// the least recently used idle instances stop (provisioned ones never do).
+    #[arg(long, default_value_t = 16384)]
+    idle_memory_mib: u64,
     /// Keep each instance's serial console (kernel and ember-init messages) in
     /// `<DIR>/<instance id>.console`, for debugging; the files are not removed.
     #[arg(long, value_name = "DIR")]
@@ -335,6 +340,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             keep_alive: Duration::from_secs(args.keep_alive_s),
             init_timeout: Duration::from_secs(args.init_timeout_s),
             console_dir: args.console_dir,
+            idle_memory_kib: args.idle_memory_mib << 10,
         },
         socket: args.socket,
         data_dir: args.data_dir,

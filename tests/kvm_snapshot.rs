@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MEMORY_MIB: u64 = 256;
 
@@ -60,23 +60,7 @@ impl Clone {
 
     /// Connects to the guest's echo service.
     fn connect(&mut self) -> UnixStream {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the restored VM exited: {status}");
-            }
-            if let Ok(mut s) = UnixStream::connect(&self.uds) {
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                s.write_all(format!("CONNECT {}\n", ember_proto::ECHO_PORT).as_bytes()).unwrap();
-                let mut line = String::new();
-                let mut reader = BufReader::new(s.try_clone().unwrap());
-                if reader.read_line(&mut line).is_ok() && line.starts_with("OK ") {
-                    return s;
-                }
-            }
-            assert!(Instant::now() < deadline, "the restored guest's echo service never answered");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::connect_vsock(&mut self.child, &self.uds, ember_proto::ECHO_PORT, Duration::from_secs(60))
     }
 }
 

@@ -1,7 +1,8 @@
 //! SnapStart end to end through the agent's public API: init snapshots made from a real boot,
 //! instances restored from them, the runtime's snapshot hooks (awslambdaric's
 //! `snapshot_restore_py`), uniqueness after a restore, and what happens to a snapshot when the
-//! function changes, the agent restarts or the snapshot is damaged.
+//! function changes, the agent restarts or the snapshot is damaged; provisioned concurrency and
+//! the idle-memory budget.
 //!
 //! Like the other KVM tests these need a KVM host that runs Linux guests; scripts/test.sh runs
 //! them in the right place, and anywhere else they fail and say why.
@@ -245,4 +246,19 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
     let tail = failed.log_tail();
     assert!(tail.contains("Runtime.AfterRestoreError"), "{tail}");
     assert!(body(&failed).contains("after-restore hook failed on purpose"), "{}", body(&failed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_past_the_memory_budget_stop() {
+    require_kvm_host();
+    // A budget smaller than any instance: every instance stops as soon as it goes idle and
+    // has been measured, so each invoke is a cold start.
+    let agent = Agent::start("idle-budget", &["--idle-memory-mib", "1"]);
+    let created = agent.create("tiny", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 30})).await;
+    assert_eq!(created.status, 201, "{}", body(&created));
+    for _ in 0..2 {
+        let (_, tail) = ok(&agent, "tiny", json!({"n": 1})).await;
+        assert!(tail.contains("Init Duration:"), "an idle instance outlived the budget: {tail}");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }

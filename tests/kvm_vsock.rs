@@ -7,7 +7,7 @@
 mod common;
 use common::{guest_dir, require_kvm_host};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,26 +37,7 @@ impl Guest {
 
     /// Connects to guest port `port`, retrying while the guest boots.
     fn connect(&mut self, port: u32) -> UnixStream {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("ember exited early: {status}");
-            }
-            if let Ok(stream) = UnixStream::connect(&self.uds) {
-                let mut s = stream;
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
-                let mut line = String::new();
-                let mut reader = BufReader::new(s.try_clone().unwrap());
-                if reader.read_line(&mut line).is_ok() && line.starts_with("OK ") {
-                    // The reader may have buffered nothing past the line: the guest has not
-                    // been sent anything yet, so nothing can be in flight.
-                    return s;
-                }
-            }
-            assert!(Instant::now() < deadline, "the guest's echo service never answered");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        common::connect_vsock(&mut self.child, &self.uds, port, Duration::from_secs(120))
     }
 }
 

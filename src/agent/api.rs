@@ -1158,6 +1158,7 @@ mod tests {
                 keep_alive: Duration::from_secs(1),
                 init_timeout: Duration::from_secs(1),
                 console_dir: None,
+                idle_memory_kib: 1 << 20,
             },
             logs.clone(),
             crate::agent::snapshots::Snapshots::open(&dir.join("snapshots")).unwrap(),

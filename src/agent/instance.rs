@@ -431,6 +431,8 @@ pub struct JobDone {
 pub struct Handle {
     /// The instance id.
     pub id: String,
+    /// Its VMM process.
+    pub pid: Option<u32>,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -439,6 +441,17 @@ impl Handle {
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.try_send(job).is_ok()
     }
+}
+
+/// The private memory of process `pid` that it wrote (`Private_Dirty`), in KiB: for a VMM, its
+/// own memory plus the guest pages the guest wrote (a restored guest's unwritten pages are the
+/// snapshot file's, shared). None if the process is gone.
+pub fn private_dirty_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// Why an actor tells its owner that its instance is gone (or would go).
@@ -464,7 +477,7 @@ pub trait Owner: Send + Sync + 'static {
 /// Starts the actor of a launched instance and returns its handle.
 pub fn spawn_actor<O: Owner>(instance: Instance, owner: Arc<O>, keep_alive: Duration) -> Handle {
     let (tx, rx) = mpsc::channel(1);
-    let handle = Handle { id: instance.id.clone(), jobs: tx };
+    let handle = Handle { id: instance.id.clone(), pid: instance.child.id(), jobs: tx };
     tokio::spawn(actor(instance, rx, owner, keep_alive));
     handle
 }

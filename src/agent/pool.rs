@@ -54,6 +54,9 @@ pub struct PoolConfig {
     pub init_timeout: Duration,
     /// Keep each instance's serial console in `<dir>/<instance id>.console` (for debugging).
     pub console_dir: Option<PathBuf>,
+    /// The most private memory idle instances may hold together, in KiB; past it the least
+    /// recently used ones (not provisioned ones) stop.
+    pub idle_memory_kib: u64,
 }
 
 /// The microVM instances of every function on this host.
@@ -141,6 +144,25 @@ impl Provisioned {
 }
 
 impl State {
+    /// Takes the least recently used idle instance that is not provisioned out of the pool
+    /// (its slot still counted); dropping it ends the instance.
+    fn evict_oldest_idle(&mut self) -> Option<Idle> {
+        let pinned = &self.pinned;
+        let (name, i) = self
+            .idle
+            .iter()
+            .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, idle)| (idle, name, i)))
+            .filter(|(idle, _, _)| !pinned.contains_key(&idle.handle.id))
+            .min_by_key(|(idle, _, _)| idle.since)
+            .map(|(_, name, i)| (name.clone(), i))?;
+        let list = self.idle.get_mut(&name).expect("listed above");
+        let idle = list.remove(i);
+        if list.is_empty() {
+            self.idle.remove(&name);
+        }
+        Some(idle)
+    }
+
     /// Forgets that instance `id` was provisioned; its function's provisioner makes another.
     fn unpin(&mut self, id: &str) {
         let Some(function) = self.pinned.remove(id) else { return };
@@ -156,6 +178,8 @@ struct Idle {
     revision: String,
     epoch: u64,
     since: Instant,
+    /// Its private memory when it last went idle, in KiB (0 until measured).
+    private_kib: u64,
 }
 
 /// An instance taken for one invocation.
@@ -490,23 +514,9 @@ impl Pool {
             state.live += 1;
         } else {
             // The evicted instance's slot passes to the new one, so `live` stays.
-            let pinned = &state.pinned;
-            let oldest = state
-                .idle
-                .iter()
-                .flat_map(|(name, list)| list.iter().enumerate().map(move |(i, idle)| (idle, name, i)))
-                .filter(|(idle, _, _)| !pinned.contains_key(&idle.handle.id))
-                .map(|(idle, name, i)| (idle.since, name, i))
-                .min()
-                .map(|(_, name, i)| (name.clone(), i));
-            let Some((name, i)) = oldest else {
-                return Err(ApiError::too_many_requests("Rate Exceeded."));
-            };
-            let list = state.idle.get_mut(&name).expect("listed above");
             // Dropping its handle ends the actor, which destroys the instance.
-            drop(list.remove(i));
-            if list.is_empty() {
-                state.idle.remove(&name);
+            if state.evict_oldest_idle().is_none() {
+                return Err(ApiError::too_many_requests("Rate Exceeded."));
             }
         }
         Ok(state.epochs.get(function).copied().unwrap_or_default())
@@ -519,10 +529,20 @@ impl Pool {
             state.unpin(&handle.id);
             return;
         }
-        let idle = Idle { handle, revision: revision.to_owned(), epoch, since: Instant::now() };
+        let (id, pid) = (handle.id.clone(), handle.pid);
+        let idle = Idle { handle, revision: revision.to_owned(), epoch, since: Instant::now(), private_kib: 0 };
         state.idle.entry(function.to_owned()).or_default().push(idle);
         drop(state);
         self.shared.released.notify_waiters();
+        // Off the invoke's path: measure what it holds and keep the idle total in budget.
+        if let Some(pid) = pid {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(kib) = instance::private_dirty_kib(pid) {
+                    shared.idle_measured(&id, kib);
+                }
+            });
+        }
     }
 
     /// Sets `f`'s provisioned concurrency to `requested` instances, started (restored, for a
@@ -726,6 +746,26 @@ impl Shared {
     fn snapshot_lock(&self, function: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.snapshot_locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(function.to_owned()).or_default().clone()
+    }
+
+    /// Records an idle instance's private memory, then stops the least recently used idle
+    /// instances (provisioned ones excepted) while the idle total is over the budget.
+    fn idle_measured(&self, id: &str, kib: u64) {
+        let mut state = self.lock();
+        if let Some(idle) = state.idle.values_mut().flatten().find(|i| i.handle.id == id) {
+            idle.private_kib = kib;
+        }
+        let mut total: u64 = state.idle.values().flatten().map(|i| i.private_kib).sum();
+        let mut dropped = Vec::new();
+        while total > self.config.idle_memory_kib {
+            let Some(idle) = state.evict_oldest_idle() else { break };
+            total -= idle.private_kib;
+            state.live -= 1;
+            dropped.push(idle);
+        }
+        drop(state);
+        // Dropping the handles ends the actors, which destroy their instances.
+        drop(dropped);
     }
 
     /// An instance that was not idle (booting or busy) is gone.

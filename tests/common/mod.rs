@@ -4,7 +4,11 @@
 
 pub mod agent;
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 /// The guest artifacts: $EMBER_GUEST_DIR or target/guest.
 pub fn guest_dir() -> PathBuf {
@@ -29,5 +33,30 @@ pub fn require_kvm_host() {
     for artifact in ["vmlinux", "rootfs.ext4"] {
         let path = guest_dir().join(artifact);
         assert!(path.exists(), "{} is missing: run scripts/build-guest.sh first", path.display());
+    }
+}
+
+/// Connects to guest vsock port `port` through the hybrid vsock socket `uds` of the VM that
+/// `child` runs (`CONNECT <port>` until a guest listener answers `OK`), retrying while the guest
+/// boots or restores; fails the test if `child` exits or `patience` passes first.
+pub fn connect_vsock(child: &mut Child, uds: &Path, port: u32, patience: Duration) -> UnixStream {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the VM's ember process exited early: {status}");
+        }
+        if let Ok(mut s) = UnixStream::connect(uds) {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            // The reader buffers nothing past the line: the guest has not been sent anything
+            // yet, so nothing can be in flight.
+            if reader.read_line(&mut line).is_ok() && line.starts_with("OK ") {
+                return s;
+            }
+        }
+        assert!(Instant::now() < deadline, "the guest's vsock port {port} never answered");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
