@@ -337,6 +337,17 @@ def test_errors(lam, python_zip, existing, run_invokes):
     expect_error("InvalidParameterValueException", 400, lam.update_function_configuration, FunctionName=existing, MemorySize=64)
     expect_error("ResourceNotFoundException", 404, lam.get_function, FunctionName=missing)  # none of those created it
 
+    step("SnapStart and provisioned concurrency: shapes and errors")
+    expect_error("InvalidParameterValueException", 400, lam.update_function_configuration, FunctionName=existing, SnapStart={"ApplyOn": "Always"})
+    c = lam.update_function_configuration(FunctionName=existing, SnapStart={"ApplyOn": "PublishedVersions"})
+    check(c["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}, f"SnapStart: {c.get('SnapStart')}")
+    c = lam.update_function_configuration(FunctionName=existing, SnapStart={"ApplyOn": "None"})
+    check(c["SnapStart"] == {"ApplyOn": "None", "OptimizationStatus": "Off"}, f"SnapStart: {c.get('SnapStart')}")
+    expect_error("ProvisionedConcurrencyConfigNotFoundException", 404, lam.get_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST")
+    expect_error("ProvisionedConcurrencyConfigNotFoundException", 404, lam.delete_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST")
+    expect_error("ResourceNotFoundException", 404, lam.put_provisioned_concurrency_config, FunctionName=missing, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
+    expect_error("ResourceNotFoundException", 404, lam.put_provisioned_concurrency_config, FunctionName=existing, Qualifier="1", ProvisionedConcurrentExecutions=1)
+
     step("a 7 MB payload: RequestTooLargeException")
     big = json.dumps({"data": "x" * (7 * 1024 * 1024)}).encode()
     expect_error("RequestTooLargeException", 413, lam.invoke, FunctionName=existing, Payload=big)
