@@ -41,8 +41,7 @@ pub enum Error {
     /// The VM ended before ember-init connected the runtime channel: the boot failed.
     #[error("{0}")]
     Boot(String),
-    /// A restore from a snapshot failed before the guest connected (a damaged or mismatched
-    /// snapshot, most likely).
+    /// The VMM could not restore the snapshot (a damaged or mismatched snapshot file).
     #[error("restore failed: {0}")]
     Restore(String),
     /// The runtime reported an init error; `body` is its error JSON.
@@ -129,7 +128,13 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     let mut channel = tokio::select! {
         accepted = listener.accept() => accepted.map_err(host("accept runtime channel"))?.0,
         ended = read_exit(&mut control) => {
-            let e = if restoring { Error::Restore(ended) } else { Error::Boot(ended) };
+            // A VMM that could not restore (a damaged or mismatched snapshot: its own error)
+            // is told apart from a guest that crashed or a VMM that died, which may be the
+            // platform's passing failure.
+            let e = match ended {
+                Exit { vmm_error: true, message } if restoring => Error::Restore(message),
+                Exit { message, .. } => Error::Boot(message),
+            };
             return Err(kill(&mut child, e).await);
         }
         () = tokio::time::sleep_until(deadline) => {
@@ -252,17 +257,26 @@ fn spawn_vmm(binary: &Path, control: OwnedFd) -> Result<Child, Error> {
     Ok(child)
 }
 
-/// Reads the VMM's exit line; whatever happens, the VM is over. Returns why.
-async fn read_exit(control: &mut BufReader<UnixStream>) -> String {
+/// How a VMM ended, as its control socket tells it.
+struct Exit {
+    /// The VMM itself failed (`vmm_error`), rather than the guest.
+    vmm_error: bool,
+    /// Why, for a human.
+    message: String,
+}
+
+/// Reads the VMM's exit line; whatever happens, the VM is over.
+async fn read_exit(control: &mut BufReader<UnixStream>) -> Exit {
     let mut line = String::new();
-    match control.read_line(&mut line).await {
+    let message = match control.read_line(&mut line).await {
         Ok(n) if n > 0 => match serde_json::from_str::<VmmExit>(&line) {
-            Ok(exit) => exit.message,
+            Ok(exit) => return Exit { vmm_error: exit.outcome == "vmm_error", message: exit.message },
             Err(e) => format!("the VMM sent a bad exit line: {e}"),
         },
         Ok(_) => "the VMM process died".into(),
         Err(e) => format!("the VMM's control socket failed: {e}"),
-    }
+    };
+    Exit { vmm_error: false, message }
 }
 
 async fn kill(child: &mut Child, why: Error) -> Error {
@@ -303,7 +317,7 @@ impl Instance {
                     Ok(n) => self.decoder.push(&self.read_buf[..n]),
                     Err(e) => return Err(Error::VmEnded(format!("runtime channel: {e}"))),
                 },
-                ended = read_exit(&mut self.control) => return Err(Error::VmEnded(ended)),
+                ended = read_exit(&mut self.control) => return Err(Error::VmEnded(ended.message)),
             }
         }
     }

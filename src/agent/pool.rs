@@ -426,25 +426,37 @@ impl Pool {
     }
 
     /// Restores an instance of a SnapStart function from its snapshot, made first if need be.
-    /// Without a usable snapshot the instance boots.
+    /// Without a usable snapshot the instance boots. A restored guest that crashes before its
+    /// runtime is back is restored again, once, as a boot would be booted again; a snapshot the
+    /// VMM cannot restore is removed.
     async fn restore(&self, f: &FunctionConfig, flog: &FunctionLog) -> Result<Instance, instance::Error> {
         let Some(dir) = self.init_snapshot(f, flog).await? else {
             return self.boot(f, flog, Start::Boot).await;
         };
-        match instance::launch(self.launch_spec(f, &random_hex(), Start::Restore(dir))?, flog).await {
-            Err(instance::Error::Restore(why)) => {
-                let line = format!(
-                    "{} The SnapStart snapshot of {} could not be restored and was removed; this instance boots \
-                     instead. Reason: {why}\n",
-                    timestamp(),
-                    f.name
-                );
-                eprint!("ember: {line}");
-                flog.append_output(line.as_bytes());
-                self.shared.snapshots.remove(&f.name);
-                self.boot(f, flog, Start::Boot).await
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match instance::launch(self.launch_spec(f, &random_hex(), Start::Restore(dir.clone()))?, flog).await {
+                Err(instance::Error::Restore(why)) => {
+                    let line = format!(
+                        "{} The SnapStart snapshot of {} could not be restored and was removed; this instance \
+                         boots instead. Reason: {why}\n",
+                        timestamp(),
+                        f.name
+                    );
+                    eprint!("ember: {line}");
+                    flog.append_output(line.as_bytes());
+                    self.shared.snapshots.remove(&f.name);
+                    return self.boot(f, flog, Start::Boot).await;
+                }
+                Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
+                    eprintln!(
+                        "ember: {}: a restored instance ended before its first event ({why}); restoring another",
+                        f.name
+                    );
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
