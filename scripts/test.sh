@@ -47,10 +47,12 @@ trap 'rm -f "$runner"' EXIT
     echo 'set -e'
     for t in "${kvm_tests[@]}"; do
         printf 'echo "== running %s"\n' "$(basename "$t")"
-        # The invoke tests run many VMs each (32 at once in one of them): one test at a time,
-        # so the emulated host is never asked for more memory and CPU than it has.
+        # The invoke tests run many VMs each (32 at once in one of them), and the SnapStart
+        # tests many restores: one test at a time, so the emulated host is never asked for more
+        # memory and CPU than it has (its kernel has died under heavy restore load, with a
+        # page-fault loop in a vCPU thread).
         threads=2
-        case $(basename "$t") in kvm_invoke-*) threads=1 ;; esac
+        case $(basename "$t") in kvm_invoke-* | kvm_snapstart-*) threads=1 ;; esac
         printf '%q --test-threads=%d\n' "$t" "$threads"
     done
 } >"$runner"
