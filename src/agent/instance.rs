@@ -447,6 +447,8 @@ pub struct Handle {
     pub id: String,
     /// Its VMM process.
     pub pid: Option<u32>,
+    /// The owner's last reading of its private memory ([`private_dirty_kib`]): when, and KiB.
+    pub private_memory: Option<(Instant, u64)>,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -491,7 +493,7 @@ pub trait Owner: Send + Sync + 'static {
 /// Starts the actor of a launched instance and returns its handle.
 pub fn spawn_actor<O: Owner>(instance: Instance, owner: Arc<O>, keep_alive: Duration) -> Handle {
     let (tx, rx) = mpsc::channel(1);
-    let handle = Handle { id: instance.id.clone(), pid: instance.child.id(), jobs: tx };
+    let handle = Handle { id: instance.id.clone(), pid: instance.child.id(), private_memory: None, jobs: tx };
     tokio::spawn(actor(instance, rx, owner, keep_alive));
     handle
 }

@@ -28,6 +28,8 @@ use crate::vmm::DEFAULT_CMDLINE;
 
 /// The largest response payload (Lambda's 6 MB).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// How often an instance's private memory is measured, at most, when it goes idle.
+const MEASURE_EVERY: Duration = Duration::from_secs(10);
 /// Memory per whole vCPU, in MB (Lambda's).
 const MB_PER_VCPU: u32 = 1769;
 /// The most vCPUs a function gets.
@@ -178,8 +180,13 @@ struct Idle {
     revision: String,
     epoch: u64,
     since: Instant,
-    /// Its private memory when it last went idle, in KiB (0 until measured).
-    private_kib: u64,
+}
+
+impl Idle {
+    /// Its private memory as last measured, in KiB (0 until measured).
+    fn private_kib(&self) -> u64 {
+        self.handle.private_memory.map_or(0, |(_, kib)| kib)
+    }
 }
 
 /// An instance taken for one invocation.
@@ -362,7 +369,7 @@ impl Pool {
     async fn cold_start(&self, f: &FunctionConfig, request_id: &str) -> Result<Result<Taken, InvokeOutput>, ApiError> {
         let epoch = self.reserve_slot(&f.name)?;
         let flog = self.shared.logs.function(&f.name);
-        let launched = if f.snap_start { self.restore(f, &flog).await } else { self.boot(f, &flog, Start::Boot).await };
+        let launched = self.start(f, &flog).await;
         match launched {
             Ok(instance) => {
                 let took = instance.init_duration;
@@ -377,8 +384,7 @@ impl Pool {
                         return Err(ApiError::service(format!("cannot start an instance: {m}")))
                     }
                     instance::Error::InitError { error_type, body } => {
-                        let kind = error_type.unwrap_or_else(|| "Runtime.Unknown".into());
-                        let msg = String::from_utf8_lossy(&body).into_owned();
+                        let (kind, msg) = init_error_text(error_type, &body);
                         (kind, msg, body)
                     }
                     other => {
@@ -399,24 +405,33 @@ impl Pool {
         }
     }
 
-    /// Boots an instance (`start` is a boot or a SnapStart boot). A VM that died before its
-    /// runtime could start, or crashed (a guest kernel panic or triple fault, the VMM gone)
-    /// before it was given the event, is most likely the platform's failure, not the
-    /// function's: another boots, once. A runtime that exits or reports an init error is the
-    /// function's and is not retried.
-    async fn boot(&self, f: &FunctionConfig, flog: &FunctionLog, start: Start) -> Result<Instance, instance::Error> {
+    /// Starts an instance of `f`: a restore for a SnapStart function, else a boot.
+    async fn start(&self, f: &FunctionConfig, flog: &FunctionLog) -> Result<Instance, instance::Error> {
+        if f.snap_start {
+            self.restore(f, flog).await
+        } else {
+            self.boot(f, flog, false).await
+        }
+    }
+
+    /// Launches an instance from `start()`, twice at most. A VM that died before its runtime
+    /// could start, or crashed (a guest kernel panic or triple fault, the VMM gone) before it
+    /// was given the event, is most likely the platform's failure, not the function's:
+    /// another is launched, once. A runtime that exits or reports an init error is the
+    /// function's and is not retried; nor is a restore the VMM itself refused.
+    async fn launch_twice(
+        &self,
+        f: &FunctionConfig,
+        flog: &FunctionLog,
+        start: impl Fn() -> Start,
+    ) -> Result<Instance, instance::Error> {
         let mut attempts = 0;
         loop {
-            let start = match &start {
-                Start::Boot => Start::Boot,
-                _ => Start::SnapStartBoot,
-            };
-            let spec = self.launch_spec(f, &random_hex(), start)?;
             attempts += 1;
-            match instance::launch(spec, flog).await {
+            match instance::launch(self.launch_spec(f, &random_hex(), start())?, flog).await {
                 Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
                     eprintln!(
-                        "ember: {}: a new instance ended before its first event ({why}); booting another",
+                        "ember: {}: a new instance ended before its first event ({why}); starting another",
                         f.name
                     );
                 }
@@ -425,38 +440,38 @@ impl Pool {
         }
     }
 
+    /// Boots an instance (with `snap_start`, a SnapStart boot to be snapshotted).
+    async fn boot(
+        &self,
+        f: &FunctionConfig,
+        flog: &FunctionLog,
+        snap_start: bool,
+    ) -> Result<Instance, instance::Error> {
+        self.launch_twice(f, flog, || if snap_start { Start::SnapStartBoot } else { Start::Boot }).await
+    }
+
     /// Restores an instance of a SnapStart function from its snapshot, made first if need be.
     /// Without a usable snapshot the instance boots. A restored guest that crashes before its
     /// runtime is back is restored again, once, as a boot would be booted again; a snapshot the
     /// VMM cannot restore is removed.
     async fn restore(&self, f: &FunctionConfig, flog: &FunctionLog) -> Result<Instance, instance::Error> {
         let Some(dir) = self.init_snapshot(f, flog).await? else {
-            return self.boot(f, flog, Start::Boot).await;
+            return self.boot(f, flog, false).await;
         };
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match instance::launch(self.launch_spec(f, &random_hex(), Start::Restore(dir.clone()))?, flog).await {
-                Err(instance::Error::Restore(why)) => {
-                    let line = format!(
-                        "{} The SnapStart snapshot of {} could not be restored and was removed; this instance \
-                         boots instead. Reason: {why}\n",
-                        timestamp(),
-                        f.name
-                    );
-                    eprint!("ember: {line}");
-                    flog.append_output(line.as_bytes());
-                    self.shared.snapshots.remove(&f.name);
-                    return self.boot(f, flog, Start::Boot).await;
-                }
-                Err(instance::Error::Boot(why) | instance::Error::VmEnded(why)) if attempts < 2 => {
-                    eprintln!(
-                        "ember: {}: a restored instance ended before its first event ({why}); restoring another",
-                        f.name
-                    );
-                }
-                other => return other,
+        match self.launch_twice(f, flog, || Start::Restore(dir.clone())).await {
+            Err(instance::Error::Restore(why)) => {
+                let line = format!(
+                    "{} The SnapStart snapshot of {} could not be restored and was removed; this instance boots \
+                     instead. Reason: {why}\n",
+                    timestamp(),
+                    f.name
+                );
+                eprint!("ember: {line}");
+                flog.append_output(line.as_bytes());
+                self.shared.snapshots.remove(&f.name);
+                self.boot(f, flog, false).await
             }
+            other => other,
         }
     }
 
@@ -481,7 +496,7 @@ impl Pool {
                 return Ok(None);
             }
         };
-        let instance = match self.boot(f, flog, Start::SnapStartBoot).await {
+        let instance = match self.boot(f, flog, true).await {
             Ok(instance) => instance,
             Err(e) => {
                 self.shared.snapshots.discard(&staging);
@@ -542,12 +557,15 @@ impl Pool {
             return;
         }
         let (id, pid) = (handle.id.clone(), handle.pid);
-        let idle = Idle { handle, revision: revision.to_owned(), epoch, since: Instant::now(), private_kib: 0 };
+        // A guest's private memory grows with its first invocations and then hardly moves:
+        // measured when it first goes idle, then at most every MEASURE_EVERY, not per invoke.
+        let due = handle.private_memory.is_none_or(|(at, _)| at.elapsed() >= MEASURE_EVERY);
+        let idle = Idle { handle, revision: revision.to_owned(), epoch, since: Instant::now() };
         state.idle.entry(function.to_owned()).or_default().push(idle);
         drop(state);
         self.shared.released.notify_waiters();
         // Off the invoke's path: measure what it holds and keep the idle total in budget.
-        if let Some(pid) = pid {
+        if let Some(pid) = pid.filter(|_| due) {
             let shared = self.shared.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(kib) = instance::private_dirty_kib(pid) {
@@ -664,17 +682,16 @@ impl Pool {
         let _permit = self.shared.boots.acquire().await.expect("the boot semaphore is never closed");
         let epoch = self.reserve_slot(&f.name).map_err(|_| "the host has no room for more instances".to_owned())?;
         let flog = self.shared.logs.function(&f.name);
-        let launched = if f.snap_start { self.restore(f, &flog).await } else { self.boot(f, &flog, Start::Boot).await };
+        let launched = self.start(f, &flog).await;
         let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {
                 self.shared.gone_taken();
                 return Err(match e {
-                    instance::Error::InitError { error_type, body } => format!(
-                        "{}: {}",
-                        error_type.unwrap_or_else(|| "Runtime.Unknown".into()),
-                        String::from_utf8_lossy(&body)
-                    ),
+                    instance::Error::InitError { error_type, body } => {
+                        let (kind, msg) = init_error_text(error_type, &body);
+                        format!("{kind}: {msg}")
+                    }
                     other => other.to_string(),
                 });
             }
@@ -765,13 +782,13 @@ impl Shared {
     fn idle_measured(&self, id: &str, kib: u64) {
         let mut state = self.lock();
         if let Some(idle) = state.idle.values_mut().flatten().find(|i| i.handle.id == id) {
-            idle.private_kib = kib;
+            idle.handle.private_memory = Some((Instant::now(), kib));
         }
-        let mut total: u64 = state.idle.values().flatten().map(|i| i.private_kib).sum();
+        let mut total: u64 = state.idle.values().flatten().map(Idle::private_kib).sum();
         let mut dropped = Vec::new();
         while total > self.config.idle_memory_kib {
             let Some(idle) = state.evict_oldest_idle() else { break };
-            total -= idle.private_kib;
+            total -= idle.private_kib();
             state.live -= 1;
             dropped.push(idle);
         }
@@ -826,6 +843,11 @@ impl InvokeOutput {
         }
         self
     }
+}
+
+/// The error type (`Runtime.Unknown` when the runtime named none) and message of an init error.
+fn init_error_text(error_type: Option<String>, body: &[u8]) -> (String, String) {
+    (error_type.unwrap_or_else(|| "Runtime.Unknown".into()), String::from_utf8_lossy(body).into_owned())
 }
 
 /// The error type and message of an invocation whose instance broke, as Lambda words them.

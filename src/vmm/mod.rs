@@ -285,7 +285,6 @@ pub struct Vmm {
     events: Receiver<VmEvent>,
     console_tail: ConsoleTail,
     guest_ranges: Vec<(u64, u64)>,
-    memory_mib: u32,
     transports: Vec<(DeviceKind, Arc<Mutex<MmioTransport>>)>,
     event_loop: Option<(EventFd, thread::JoinHandle<()>)>,
     vcpu_threads: Vec<thread::JoinHandle<()>>,
@@ -345,7 +344,7 @@ impl Vmm {
         let (pio, console_tail) = legacy_devices(&vm, &config.console, &events_tx, None)?;
         let vcpus =
             (0..config.vcpus).map(|id| Vcpu::new(&vm, id, config.vcpus, entry)).collect::<Result<Vec<_>, _>>()?;
-        Vmm::launch(vm, vcpus, devices, pio, console_tail, config.memory_mib, events_tx, events)
+        Vmm::launch(vm, vcpus, devices, pio, console_tail, events_tx, events)
     }
 
     /// Builds a VM from the snapshot in `config.snapshot_dir` and starts its vCPUs where they
@@ -385,21 +384,19 @@ impl Vmm {
                 .restore_state(&saved.transport)?;
         }
         let (pio, console_tail) = legacy_devices(&vm, &config.console, &events_tx, Some(&snap.serial))?;
-        let mut vmm = Vmm::launch(vm, vcpus, devices, pio, console_tail, snap.memory_mib, events_tx, events)?;
+        let mut vmm = Vmm::launch(vm, vcpus, devices, pio, console_tail, events_tx, events)?;
         let info = ReadyInfo { memory_mib: snap.memory_mib, vcpus: u32::from(count), exits: 0 };
         vmm.ready = Some((Instant::now(), info));
         Ok(vmm)
     }
 
     /// Starts the device event loop and the vCPU threads of a VM that is set up.
-    #[allow(clippy::too_many_arguments)]
     fn launch(
         vm: Vm,
         vcpus: Vec<Vcpu>,
         devices: Devices,
         pio: PioDevices,
         console_tail: ConsoleTail,
-        memory_mib: u32,
         events_tx: Sender<VmEvent>,
         events: Receiver<VmEvent>,
     ) -> Result<Vmm, Error> {
@@ -444,7 +441,6 @@ impl Vmm {
             events,
             console_tail,
             guest_ranges,
-            memory_mib,
             transports: devices.transports,
             event_loop: Some((stop_loop, event_thread)),
             vcpu_threads,
@@ -482,7 +478,8 @@ impl Vmm {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let serial = self.exits.pio.serial_state().ok_or_else(|| Error::Pause("serial lock poisoned".into()))?;
-        let snap = VmSnapshot { memory_mib: self.memory_mib, vcpus, vm, devices, serial };
+        let memory_mib = (self.guest_ranges.iter().map(|&(_, len)| len).sum::<u64>() >> 20) as u32;
+        let snap = VmSnapshot { memory_mib, vcpus, vm, devices, serial };
         let regions: Vec<&[u8]> = self
             .guest_ranges
             .iter()
