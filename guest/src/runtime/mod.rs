@@ -94,15 +94,12 @@ fn start(cmdline: &str, snap_start: bool) -> Result<(Arc<channel::Channel>, Opti
             }
             // Most likely a restore (every vsock connection is reset): connect again.
             let cmdline = cmdline.clone();
-            match tokio::task::spawn_blocking(move || reconnect(&cmdline)).await {
-                Ok(Ok((new_stream, new_decoder, writer))) => {
+            let reconnected = tokio::task::spawn_blocking(move || reconnect(&cmdline)).await;
+            match reconnected.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                Ok((new_stream, new_decoder, writer)) => {
                     reader_channel.replace(writer);
                     reader_api.restored();
                     (stream, decoder) = (new_stream, new_decoder);
-                }
-                Ok(Err(again)) => {
-                    log_error!("runtime channel: {e}; then {again}");
-                    break;
                 }
                 Err(again) => {
                     log_error!("runtime channel: {e}; then {again}");
