@@ -138,6 +138,10 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
             return Err(kill(&mut child, e).await);
         }
         () = tokio::time::sleep_until(deadline) => {
+            // Which of the two waits ran out is not in the function's error; it is the
+            // operator's clue (a guest that never came back after a restore, say).
+            let what = if restoring { "restored" } else { "booted" };
+            eprintln!("ember: instance {}: {what}, but its guest never connected the runtime channel", spec.id);
             return Err(kill(&mut child, Error::InitTimeout(spec.init_timeout)).await)
         }
     };
@@ -171,7 +175,10 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     loop {
         let frame = tokio::select! {
             frame = instance.next_frame() => frame,
-            () = tokio::time::sleep_until(deadline) => Err(Error::InitTimeout(spec.init_timeout)),
+            () = tokio::time::sleep_until(deadline) => {
+                eprintln!("ember: instance {}: its guest connected, but the runtime never became ready", instance.id);
+                Err(Error::InitTimeout(spec.init_timeout))
+            }
         };
         let result = match frame {
             Ok(f) if f.kind == Kind::Log => {
