@@ -222,6 +222,11 @@ pub enum VmEvent {
     Error(String),
     /// The VMM's controller asks for a snapshot into this directory.
     SnapshotRequested(PathBuf),
+    /// A vCPU left `KVM_RUN` for a snapshot and waits to save its state.
+    Stopped {
+        /// The vCPU.
+        id: u8,
+    },
     /// A vCPU stopped for a snapshot, with its state (or why it could not be read).
     Paused {
         /// The vCPU.
@@ -411,6 +416,7 @@ impl Vmm {
             _mem: vm.memory().clone(),
             pause: AtomicBool::new(false),
             msr_indices: OnceLock::new(),
+            save_gate: vstate::vcpu::SaveGate::default(),
         });
         let guest_ranges = vm
             .memory()
@@ -493,28 +499,46 @@ impl Vmm {
         Ok(written)
     }
 
-    /// Stops every vCPU out of KVM_RUN and collects its state, in id order.
+    /// Stops every vCPU out of KVM_RUN, then (all stopped: see [`vstate::vcpu`]) collects
+    /// their states, in id order.
     fn pause_vcpus(&mut self) -> Result<Vec<VcpuState>, Error> {
         let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
         let list = kvm.get_msr_index_list().map_err(|e| Error::Pause(format!("KVM_GET_MSR_INDEX_LIST: {e}")))?;
         let _ = self.exits.msr_indices.set(list.as_slice().to_vec());
-        self.exits.pause.store(true, Ordering::Release);
-        let mut states: Vec<Option<VcpuState>> = self.vcpu_threads.iter().map(|_| None).collect();
+        // However this ends, no vCPU thread is left waiting at the gate.
+        struct Open<'a>(&'a vstate::vcpu::SaveGate);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.open();
+            }
+        }
+        let exits = Arc::clone(&self.exits);
+        let _open = Open(&exits.save_gate);
+        exits.pause.store(true, Ordering::Release);
+        let count = self.vcpu_threads.len();
+        let mut stopped = vec![false; count];
+        let mut states: Vec<Option<VcpuState>> = (0..count).map(|_| None).collect();
         let deadline = Instant::now() + PAUSE_TIMEOUT;
         while states.iter().any(Option::is_none) {
             if Instant::now() > deadline {
                 return Err(Error::Pause(format!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}")));
             }
             // A kick can land just before a thread enters KVM_RUN and be lost: kick again until
-            // every thread has answered.
-            for (thread, state) in self.vcpu_threads.iter().zip(&states) {
-                if state.is_none() {
-                    // SAFETY: the pthread_t of a thread this Vmm spawned and never joined, so it is
-                    // valid; the signal's handler does nothing.
-                    unsafe { libc::pthread_kill(thread.as_pthread_t(), vstate::vcpu::kick_signal()) };
-                }
+            // every thread has stopped.
+            for (thread, _) in self.vcpu_threads.iter().zip(&stopped).filter(|(_, &stopped)| !stopped) {
+                // SAFETY: the pthread_t of a thread this Vmm spawned and never joined, so it is
+                // valid; the signal's handler does nothing.
+                unsafe { libc::pthread_kill(thread.as_pthread_t(), vstate::vcpu::kick_signal()) };
             }
             match self.events.recv_timeout(Duration::from_millis(1)) {
+                Ok(VmEvent::Stopped { id }) => {
+                    if let Some(s) = stopped.get_mut(usize::from(id)) {
+                        *s = true;
+                    }
+                    if stopped.iter().all(|&s| s) {
+                        exits.save_gate.open();
+                    }
+                }
                 Ok(VmEvent::Paused { id, state }) => {
                     let state = state.map_err(Error::Pause)?;
                     if let Some(slot) = states.get_mut(usize::from(id)) {
@@ -562,7 +586,9 @@ impl Vmm {
                 VmEvent::Reset => return Outcome::Crashed(self.crash_reason("the guest reset without powering off")),
                 VmEvent::Crash(why) => return Outcome::Crashed(self.crash_reason(&why)),
                 VmEvent::Error(why) => return Outcome::VmmError(why),
-                VmEvent::Paused { .. } => return Outcome::VmmError("a vCPU paused unasked".into()),
+                VmEvent::Paused { .. } | VmEvent::Stopped { .. } => {
+                    return Outcome::VmmError("a vCPU paused unasked".into())
+                }
                 VmEvent::SnapshotRequested(dir) => return Outcome::SnapshotRequested(dir),
             }
         }

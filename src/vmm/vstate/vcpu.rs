@@ -9,12 +9,16 @@
 //! thread with [`KICK_SIGNAL`] until it answers. The vCPU thread, out of `KVM_RUN`, enters
 //! it once more with `immediate_exit` set, which completes an I/O exit still in flight (an
 //! `out` whose instruction pointer has not moved yet, an MMIO read whose data KVM has not
-//! delivered) without running the guest, then reads its state ([`VcpuState`]) and sends it as
-//! [`VmEvent::Paused`]. A restore builds the vCPU from that state with [`Vcpu::restore`].
+//! delivered) without running the guest, says [`VmEvent::Stopped`] and waits at
+//! [`ExitContext::save_gate`]. Only once every vCPU has stopped does the main thread open the
+//! gate; each then reads its state ([`VcpuState`]) and sends it as [`VmEvent::Paused`]. Two
+//! phases, because a vCPU still running can send an IPI into the LAPIC of one already saved:
+//! that interrupt would be missing from the snapshot, and the restored guest would wait for
+//! it for ever. A restore builds the vCPU from that state with [`Vcpu::restore`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -134,6 +138,31 @@ pub struct ExitContext {
     pub pause: AtomicBool,
     /// The MSRs a paused vCPU saves (KVM's list, read by the main thread before pausing).
     pub msr_indices: OnceLock<Vec<u32>>,
+    /// Where stopped vCPUs wait until every vCPU has stopped (see the module docs).
+    pub save_gate: SaveGate,
+}
+
+/// A gate that opens once and stays open.
+#[derive(Default)]
+pub struct SaveGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl SaveGate {
+    /// Lets every waiting vCPU (and any that comes later) go on.
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // A loop: kicks (signals) and spurious wake-ups end a wait early.
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl ExitContext {
@@ -200,11 +229,9 @@ impl Vcpu {
         Ok(Vcpu { id, fd })
     }
 
-    /// Reads this vCPU's state. It must be out of `KVM_RUN` for good: the I/O exit it may be in
-    /// the middle of is completed first.
-    fn save(&mut self, msr_indices: &[u32]) -> Result<VcpuState, Error> {
+    /// Leaves `KVM_RUN` for good: completes the I/O exit it may be in the middle of.
+    fn stop(&mut self) -> Result<(), Error> {
         let id = self.id;
-        let err = |what| move |source| Error::Kvm { id, what, source };
         self.fd.set_kvm_immediate_exit(1);
         let completed = match self.fd.run() {
             Err(e) if e.errno() == libc::EINTR => Ok(()),
@@ -212,7 +239,13 @@ impl Vcpu {
             Ok(exit) => Err(Error::State { id, why: format!("exit {exit:?} while pausing") }),
         };
         self.fd.set_kvm_immediate_exit(0);
-        completed?;
+        completed
+    }
+
+    /// Reads this vCPU's state; it must have [stopped](Self::stop), and so must every other.
+    fn save(&mut self, msr_indices: &[u32]) -> Result<VcpuState, Error> {
+        let id = self.id;
+        let err = |what| move |source| Error::Kvm { id, what, source };
         let mut msrs = Vec::with_capacity(msr_indices.len());
         for chunk in msr_indices.chunks(MSR_CHUNK) {
             let mut wanted: Vec<kvm_msr_entry> =
@@ -249,9 +282,12 @@ impl Vcpu {
         let id = self.id;
         let end = loop {
             if ctx.pause.load(Ordering::Acquire) {
-                let indices = ctx.msr_indices.get().map_or(&[][..], |v| &v[..]);
-                let state = self.save(indices).map(Box::new).map_err(|e| e.to_string());
-                break VmEvent::Paused { id, state };
+                let state = self.stop().and_then(|()| {
+                    let _ = ctx.events.send(VmEvent::Stopped { id });
+                    ctx.save_gate.wait();
+                    self.save(ctx.msr_indices.get().map_or(&[][..], |v| &v[..]))
+                });
+                break VmEvent::Paused { id, state: state.map(Box::new).map_err(|e| e.to_string()) };
             }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => ctx.pio.read(port, data),
