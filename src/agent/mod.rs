@@ -109,11 +109,48 @@ pub fn short_hash(path: &std::path::Path) -> String {
     hash.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Open files the agent holds per running instance: the VMM's control socket, the runtime
+/// channel, the child's pid fd and pipes, with room to spare.
+const FILES_PER_INSTANCE: u64 = 8;
+/// Open files for everything else: the store, logs, listeners, API connections.
+const FILES_BASE: u64 = 1024;
+
+fn open_file_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+}
+
+/// Raises the limit on open files: the usual soft limit (1024) runs out at about 300
+/// instances, well short of what a host holds. Up to what `max_instances` needs where the
+/// agent may raise the hard limit (root), else to the hard limit, with a warning when that is
+/// short.
+fn raise_open_file_limit(max_instances: usize) {
+    let Some(limit) = open_file_limit() else { return };
+    let needed = FILES_BASE + FILES_PER_INSTANCE * max_instances as u64;
+    let wanted = [
+        libc::rlimit { rlim_cur: needed.max(limit.rlim_max), rlim_max: needed.max(limit.rlim_max) },
+        libc::rlimit { rlim_cur: limit.rlim_max, ..limit },
+    ];
+    // SAFETY: setrlimit reads the struct we pass. The first try fails (EPERM) without the
+    // privilege to raise the hard limit, and changes nothing then.
+    let set = wanted
+        .iter()
+        .find(|l| l.rlim_cur >= limit.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, *l) } == 0);
+    let allowed = set.map_or(limit.rlim_cur, |l| l.rlim_cur);
+    if allowed < needed {
+        eprintln!(
+            "ember: warning: {allowed} open files allowed (ulimit -n), {max_instances} instances may need {needed}"
+        );
+    }
+}
+
 /// Runs the agent until it is killed.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 
+    raise_open_file_limit(options.pool.max_instances);
     std::fs::create_dir_all(&options.data_dir).map_err(io_err(format!("create {}", options.data_dir.display())))?;
     let store = store::Store::open(&options.data_dir).map_err(|e| ServeError::Store(e.to_string()))?;
     let logs = logs::Logs::open(&options.data_dir.join("logs")).map_err(io_err("open the log directory"))?;
@@ -162,4 +199,21 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         None => on_unix.await,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_file_limit_is_raised_to_the_hard_limit() {
+        let limit = open_file_limit().expect("getrlimit");
+        let lowered = libc::rlimit { rlim_cur: limit.rlim_cur.min(limit.rlim_max) - 1, ..limit };
+        // SAFETY: setrlimit reads the struct; one file fewer than before harms no other test.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        raise_open_file_limit(1);
+        let raised = open_file_limit().expect("getrlimit");
+        assert_eq!(raised.rlim_cur, raised.rlim_max);
+        assert!(raised.rlim_cur >= limit.rlim_max.max(FILES_BASE + FILES_PER_INSTANCE));
+    }
 }
