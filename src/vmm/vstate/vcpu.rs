@@ -243,9 +243,20 @@ impl Vcpu {
     }
 
     /// Reads this vCPU's state; it must have [stopped](Self::stop), and so must every other.
+    ///
+    /// In the order KVM needs: the MP state first (reading it accepts a pending INIT or SIPI,
+    /// which changes the LAPIC and registers), the LAPIC before the MSRs (reading it moves
+    /// posted interrupts into its IRR), the events last (the other reads may raise one).
     fn save(&mut self, msr_indices: &[u32]) -> Result<VcpuState, Error> {
         let id = self.id;
         let err = |what| move |source| Error::Kvm { id, what, source };
+        let mp_state = self.fd.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
+        let regs = self.fd.get_regs().map_err(err("KVM_GET_REGS"))?;
+        let sregs = self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        let xsave = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
+        let xcrs = self.fd.get_xcrs().map_err(err("KVM_GET_XCRS"))?;
+        let debugregs = self.fd.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?;
+        let lapic = self.fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
         let mut msrs = Vec::with_capacity(msr_indices.len());
         for chunk in msr_indices.chunks(MSR_CHUNK) {
             let mut wanted: Vec<kvm_msr_entry> =
@@ -259,17 +270,8 @@ impl Vcpu {
                 wanted.drain(..(read + 1).min(wanted.len()));
             }
         }
-        Ok(VcpuState {
-            regs: self.fd.get_regs().map_err(err("KVM_GET_REGS"))?,
-            sregs: self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?,
-            xsave: self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
-            xcrs: self.fd.get_xcrs().map_err(err("KVM_GET_XCRS"))?,
-            lapic: self.fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?,
-            msrs,
-            debugregs: self.fd.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
-            events: self.fd.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
-            mp_state: self.fd.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
-        })
+        let events = self.fd.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?;
+        Ok(VcpuState { regs, sregs, xsave, xcrs, lapic, msrs, debugregs, events, mp_state })
     }
 
     /// The vCPU fd (for its statistics).
