@@ -217,7 +217,7 @@ fn echo_vm(dir: &Path) -> Result<(Vmm, UnixStream), Error> {
         tmp_dir: PathBuf::from(dir),
         vsock_uds: Some(uds.clone()),
     };
-    let mut vm = Vmm::start(&config)?;
+    let mut vm = Vmm::start(&config, vmm::EmptyVm::create().map_err(vmm::Error::from)?)?;
     match vm.wait(true, Duration::from_secs(120), Instant::now()) {
         Outcome::Ready => {}
         other => return Err(Error::NotReady(other)),
@@ -566,16 +566,20 @@ async fn density_runs(dir: &Path, agent_pid: u32, zip: &[u8], max: u32) -> Resul
     Ok((median(&sorted), held))
 }
 
-/// The Private_Dirty of every `ember vmm` child of `agent_pid`, in KiB.
+/// The Private_Dirty of every `ember vmm` child of `agent_pid` that runs a VM (not the spares
+/// waiting for one), in KiB.
 fn vmm_private_kib(agent_pid: u32) -> Vec<u64> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let Some(after) = stat.rsplit_once(") ").map(|(_, rest)| rest) else { continue };
-        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) != Some(agent_pid) {
+        // The command name is in parentheses and may hold spaces; the fields follow it.
+        let Some((head, after)) = stat.rsplit_once(") ") else { continue };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        if comm != crate::vmm::process::VMM_NAME
+            || after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) != Some(agent_pid)
+        {
             continue;
         }
         if let Some(kib) = crate::agent::instance::private_dirty_kib(pid) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 mod client;
 
 use clap::{Parser, Subcommand};
-use ember::vmm::{default_guest_dir, Console, Outcome, RestoreConfig, VmConfig, Vmm, DEFAULT_CMDLINE};
+use ember::vmm::{default_guest_dir, Console, EmptyVm, Outcome, RestoreConfig, VmConfig, Vmm, DEFAULT_CMDLINE};
 
 /// Exit status of `ember boot`: the guest powered off cleanly (or reached ready with `--until-ready`).
 const EXIT_OK: u8 = 0;
@@ -205,7 +205,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
             tmp_dir: std::env::temp_dir(),
             vsock_uds: args.vsock_uds.clone(),
         };
-        return match Vmm::restore(&config) {
+        return match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::restore(&config, vm)) {
             Ok(vmm) => {
                 println!("restore_ms={:.1}", started.elapsed().as_secs_f64() * 1000.0);
                 run_to_end(vmm, &args, started)
@@ -229,7 +229,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         tmp_dir: std::env::temp_dir(),
         vsock_uds: args.vsock_uds.clone(),
     };
-    let mut vmm = match Vmm::start(&config) {
+    let mut vmm = match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::start(&config, vm)) {
         Ok(vmm) => vmm,
         Err(e) => {
             eprintln!("ember: error: {e}");

@@ -233,16 +233,17 @@ async fn a_vmm_that_dies_is_replaced() {
     assert!(again.log_tail().contains("Init Duration"), "a new instance booted: {}", again.log_tail());
 }
 
-/// The pids of `ember vmm` processes whose parent is `parent`.
+/// The pids of `ember vmm` processes whose parent is `parent` and that run a VM (not the
+/// spares waiting for one).
 fn vmm_children(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a.to_owned()) else { continue };
+        let Some((head, after)) = stat.rsplit_once(") ") else { continue };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
         let ppid: u32 = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == parent && cmdline.split(|b| *b == 0).nth(1) == Some(b"vmm") {
+        if ppid == parent && comm == ember::vmm::process::VMM_NAME {
             out.push(pid);
         }
     }

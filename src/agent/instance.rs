@@ -76,8 +76,8 @@ pub struct LaunchSpec {
     pub id: String,
     /// Its directory of sockets (created here, removed on destroy).
     pub dir: PathBuf,
-    /// The `ember` binary to run as `ember vmm`.
-    pub vmm_binary: PathBuf,
+    /// Where the `ember vmm` process comes from.
+    pub vmms: Arc<Spares>,
     /// The VM (its `vsock_uds` is set here, inside `dir`).
     pub vm: VmmSpec,
     /// How to start the runtime.
@@ -115,10 +115,7 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     let listener = UnixListener::bind(with_port(&vsock, runtime::RUNTIME_PORT)).map_err(host("bind runtime socket"))?;
     spec.vm.vsock_uds = vsock;
 
-    let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
-    let mut child = spawn_vmm(&spec.vmm_binary, OwnedFd::from(vmm_end))?;
-    agent_end.set_nonblocking(true).map_err(host("control socket"))?;
-    let mut control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
+    let VmmProcess { mut child, mut control } = spec.vmms.take()?;
     let mut line = serde_json::to_vec(&spec.vm).expect("spec serializes");
     line.push(b'\n');
     control.get_mut().write_all(&line).await.map_err(host("send spec"))?;
@@ -238,6 +235,77 @@ fn with_port(path: &Path, port: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!("_{port}"));
     s.into()
+}
+
+/// An `ember vmm` process that has not had its spec yet, and the agent's end of its control
+/// socket.
+pub struct VmmProcess {
+    child: Child,
+    control: BufReader<UnixStream>,
+}
+
+impl VmmProcess {
+    fn spawn(binary: &Path) -> Result<VmmProcess, Error> {
+        let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
+        let child = spawn_vmm(binary, OwnedFd::from(vmm_end))?;
+        agent_end.set_nonblocking(true).map_err(host("control socket"))?;
+        let control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
+        Ok(VmmProcess { child, control })
+    }
+}
+
+/// `ember vmm` processes started ahead of need. Each creates its VM (with irqchip and PIT) as
+/// it starts and then waits for its spec, so that a launch skips the process start and the
+/// VM's creation (~130 ms of a restore in the emulated host). A launch takes one and starts a
+/// replacement; spares are not instances (no memory, no guest) and die with the agent.
+pub struct Spares {
+    binary: PathBuf,
+    /// How many to keep.
+    want: usize,
+    ready: std::sync::Mutex<Vec<VmmProcess>>,
+}
+
+impl Spares {
+    /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them.
+    pub fn new(binary: PathBuf, want: usize) -> Arc<Spares> {
+        Arc::new(Spares { binary, want, ready: std::sync::Mutex::default() })
+    }
+
+    /// A VMM for a launch: a spare that is still alive, else a new process. Replaces it.
+    fn take(self: &Arc<Self>) -> Result<VmmProcess, Error> {
+        let spare = loop {
+            let Some(mut p) = self.lock().pop() else { break None };
+            // One that died waiting (its VM could not be created, say) is dropped.
+            if matches!(p.child.try_wait(), Ok(None)) {
+                break Some(p);
+            }
+        };
+        self.fill();
+        match spare {
+            Some(p) => Ok(p),
+            None => VmmProcess::spawn(&self.binary),
+        }
+    }
+
+    /// Starts spares, off the caller's path, until there are `want`.
+    pub fn fill(self: &Arc<Self>) {
+        let spares = Arc::clone(self);
+        tokio::spawn(async move {
+            while spares.lock().len() < spares.want {
+                match VmmProcess::spawn(&spares.binary) {
+                    Ok(p) => spares.lock().push(p),
+                    Err(e) => {
+                        eprintln!("ember: spare VMM: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<VmmProcess>> {
+        self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn spawn_vmm(binary: &Path, control: OwnedFd) -> Result<Child, Error> {

@@ -158,6 +158,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let snapshots = snapshots::Snapshots::open(&options.data_dir.join("snapshots"))
         .map_err(|e| ServeError::Store(e.to_string()))?;
     let pool = pool::Pool::new(options.pool, logs.clone(), snapshots).map_err(io_err(format!("set up {run_dir}")))?;
+    pool.start_spares();
     // Provisioned concurrency outlives the agent: start it again.
     for (name, requested) in store.provisioned().map_err(|e| ServeError::Store(e.to_string()))? {
         match store.get(&name) {

@@ -80,6 +80,8 @@ struct Shared {
     snapshots: Snapshots,
     /// Held while a function's snapshot is looked up or made.
     snapshot_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// VMM processes started ahead of launches: one per boot slot.
+    vmms: Arc<instance::Spares>,
 }
 
 #[derive(Default)]
@@ -232,9 +234,15 @@ impl Pool {
         let released = tokio::sync::Notify::new();
         let snapshot_locks = Mutex::default();
         let state = Mutex::default();
+        let vmms = instance::Spares::new(config.vmm_binary.clone(), config.max_boots.max(1));
         Ok(Pool {
-            shared: Arc::new(Shared { config, shares, boots, released, logs, state, snapshots, snapshot_locks }),
+            shared: Arc::new(Shared { config, shares, boots, released, logs, state, snapshots, snapshot_locks, vmms }),
         })
+    }
+
+    /// Starts the spare VMM processes launches take (see [`instance::Spares`]).
+    pub fn start_spares(&self) {
+        self.shared.vmms.fill();
     }
 
     /// Runs one invocation on a warm idle instance of the function, or a new one.
@@ -743,7 +751,7 @@ impl Pool {
         let dir = config.run_dir.join(id);
         Ok(LaunchSpec {
             id: id.to_owned(),
-            vmm_binary: config.vmm_binary.clone(),
+            vmms: Arc::clone(&self.shared.vmms),
             vm: VmmSpec {
                 memory_mib: f.memory_mib,
                 vcpus: vcpus_for(f.memory_mib),

@@ -48,6 +48,7 @@ use devices::MmioBus;
 use snapshot::{DeviceKind, DeviceState, VmSnapshot};
 use vstate::stats::Counter;
 use vstate::vcpu::{ExitContext, Vcpu, VcpuState};
+pub use vstate::vm::EmptyVm;
 use vstate::vm::{create_memory, Vm};
 
 /// The guest's vsock context id (0-2 are reserved; each VM has its own device, so all can use 3).
@@ -299,14 +300,13 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// Builds the VM described by `config` and starts its vCPUs.
-    pub fn start(config: &VmConfig) -> Result<Vmm, Error> {
+    /// Builds the VM described by `config` in `vm` and starts its vCPUs.
+    pub fn start(config: &VmConfig, vm: EmptyVm) -> Result<Vmm, Error> {
         config.validate()?;
         let mem_size = u64::from(config.memory_mib) << 20;
         let mem = create_memory(mem_size, config.hugepages)?;
         let entry = boot::load_kernel(&mem, &config.kernel)?;
-        let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
-        let vm = Vm::new(&kvm, mem)?;
+        let vm = Vm::new(vm, mem)?;
         let (events_tx, events) = channel();
 
         let mut cmdline = boot::make_cmdline(&config.cmdline)?;
@@ -352,12 +352,12 @@ impl Vmm {
         Vmm::launch(vm, vcpus, devices, pio, console_tail, events_tx, events)
     }
 
-    /// Builds a VM from the snapshot in `config.snapshot_dir` and starts its vCPUs where they
-    /// stopped. Guest memory is the snapshot's memory file mapped private; the drives are
+    /// Builds a VM in `vm` from the snapshot in `config.snapshot_dir` and starts its vCPUs
+    /// where they stopped. Guest memory is the snapshot's memory file mapped private; the drives are
     /// opened again from their paths (a fresh /tmp drive in `config.tmp_dir`), the vsock
     /// device listens on `config.vsock_uds` and tells the guest that its old connections are
     /// gone.
-    pub fn restore(config: &RestoreConfig) -> Result<Vmm, Error> {
+    pub fn restore(config: &RestoreConfig, vm: EmptyVm) -> Result<Vmm, Error> {
         let snap: VmSnapshot = snapshot::read_state(&config.snapshot_dir.join(snapshot::STATE_FILE))?;
         let count = u8::try_from(snap.vcpus.len()).unwrap_or(0);
         validate_shape(snap.memory_mib, count)?;
@@ -365,8 +365,7 @@ impl Vmm {
         let memory_path = config.snapshot_dir.join(snapshot::MEMORY_FILE);
         let file = File::open(&memory_path).map_err(|source| snapshot::Error::Io { path: memory_path, source })?;
         let mem = vstate::vm::map_memory_file(&file, mem_size)?;
-        let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
-        let vm = Vm::new(&kvm, mem)?;
+        let vm = Vm::new(vm, mem)?;
         vm.restore_state(&snap.vm)?;
         // The vCPUs (their LAPICs) before the devices: a device that raises its interrupt as
         // it is restored must find them in their final state, not have the interrupt

@@ -1,7 +1,9 @@
 //! `ember vmm`: one microVM in its own process, controlled by the agent over a Unix socket.
 //!
 //! The agent creates a socket pair, passes one end as this process's fd [`CONTROL_FD`] and
-//! writes one JSON line, the [`VmmSpec`]. The VMM boots it (or restores the snapshot the spec
+//! writes one JSON line, the [`VmmSpec`]. The process creates its VM before it reads that line
+//! (what does not depend on the spec: [`EmptyVm`]), so that the agent can start it ahead of
+//! need; it is named [`SPARE_NAME`] until the spec comes, [`VMM_NAME`] after. The VMM boots it (or restores the snapshot the spec
 //! names) and, when the VM ends, writes one [`VmmExit`] line and exits. While the VM runs the
 //! agent may send one [`Control`] line: a snapshot request, after which the VMM pauses the VM,
 //! writes the snapshot, reports `snapshotted` (or why not) and exits. Closing the agent's end,
@@ -16,10 +18,23 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Console, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm};
+use super::{Console, EmptyVm, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm};
 
 /// The fd of the control socket in an `ember vmm` process.
 pub const CONTROL_FD: i32 = 3;
+/// The process's name (`/proc/PID/comm`) while it waits for its spec: a spare, not an instance.
+pub const SPARE_NAME: &str = "ember-spare";
+/// The process's name once it has its spec and runs a VM.
+pub const VMM_NAME: &str = "ember-vmm";
+
+/// Names this process (its main thread), for whoever lists processes.
+fn set_name(name: &str) {
+    let name = std::ffi::CString::new(name).expect("no NUL in the name");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer ones are
+    // cut) from a pointer that stays valid for the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
 /// The longest spec line accepted.
 const MAX_SPEC: u64 = 64 * 1024;
 
@@ -66,7 +81,8 @@ pub enum Control {
 /// How the VM ended, as `ember vmm` reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmExit {
-    /// `powered_off`, `crashed`, `boot_timeout`, `vmm_error` or `snapshotted`.
+    /// `powered_off`, `crashed`, `boot_timeout`, `vmm_error`, `host_error` (the VM could not
+    /// be created: no spec was read) or `snapshotted`.
     pub outcome: String,
     /// ember-init's status for `powered_off`, else 0.
     pub status: u32,
@@ -91,7 +107,6 @@ impl VmmExit {
 /// Runs `ember vmm`: reads the spec from [`CONTROL_FD`], runs the VM, reports how it ended.
 /// Returns the process's exit status.
 pub fn run() -> u8 {
-    let started = Instant::now();
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     // SAFETY: getppid has no preconditions.
@@ -99,9 +114,10 @@ pub fn run() -> u8 {
         // The agent died before the death signal was armed.
         return 1;
     }
+    set_name(SPARE_NAME);
     // SAFETY: the agent passes the control socket as fd 3; nothing else in this process owns it.
     let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let (exit, code) = match boot(&control, started) {
+    let (exit, code) = match boot(&control) {
         Ok(exit) => (exit, 0),
         Err(message) => (VmmExit { outcome: "vmm_error".into(), status: 0, message }, 1),
     };
@@ -111,31 +127,46 @@ pub fn run() -> u8 {
     code
 }
 
-fn boot(control: &UnixStream, started: Instant) -> Result<VmmExit, String> {
+fn boot(control: &UnixStream) -> Result<VmmExit, String> {
+    // Before the spec: the agent may start this process well ahead of the work. A failure
+    // here is the host's (out of memory, too many VMs), never a snapshot's.
+    let vm = match EmptyVm::create() {
+        Ok(vm) => vm,
+        Err(e) => return Ok(VmmExit { outcome: "host_error".into(), status: 0, message: e.to_string() }),
+    };
     let mut reader = BufReader::new(control.try_clone().map_err(|e| format!("clone control socket: {e}"))?);
     let mut line = String::new();
     (&mut reader).take(MAX_SPEC).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
+    if line.is_empty() {
+        // The agent went away (or no longer needs this spare): nothing to report.
+        std::process::exit(0);
+    }
+    let started = Instant::now();
+    set_name(VMM_NAME);
     let spec: VmmSpec = serde_json::from_str(&line).map_err(|e| format!("bad spec: {e}"))?;
     let console = spec.console.map_or(Console::Off, Console::File);
     let mut vmm = match spec.restore {
         Some(snapshot_dir) => {
             let config =
                 RestoreConfig { snapshot_dir, console, tmp_dir: spec.tmp_dir, vsock_uds: Some(spec.vsock_uds) };
-            Vmm::restore(&config)
+            Vmm::restore(&config, vm)
         }
-        None => Vmm::start(&VmConfig {
-            memory_mib: spec.memory_mib,
-            vcpus: spec.vcpus,
-            kernel: spec.kernel,
-            rootfs: Some(spec.rootfs),
-            cmdline: spec.cmdline,
-            console,
-            hugepages: true,
-            code: spec.code,
-            tmp_mib: spec.tmp_mib,
-            tmp_dir: spec.tmp_dir,
-            vsock_uds: Some(spec.vsock_uds),
-        }),
+        None => Vmm::start(
+            &VmConfig {
+                memory_mib: spec.memory_mib,
+                vcpus: spec.vcpus,
+                kernel: spec.kernel,
+                rootfs: Some(spec.rootfs),
+                cmdline: spec.cmdline,
+                console,
+                hugepages: true,
+                code: spec.code,
+                tmp_mib: spec.tmp_mib,
+                tmp_dir: spec.tmp_dir,
+                vsock_uds: Some(spec.vsock_uds),
+            },
+            vm,
+        ),
     }
     .map_err(|e| e.to_string())?;
     // A snapshot request goes to the main thread (which owns the VM); anything else from the

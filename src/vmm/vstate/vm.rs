@@ -148,14 +148,33 @@ pub fn create_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, Erro
     GuestMemoryMmap::from_regions(regions).map_err(|_| Error::MapMemory(size >> 20))
 }
 
-impl Vm {
-    /// Creates the VM, its irqchip and PIT, and registers `mem` as guest RAM.
-    pub fn new(kvm: &Kvm, mem: GuestMemoryMmap) -> Result<Self, Error> {
+/// A VM with its irqchip and PIT but no memory yet: what does not depend on the VM's shape,
+/// made before the shape is known. A VMM process started ahead of need (the agent keeps one
+/// spare) makes it while it waits for its work: creating a VM is a good part of a restore.
+pub struct EmptyVm {
+    fd: VmFd,
+    supported_cpuid: CpuId,
+}
+
+impl EmptyVm {
+    /// Creates the VM, its irqchip and PIT.
+    pub fn create() -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let supported_cpuid =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(EmptyVm { fd, supported_cpuid })
+    }
+}
+
+impl Vm {
+    /// Registers `mem` as the guest RAM of `vm`.
+    pub fn new(vm: EmptyVm, mem: GuestMemoryMmap) -> Result<Self, Error> {
+        let EmptyVm { fd, supported_cpuid } = vm;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem.get_host_address(region.start_addr()).map_err(|_| Error::MapMemory(region.len() >> 20))?;
             let region = kvm_userspace_memory_region {
@@ -169,8 +188,6 @@ impl Vm {
             // long as the VM fd exists, and the guest ranges do not overlap.
             unsafe { fd.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        let supported_cpuid =
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(Vm { fd, supported_cpuid, mem })
     }
 
