@@ -3,8 +3,9 @@
 //! The agent creates a socket pair, passes one end as this process's fd [`CONTROL_FD`] and
 //! writes one JSON line, the [`VmmSpec`]. The process creates its VM before it reads that line
 //! (what does not depend on the spec: [`EmptyVm`]), so that the agent can start it ahead of
-//! need; it is named [`SPARE_NAME`] until the spec comes, [`VMM_NAME`] after. The VMM boots it (or restores the snapshot the spec
-//! names) and, when the VM ends, writes one [`VmmExit`] line and exits. While the VM runs the
+//! need; it is named [`SPARE_NAME`] until the spec comes, [`VMM_NAME`] after. The VMM boots
+//! the spec (or restores the snapshot it names) and, when the VM ends, writes one [`VmmExit`]
+//! line and exits. While the VM runs the
 //! agent may send one [`Control`] line: a snapshot request, after which the VMM pauses the VM,
 //! writes the snapshot, reports `snapshotted` (or why not) and exits. Closing the agent's end,
 //! or anything else on it (or the agent dying: the process asks for SIGKILL when its parent
