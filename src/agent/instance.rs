@@ -116,6 +116,9 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     spec.vm.vsock_uds = vsock;
 
     let VmmProcess { mut child, mut control } = spec.vmms.take()?;
+    // The replacement spare is started once this launch is over, however it ends: on a host
+    // short of CPU, starting it meanwhile would slow the very launch it is meant to speed up.
+    let _refill = Refill(Arc::clone(&spec.vmms));
     let mut line = serde_json::to_vec(&spec.vm).expect("spec serializes");
     line.push(b'\n');
     control.get_mut().write_all(&line).await.map_err(host("send spec"))?;
@@ -256,8 +259,8 @@ impl VmmProcess {
 
 /// `ember vmm` processes started ahead of need. Each creates its VM (with irqchip and PIT) as
 /// it starts and then waits for its spec, so that a launch skips the process start and the
-/// VM's creation (~130 ms of a restore in the emulated host). A launch takes one and starts a
-/// replacement; spares are not instances (no memory, no guest) and die with the agent.
+/// VM's creation. A launch takes one and, once it is over, starts a replacement; spares are
+/// not instances (no memory, no guest) and die with the agent.
 pub struct Spares {
     binary: PathBuf,
     /// How many to keep.
@@ -271,26 +274,23 @@ impl Spares {
         Arc::new(Spares { binary, want, ready: std::sync::Mutex::default() })
     }
 
-    /// A VMM for a launch: a spare that is still alive, else a new process. Replaces it.
-    fn take(self: &Arc<Self>) -> Result<VmmProcess, Error> {
-        let spare = loop {
-            let Some(mut p) = self.lock().pop() else { break None };
+    /// A VMM for a launch: a spare that is still alive, else a new process.
+    fn take(&self) -> Result<VmmProcess, Error> {
+        while let Some(mut p) = self.lock().pop() {
             // One that died waiting (its VM could not be created, say) is dropped.
             if matches!(p.child.try_wait(), Ok(None)) {
-                break Some(p);
+                return Ok(p);
             }
-        };
-        self.fill();
-        match spare {
-            Some(p) => Ok(p),
-            None => VmmProcess::spawn(&self.binary),
         }
+        VmmProcess::spawn(&self.binary)
     }
 
     /// Starts spares, off the caller's path, until there are `want`.
     pub fn fill(self: &Arc<Self>) {
+        // Nothing to do in a runtime that is shutting down (a launch dropped with it).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let spares = Arc::clone(self);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             while spares.lock().len() < spares.want {
                 match VmmProcess::spawn(&spares.binary) {
                     Ok(p) => spares.lock().push(p),
@@ -305,6 +305,15 @@ impl Spares {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<VmmProcess>> {
         self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Tops the spares up when dropped.
+struct Refill(Arc<Spares>);
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        self.0.fill();
     }
 }
 
