@@ -47,12 +47,8 @@ args() {
 } >"$runner"
 # `restore` holds up to a thousand idle microVMs at once: give the emulated host the memory
 # (QEMU maps it lazily, so it costs only what they use).
-# One emulated CPU: with two, the emulated host's own kernel (QEMU's TCG emulating AMD-V)
-# oopses every few hundred restores ("stack guard page was hit" in an ember-vcpu thread right
-# after VMRUN), which leaves that VM's start hanging, and soon panics; with one it held 900
-# restores and 400 live VMs without a fault.
 if [ "$name" = restore ]; then
-    export EMBER_L1_MEM_MIB=${EMBER_L1_MEM_MIB:-20480} EMBER_L1_CPUS=${EMBER_L1_CPUS:-1}
+    export EMBER_L1_MEM_MIB=${EMBER_L1_MEM_MIB:-20480}
 fi
 ember_on_kvm_host bash "$runner" | tee "$out"
 
