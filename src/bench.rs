@@ -569,24 +569,10 @@ async fn density_runs(dir: &Path, agent_pid: u32, zip: &[u8], max: u32) -> Resul
 /// The Private_Dirty of every `ember vmm` child of `agent_pid` that runs a VM (not the spares
 /// waiting for one), in KiB.
 fn vmm_private_kib(agent_pid: u32) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The command name is in parentheses and may hold spaces; the fields follow it.
-        let Some((head, after)) = stat.rsplit_once(") ") else { continue };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        if comm != crate::vmm::process::VMM_NAME
-            || after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) != Some(agent_pid)
-        {
-            continue;
-        }
-        if let Some(kib) = crate::agent::instance::private_dirty_kib(pid) {
-            out.push(kib);
-        }
-    }
-    out
+    crate::vmm::process::running_vmms(agent_pid)
+        .into_iter()
+        .filter_map(crate::agent::instance::private_dirty_kib)
+        .collect()
 }
 
 /// A kept-alive HTTP/1.1 connection to the agent.

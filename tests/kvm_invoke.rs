@@ -192,7 +192,7 @@ async fn functions_survive_kill9_and_nothing_is_left_behind() {
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     assert_eq!(agent.invoke("r", json!({"a": 1})).await.json(), json!({"a": 1}));
     let agent_pid = agent.child.id();
-    let vmms = vmm_children(agent_pid);
+    let vmms = ember::vmm::process::running_vmms(agent_pid);
     assert_eq!(vmms.len(), 1, "one instance runs");
 
     agent.kill9();
@@ -216,7 +216,7 @@ async fn a_vmm_that_dies_is_replaced() {
     let created = agent.create("v", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 30})).await;
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     assert_eq!(agent.invoke("v", json!({"a": 1})).await.json(), json!({"a": 1}));
-    let vmms = vmm_children(agent.child.id());
+    let vmms = ember::vmm::process::running_vmms(agent.child.id());
     assert_eq!(vmms.len(), 1, "one instance runs");
     // SAFETY: kill(2) with a pid we just read and SIGKILL; nothing in this process is touched.
     assert_eq!(unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) }, 0);
@@ -231,23 +231,6 @@ async fn a_vmm_that_dies_is_replaced() {
     assert_eq!((again.status, function_error(&again)), (200, None), "{}", String::from_utf8_lossy(&again.body));
     assert_eq!(again.json(), json!({"b": 2}));
     assert!(again.log_tail().contains("Init Duration"), "a new instance booted: {}", again.log_tail());
-}
-
-/// The pids of `ember vmm` processes whose parent is `parent` and that run a VM (not the
-/// spares waiting for one).
-fn vmm_children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((head, after)) = stat.rsplit_once(") ") else { continue };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let ppid: u32 = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent && comm == ember::vmm::process::VMM_NAME {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[test]

@@ -28,6 +28,25 @@ pub const SPARE_NAME: &str = "ember-spare";
 /// The process's name once it has its spec and runs a VM.
 pub const VMM_NAME: &str = "ember-vmm";
 
+/// The pids of the children of `parent` that run a VM (named [`VMM_NAME`]; spares waiting for
+/// a spec are left out).
+pub fn running_vmms(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name is in parentheses and may hold spaces; the fields follow it.
+        let Some((head, after)) = stat.rsplit_once(") ") else { continue };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if comm == VMM_NAME && ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Names this process (its main thread), for whoever lists processes.
 fn set_name(name: &str) {
     let name = std::ffi::CString::new(name).expect("no NUL in the name");
