@@ -128,16 +128,15 @@ fn open_file_limit() -> Option<libc::rlimit> {
 fn raise_open_file_limit(max_instances: usize) {
     let Some(limit) = open_file_limit() else { return };
     let needed = FILES_BASE + FILES_PER_INSTANCE * max_instances as u64;
-    let wanted = [
-        libc::rlimit { rlim_cur: needed.max(limit.rlim_max), rlim_max: needed.max(limit.rlim_max) },
-        libc::rlimit { rlim_cur: limit.rlim_max, ..limit },
-    ];
-    // SAFETY: setrlimit reads the struct we pass. The first try fails (EPERM) without the
-    // privilege to raise the hard limit, and changes nothing then.
-    let set = wanted
-        .iter()
-        .find(|l| l.rlim_cur >= limit.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, *l) } == 0);
-    let allowed = set.map_or(limit.rlim_cur, |l| l.rlim_cur);
+    // Root may raise the hard limit too; anyone may raise the soft limit up to the hard one.
+    let allowed = [needed.max(limit.rlim_max), limit.rlim_max]
+        .into_iter()
+        .find(|&to| {
+            let l = libc::rlimit { rlim_cur: to, rlim_max: to };
+            // SAFETY: setrlimit reads the struct we pass; a refused raise (EPERM) changes nothing.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 }
+        })
+        .unwrap_or(limit.rlim_cur);
     if allowed < needed {
         eprintln!(
             "ember: warning: {allowed} open files allowed (ulimit -n), {max_instances} instances may need {needed}"

@@ -149,8 +149,8 @@ pub fn create_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, Erro
 }
 
 /// A VM with its irqchip and PIT but no memory yet: what does not depend on the VM's shape,
-/// made before the shape is known. A VMM process started ahead of need (the agent keeps one
-/// spare) makes it while it waits for its work: creating a VM is a good part of a restore.
+/// made before the shape is known. A VMM process started ahead of need (the agent's spares)
+/// makes it while it waits for its work: creating a VM is a good part of a restore.
 pub struct EmptyVm {
     fd: VmFd,
     supported_cpuid: CpuId,
