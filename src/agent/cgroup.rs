@@ -1,13 +1,21 @@
 //! The fractional CPU share of a function, as Lambda gives it: one vCPU's worth of CPU time per
 //! 1769 MB of memory, enforced with cgroup v2's `cpu.max` on the instance's VMM process.
 //!
-//! Each instance gets a cgroup `<root>/<instance id>` once its init is over (Lambda lets init
-//! run unthrottled); the root is `ember-<name>` at the top of the cgroup v2 hierarchy. Where
-//! the host does not allow that (no cgroup v2, no cpu controller, not root), the agent says so
-//! once and runs instances unthrottled.
+//! Every `ember vmm` process gets a cgroup of its own, `<root>/vmm-<n>`, made before the
+//! process starts and joined by it before it execs; the root is `ember-<name>` at the top of
+//! the cgroup v2 hierarchy. A spare VMM waits there at the lowest CPU weight, so that starting
+//! spares takes only CPU time that no instance wants. The launch that takes it gives it the
+//! default weight, and once the instance's init is over, its memory's share as `cpu.max`
+//! (Lambda lets init run unthrottled). Moving a process between cgroups waits for an RCU
+//! grace period (milliseconds, tens on a slow host), so nothing is moved on a launch's path:
+//! only attributes are written. Where the host does not allow cgroups (no cgroup v2, no cpu
+//! controller, not root), the agent says so once and runs everything unthrottled.
 
+use std::ffi::{CStr, CString};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The cgroup v2 mount point.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -15,28 +23,39 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const PERIOD_US: u64 = 100_000;
 /// Memory per whole CPU, in MB.
 const MB_PER_CPU: u64 = 1769;
+/// The CPU weight of a spare: the lowest, so that against an instance's default of 100 a
+/// spare gets 1% of a contended CPU, and all of an idle one.
+const SPARE_WEIGHT: &str = "1";
+/// cgroup v2's default CPU weight, an instance's.
+const DEFAULT_WEIGHT: &str = "100";
 
-/// Where instance cgroups go, if the host allows them.
+/// Where VMM cgroups go, if the host allows them.
 pub struct CpuShares {
     root: Option<PathBuf>,
+    /// The number of the next VMM cgroup.
+    next: AtomicU64,
 }
 
 impl CpuShares {
     /// Sets up `<cgroup root>/ember-<name>` with the cpu controller for its children, removing
     /// the empty cgroups a previous agent left. Never fails: without cgroups, shares are off.
     pub fn new(name: &str) -> CpuShares {
-        match Self::setup(Path::new(CGROUP_ROOT), name) {
-            Ok(root) => CpuShares { root: Some(root) },
+        Self::new_at(Path::new(CGROUP_ROOT), name)
+    }
+
+    fn new_at(mount: &Path, name: &str) -> CpuShares {
+        match Self::setup(mount, name) {
+            Ok(root) => CpuShares { root: Some(root), next: AtomicU64::new(0) },
             Err(e) => {
                 eprintln!("ember: CPU shares are not enforced (cgroup v2 cpu controller unavailable: {e})");
-                CpuShares { root: None }
+                Self::off()
             }
         }
     }
 
     /// Shares not enforced.
     pub fn off() -> CpuShares {
-        CpuShares { root: None }
+        CpuShares { root: None, next: AtomicU64::new(0) }
     }
 
     fn setup(mount: &Path, name: &str) -> io::Result<PathBuf> {
@@ -60,25 +79,61 @@ impl CpuShares {
         Ok(root)
     }
 
-    /// Moves process `pid` (an instance's VMM) into its own cgroup capped at its memory's
-    /// share of CPU. Errors are reported and otherwise ignored: a share not enforced must not
-    /// fail an invocation.
-    pub fn limit(&self, id: &str, pid: u32, memory_mib: u32) {
-        let Some(root) = &self.root else { return };
-        let dir = root.join(id);
-        let result = std::fs::create_dir(&dir)
-            .and_then(|()| std::fs::write(dir.join("cpu.max"), cpu_max(memory_mib)))
-            .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
-        if let Err(e) = result {
-            eprintln!("ember: cannot cap the CPU of instance {id}: {e}");
+    /// A new cgroup for a VMM process about to start, at a spare's weight; `None` if shares
+    /// are off or it cannot be made (reported: a share not enforced must not fail a launch).
+    pub fn vmm_cgroup(&self) -> Option<VmmCgroup> {
+        let root = self.root.as_ref()?;
+        let dir = root.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let made = std::fs::create_dir(&dir).and_then(|()| std::fs::write(dir.join("cpu.weight"), SPARE_WEIGHT));
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok();
+        match (made, procs) {
+            (Ok(()), Some(procs)) => Some(VmmCgroup { dir, procs }),
+            (made, _) => {
+                let _ = std::fs::remove_dir(&dir);
+                if let Err(e) = made {
+                    eprintln!("ember: cannot make a cgroup for a VMM: {e}");
+                }
+                None
+            }
         }
     }
+}
 
-    /// Removes an instance's cgroup (its process must be gone).
-    pub fn remove(&self, id: &str) {
-        if let Some(root) = &self.root {
-            let _ = std::fs::remove_dir(root.join(id));
+/// One VMM process's cgroup, removed when dropped (which succeeds once the process is gone; a
+/// leftover is removed by the next agent's [`CpuShares::new`]).
+pub struct VmmCgroup {
+    dir: PathBuf,
+    procs: CString,
+}
+
+impl VmmCgroup {
+    /// Its `cgroup.procs` file, which the process joins by writing `0` to it before it execs.
+    pub fn procs(&self) -> &CStr {
+        &self.procs
+    }
+
+    /// The process is now an instance's, launching: the default weight, no cap.
+    pub fn launching(&self) {
+        self.write("cpu.weight", DEFAULT_WEIGHT);
+    }
+
+    /// The instance's init is over: caps it at the share of CPU of `memory_mib`.
+    pub fn limit(&self, memory_mib: u32) {
+        self.write("cpu.max", &cpu_max(memory_mib));
+    }
+
+    /// Errors are reported and otherwise ignored: a share not enforced must not fail an
+    /// invocation.
+    fn write(&self, file: &str, value: &str) {
+        if let Err(e) = std::fs::write(self.dir.join(file), value) {
+            eprintln!("ember: cannot set {file} of {}: {e}", self.dir.display());
         }
+    }
+}
+
+impl Drop for VmmCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -99,6 +154,36 @@ mod tests {
         assert_eq!(cpu_max(10240), "578858 100000");
     }
 
+    /// The files the agent writes, on a directory that stands in for the cgroup mount.
+    #[test]
+    fn a_vmm_waits_at_the_lowest_weight_and_is_capped_after_its_init() {
+        let mount = std::env::temp_dir().join(format!("ember-cgroup-layout-{}", std::process::id()));
+        std::fs::create_dir_all(mount.join("ember-x/vmm-7")).unwrap();
+        std::fs::write(mount.join("cgroup.controllers"), "cpu memory").unwrap();
+        let shares = CpuShares::new_at(&mount, "x");
+        let root = mount.join("ember-x");
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpu");
+        assert!(!root.join("vmm-7").exists(), "an empty leftover cgroup is removed");
+
+        let g = shares.vmm_cgroup().unwrap();
+        assert_eq!(g.procs().to_str().unwrap(), root.join("vmm-0/cgroup.procs").to_str().unwrap());
+        assert_eq!(read("vmm-0/cpu.weight"), "1");
+        g.launching();
+        assert_eq!(read("vmm-0/cpu.weight"), "100");
+        assert!(!root.join("vmm-0/cpu.max").exists(), "not capped during init");
+        g.limit(128);
+        assert_eq!(read("vmm-0/cpu.max"), "7235 100000");
+        let second = shares.vmm_cgroup().unwrap();
+        assert!(root.join("vmm-1").is_dir());
+        // cgroupfs removes a cgroup's files with it; a plain directory needs them gone first.
+        std::fs::remove_file(root.join("vmm-1/cpu.weight")).unwrap();
+        drop(second);
+        assert!(!root.join("vmm-1").exists(), "removed when dropped");
+        drop(g);
+        std::fs::remove_dir_all(&mount).unwrap();
+    }
+
     #[test]
     fn a_host_without_cgroups_turns_shares_off() {
         let dir = std::env::temp_dir().join(format!("ember-cgroup-test-{}", std::process::id()));
@@ -107,8 +192,6 @@ mod tests {
         std::fs::write(dir.join("cgroup.controllers"), "memory io").unwrap();
         assert!(CpuShares::setup(&dir, "x").is_err(), "no cpu controller");
         std::fs::remove_dir_all(&dir).unwrap();
-        let off = CpuShares::off();
-        off.limit("i", 1, 128);
-        off.remove("i");
+        assert!(CpuShares::off().vmm_cgroup().is_none());
     }
 }

@@ -12,6 +12,7 @@
 //! Destroying an instance is killing its VMM (the kernel frees the VM with the process; the
 //! /tmp drive's file is already unlinked) and removing its directory of sockets.
 
+use std::ffi::CStr;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,7 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
-use super::cgroup::CpuShares;
+use super::cgroup::{CpuShares, VmmCgroup};
 use super::logs::{FunctionLog, InvocationLog};
 use crate::vmm::process::{Control, VmmExit, VmmSpec, CONTROL_FD};
 
@@ -84,14 +85,13 @@ pub struct LaunchSpec {
     pub runtime: Config,
     /// How long the boot and the runtime's init may take together.
     pub init_timeout: Duration,
-    /// Where its CPU share is enforced once its init is over.
-    pub shares: Arc<CpuShares>,
 }
 
 /// A running instance, before its actor takes it.
 pub struct Instance {
     id: String,
-    shares: Arc<CpuShares>,
+    /// Where its CPU share is enforced, if the host allows it.
+    cgroup: Option<VmmCgroup>,
     dir: PathBuf,
     child: Child,
     control: BufReader<UnixStream>,
@@ -115,7 +115,10 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     let listener = UnixListener::bind(with_port(&vsock, runtime::RUNTIME_PORT)).map_err(host("bind runtime socket"))?;
     spec.vm.vsock_uds = vsock;
 
-    let VmmProcess { mut child, mut control } = spec.vmms.take()?;
+    let VmmProcess { mut child, mut control, cgroup } = spec.vmms.take()?;
+    if let Some(cgroup) = &cgroup {
+        cgroup.launching();
+    }
     // The replacement spare is started once this launch is over, however it ends: on a host
     // short of CPU, starting it meanwhile would slow the very launch it is meant to speed up.
     let _refill = Refill(Arc::clone(&spec.vmms));
@@ -162,7 +165,7 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     }
     let mut instance = Instance {
         id: spec.id,
-        shares: spec.shares,
+        cgroup,
         dir: spec.dir,
         child,
         control,
@@ -211,8 +214,8 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     }
     std::mem::forget(guard);
     instance.init_duration = started.elapsed();
-    if let Some(pid) = instance.child.id() {
-        instance.shares.limit(&instance.id, pid, spec.vm.memory_mib);
+    if let Some(cgroup) = &instance.cgroup {
+        cgroup.limit(spec.vm.memory_mib);
     }
     Ok(instance)
 }
@@ -245,33 +248,41 @@ fn with_port(path: &Path, port: u32) -> PathBuf {
 pub struct VmmProcess {
     child: Child,
     control: BufReader<UnixStream>,
+    /// The process's own cgroup, if CPU shares are enforced.
+    cgroup: Option<VmmCgroup>,
 }
 
 impl VmmProcess {
-    fn spawn(binary: &Path) -> Result<VmmProcess, Error> {
+    fn spawn(binary: &Path, cgroup: Option<VmmCgroup>) -> Result<VmmProcess, Error> {
         let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
-        let child = spawn_vmm(binary, OwnedFd::from(vmm_end))?;
+        let child = spawn_vmm(binary, OwnedFd::from(vmm_end), cgroup.as_ref().map(VmmCgroup::procs))?;
         agent_end.set_nonblocking(true).map_err(host("control socket"))?;
         let control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
-        Ok(VmmProcess { child, control })
+        Ok(VmmProcess { child, control, cgroup })
     }
 }
 
 /// `ember vmm` processes started ahead of need. Each creates its VM (with irqchip and PIT) as
 /// it starts and then waits for its spec, so that a launch skips the process start and the
 /// VM's creation. A launch takes one and, once it is over, starts a replacement; spares are
-/// not instances (no memory, no guest) and die with the agent.
+/// not instances (no memory, no guest) and die with the agent. Each starts in a cgroup of its
+/// own from `shares`, at the lowest CPU weight (see [`super::cgroup`]).
 pub struct Spares {
     binary: PathBuf,
     /// How many to keep.
     want: usize,
+    shares: Arc<CpuShares>,
     ready: std::sync::Mutex<Vec<VmmProcess>>,
 }
 
 impl Spares {
     /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them.
-    pub fn new(binary: PathBuf, want: usize) -> Arc<Spares> {
-        Arc::new(Spares { binary, want, ready: std::sync::Mutex::default() })
+    pub fn new(binary: PathBuf, want: usize, shares: Arc<CpuShares>) -> Arc<Spares> {
+        Arc::new(Spares { binary, want, shares, ready: std::sync::Mutex::default() })
+    }
+
+    fn spawn(&self) -> Result<VmmProcess, Error> {
+        VmmProcess::spawn(&self.binary, self.shares.vmm_cgroup())
     }
 
     /// A VMM for a launch: a spare that is still alive, else a new process.
@@ -282,17 +293,19 @@ impl Spares {
                 return Ok(p);
             }
         }
-        VmmProcess::spawn(&self.binary)
+        self.spawn()
     }
 
-    /// Starts spares, off the caller's path, until there are `want`.
+    /// Starts spares, off the caller's path, until there are `want`: on a blocking thread, as
+    /// a spawn waits for the child's exec, and the child first joins its cgroup (an RCU grace
+    /// period), which must not hold up a worker of the agent's runtime.
     pub fn fill(self: &Arc<Self>) {
         // Nothing to do in a runtime that is shutting down (a launch dropped with it).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let spares = Arc::clone(self);
-        runtime.spawn(async move {
+        runtime.spawn_blocking(move || {
             while spares.lock().len() < spares.want {
-                match VmmProcess::spawn(&spares.binary) {
+                match spares.spawn() {
                     Ok(p) => spares.lock().push(p),
                     Err(e) => {
                         eprintln!("ember: spare VMM: {e}");
@@ -317,14 +330,28 @@ impl Drop for Refill {
     }
 }
 
-fn spawn_vmm(binary: &Path, control: OwnedFd) -> Result<Child, Error> {
+/// Starts `ember vmm` with `control` as its control socket, in the cgroup whose `cgroup.procs`
+/// is given (joined before exec, so that none of its start runs outside; if it cannot be
+/// joined, the process stays in the agent's).
+fn spawn_vmm(binary: &Path, control: OwnedFd, cgroup_procs: Option<&CStr>) -> Result<Child, Error> {
     let fd = control.as_raw_fd();
+    let cgroup_procs = cgroup_procs.map(CStr::to_owned);
     let mut cmd = Command::new(binary);
     cmd.arg("vmm").stdin(Stdio::null()).stdout(Stdio::null()).kill_on_drop(true);
-    // SAFETY: the closure runs in the child between fork and exec and only calls dup2 and
-    // fcntl, which are async-signal-safe; it touches no memory shared with the parent.
+    // SAFETY: the closure runs in the child between fork and exec and only calls open, write,
+    // close, dup2 and fcntl, which are async-signal-safe; it allocates nothing (the path is a
+    // CString made before the fork, which the closure owns) and touches no other memory
+    // shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(procs) = &cgroup_procs {
+                let f = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if f >= 0 {
+                    // "0" moves the writer itself.
+                    libc::write(f, b"0".as_ptr().cast(), 1);
+                    libc::close(f);
+                }
+            }
             if fd == CONTROL_FD {
                 // dup2 onto itself would keep close-on-exec set: clear it instead.
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
@@ -434,7 +461,7 @@ impl Instance {
     /// Kills the VMM and removes the instance's directory and cgroup.
     pub async fn destroy(mut self) {
         let _ = self.child.kill().await;
-        self.shares.remove(&self.id);
+        drop(self.cgroup.take());
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
 

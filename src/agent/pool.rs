@@ -69,7 +69,6 @@ pub struct Pool {
 
 struct Shared {
     config: PoolConfig,
-    shares: Arc<CpuShares>,
     /// Boots under way at once are capped (`max_boots`): a burst of cold starts queues here,
     /// and takes instances that go idle meanwhile instead of booting more.
     boots: tokio::sync::Semaphore,
@@ -234,9 +233,9 @@ impl Pool {
         let released = tokio::sync::Notify::new();
         let snapshot_locks = Mutex::default();
         let state = Mutex::default();
-        let vmms = instance::Spares::new(config.vmm_binary.clone(), config.max_boots.max(1));
+        let vmms = instance::Spares::new(config.vmm_binary.clone(), config.max_boots.max(1), shares);
         Ok(Pool {
-            shared: Arc::new(Shared { config, shares, boots, released, logs, state, snapshots, snapshot_locks, vmms }),
+            shared: Arc::new(Shared { config, boots, released, logs, state, snapshots, snapshot_locks, vmms }),
         })
     }
 
@@ -769,7 +768,6 @@ impl Pool {
             dir,
             runtime,
             init_timeout: config.init_timeout,
-            shares: self.shared.shares.clone(),
         })
     }
 }
