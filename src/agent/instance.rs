@@ -273,12 +273,14 @@ pub struct Spares {
     want: usize,
     shares: Arc<CpuShares>,
     ready: std::sync::Mutex<Vec<VmmProcess>>,
+    /// Wakes the thread that starts spares (see [`Spares::fill`]), once there is one.
+    spawner: std::sync::OnceLock<std::sync::mpsc::Sender<()>>,
 }
 
 impl Spares {
     /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them.
     pub fn new(binary: PathBuf, want: usize, shares: Arc<CpuShares>) -> Arc<Spares> {
-        Arc::new(Spares { binary, want, shares, ready: std::sync::Mutex::default() })
+        Arc::new(Spares { binary, want, shares, ready: std::sync::Mutex::default(), spawner: std::sync::OnceLock::new() })
     }
 
     fn spawn(&self) -> Result<VmmProcess, Error> {
@@ -296,24 +298,49 @@ impl Spares {
         self.spawn()
     }
 
-    /// Starts spares, off the caller's path, until there are `want`: on a blocking thread, as
-    /// a spawn waits for the child's exec, and the child first joins its cgroup (an RCU grace
-    /// period), which must not hold up a worker of the agent's runtime.
+    /// Starts spares, off the caller's path, until there are `want`.
+    ///
+    /// On a thread of their own, `ember-spares`, which lives as long as this: a spawn waits
+    /// for the child's exec, which comes after the child joins its cgroup (an RCU grace period)
+    /// at a spare's low weight, so it must not hold up a worker of the agent's runtime. And not
+    /// on tokio's blocking pool, whose idle threads exit: a VMM gets `PR_SET_PDEATHSIG`, which
+    /// fires when the *thread* that forked it ends, and would kill every VMM it had started.
     pub fn fill(self: &Arc<Self>) {
         // Nothing to do in a runtime that is shutting down (a launch dropped with it).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let spares = Arc::clone(self);
-        runtime.spawn_blocking(move || {
-            while spares.lock().len() < spares.want {
-                match spares.spawn() {
-                    Ok(p) => spares.lock().push(p),
-                    Err(e) => {
-                        eprintln!("ember: spare VMM: {e}");
-                        return;
+        let wake = self.spawner.get_or_init(|| {
+            let (wake, woken) = std::sync::mpsc::channel::<()>();
+            // Weak: the thread ends when the spares do (their sender drops with them).
+            let spares = Arc::downgrade(self);
+            let started = std::thread::Builder::new().name("ember-spares".into()).spawn(move || {
+                let _runtime = runtime.enter();
+                while woken.recv().is_ok() {
+                    match spares.upgrade() {
+                        Some(spares) => spares.top_up(),
+                        None => return,
                     }
                 }
+            });
+            if let Err(e) = started {
+                eprintln!("ember: spare VMMs: cannot start their thread: {e}");
             }
+            wake
         });
+        // Fails only if the thread could not start: then there are no spares, and launches
+        // start their VMM themselves.
+        let _ = wake.send(());
+    }
+
+    fn top_up(&self) {
+        while self.lock().len() < self.want {
+            match self.spawn() {
+                Ok(p) => self.lock().push(p),
+                Err(e) => {
+                    eprintln!("ember: spare VMM: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<VmmProcess>> {
