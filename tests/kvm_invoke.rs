@@ -218,6 +218,7 @@ async fn a_vmm_that_dies_is_replaced() {
     assert_eq!(agent.invoke("v", json!({"a": 1})).await.json(), json!({"a": 1}));
     let vmms = ember::vmm::process::running_vmms(agent.child.id());
     assert_eq!(vmms.len(), 1, "one instance runs");
+    check_cpu_shares(agent.child.id(), vmms[0]);
     // SAFETY: kill(2) with a pid we just read and SIGKILL; nothing in this process is touched.
     assert_eq!(unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) }, 0);
 
@@ -231,6 +232,41 @@ async fn a_vmm_that_dies_is_replaced() {
     assert_eq!((again.status, function_error(&again)), (200, None), "{}", String::from_utf8_lossy(&again.body));
     assert_eq!(again.json(), json!({"b": 2}));
     assert!(again.log_tail().contains("Init Duration"), "a new instance booted: {}", again.log_tail());
+}
+
+/// The instance `vmm` (a 128 MB function's, past its init) is capped at its share of CPU and
+/// has the default weight; the agent's spares wait at the lowest weight. Checked where the
+/// host has cgroup v2 with the cpu controller (the emulated KVM host does); elsewhere the
+/// agent runs everything uncapped, as it says.
+fn check_cpu_shares(agent: u32, vmm: u32) {
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "cpu") {
+        eprintln!("no cgroup v2 cpu controller on this host: CPU shares not checked");
+        return;
+    }
+    let cgroup = |pid: u32| {
+        let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let path = line.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line").trim();
+        std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))
+    };
+    let read = |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap().trim().to_owned();
+    let own = cgroup(vmm);
+    assert!(own.file_name().unwrap().to_string_lossy().starts_with("vmm-"), "{}", own.display());
+    assert_eq!(read(&own, "cpu.max"), "7235 100000", "128/1769 of one CPU per 100 ms");
+    assert_eq!(read(&own, "cpu.weight"), "100");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let spare = loop {
+        if let Some(&pid) = ember::vmm::process::spare_vmms(agent).first() {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent keeps no spare VMM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let theirs = cgroup(spare);
+    assert_ne!(theirs, own);
+    assert_eq!(read(&theirs, "cpu.weight"), "1", "a spare waits at the lowest weight");
+    assert_eq!(read(&theirs, "cpu.max"), "max 100000", "a spare is not capped");
 }
 
 #[test]

@@ -31,6 +31,15 @@ pub const VMM_NAME: &str = "ember-vmm";
 /// The pids of the children of `parent` that run a VM (named [`VMM_NAME`]; spares waiting for
 /// a spec are left out).
 pub fn running_vmms(parent: u32) -> Vec<u32> {
+    children_named(parent, VMM_NAME)
+}
+
+/// The pids of the spare VMMs of `parent` (named [`SPARE_NAME`]).
+pub fn spare_vmms(parent: u32) -> Vec<u32> {
+    children_named(parent, SPARE_NAME)
+}
+
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut out = Vec::new();
     for entry in entries.flatten() {
@@ -40,7 +49,7 @@ pub fn running_vmms(parent: u32) -> Vec<u32> {
         let Some((head, after)) = stat.rsplit_once(") ") else { continue };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
         let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
-        if comm == VMM_NAME && ppid == Some(parent) {
+        if comm == name && ppid == Some(parent) {
             out.push(pid);
         }
     }
