@@ -650,12 +650,7 @@ impl AgentConn {
     }
 }
 
-async fn invoke_runs(
-    socket: &Path,
-    zip: &[u8],
-    runs: usize,
-    cold_runs: usize,
-) -> Result<InvokeRuns, Error> {
+async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -> Result<InvokeRuns, Error> {
     use base64::Engine as _;
     let mut conn = AgentConn::open(socket).await?;
     let zip = base64::engine::general_purpose::STANDARD.encode(zip);

@@ -280,7 +280,13 @@ pub struct Spares {
 impl Spares {
     /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them.
     pub fn new(binary: PathBuf, want: usize, shares: Arc<CpuShares>) -> Arc<Spares> {
-        Arc::new(Spares { binary, want, shares, ready: std::sync::Mutex::default(), spawner: std::sync::OnceLock::new() })
+        Arc::new(Spares {
+            binary,
+            want,
+            shares,
+            ready: std::sync::Mutex::default(),
+            spawner: std::sync::OnceLock::new(),
+        })
     }
 
     fn spawn(&self) -> Result<VmmProcess, Error> {

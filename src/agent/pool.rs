@@ -234,9 +234,7 @@ impl Pool {
         let snapshot_locks = Mutex::default();
         let state = Mutex::default();
         let vmms = instance::Spares::new(config.vmm_binary.clone(), config.max_boots.max(1), shares);
-        Ok(Pool {
-            shared: Arc::new(Shared { config, boots, released, logs, state, snapshots, snapshot_locks, vmms }),
-        })
+        Ok(Pool { shared: Arc::new(Shared { config, boots, released, logs, state, snapshots, snapshot_locks, vmms }) })
     }
 
     /// Starts the spare VMM processes launches take (see [`instance::Spares`]).

@@ -109,7 +109,12 @@ fn copy_ranges(from: &File, to: &File, mut kernel: bool) -> io::Result<()> {
                         at += n;
                         continue;
                     }
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) => {
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                        ) =>
+                    {
                         kernel = false;
                     }
                     Err(e) => return Err(e),
@@ -133,9 +138,8 @@ fn kernel_copy(from: &File, to: &File, at: u64, len: u64) -> io::Result<u64> {
     let mut off_out = at as libc::loff_t;
     // SAFETY: both fds are open files owned by `from` and `to` for the call's duration; the
     // offsets are valid, writable loff_t values that the kernel updates.
-    let n = unsafe {
-        libc::copy_file_range(from.as_raw_fd(), &mut off_in, to.as_raw_fd(), &mut off_out, len as usize, 0)
-    };
+    let n =
+        unsafe { libc::copy_file_range(from.as_raw_fd(), &mut off_in, to.as_raw_fd(), &mut off_out, len as usize, 0) };
     u64::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
