@@ -301,7 +301,13 @@ impl Spares {
                 return Ok(p);
             }
         }
-        self.spawn()
+        // None: one for this launch, at an instance's weight from the start (its exec, which
+        // the caller waits for, must not wait behind the instances at a spare's weight).
+        let cgroup = self.shares.vmm_cgroup();
+        if let Some(cgroup) = &cgroup {
+            cgroup.launching();
+        }
+        VmmProcess::spawn(&self.binary, cgroup)
     }
 
     /// Starts spares, off the caller's path, until there are `want`.
