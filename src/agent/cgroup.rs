@@ -84,18 +84,14 @@ impl CpuShares {
     pub fn vmm_cgroup(&self) -> Option<VmmCgroup> {
         let root = self.root.as_ref()?;
         let dir = root.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
         let made = std::fs::create_dir(&dir).and_then(|()| std::fs::write(dir.join("cpu.weight"), SPARE_WEIGHT));
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok();
-        match (made, procs) {
-            (Ok(()), Some(procs)) => Some(VmmCgroup { dir, procs }),
-            (made, _) => {
-                let _ = std::fs::remove_dir(&dir);
-                if let Err(e) = made {
-                    eprintln!("ember: cannot make a cgroup for a VMM: {e}");
-                }
-                None
-            }
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir(&dir);
+            eprintln!("ember: cannot make a cgroup for a VMM: {e}");
+            return None;
         }
+        Some(VmmCgroup { dir, procs })
     }
 }
 

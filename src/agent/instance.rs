@@ -116,9 +116,6 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     spec.vm.vsock_uds = vsock;
 
     let VmmProcess { mut child, mut control, cgroup } = spec.vmms.take()?;
-    if let Some(cgroup) = &cgroup {
-        cgroup.launching();
-    }
     // The replacement spare is started once this launch is over, however it ends: on a host
     // short of CPU, starting it meanwhile would slow the very launch it is meant to speed up.
     let _refill = Refill(Arc::clone(&spec.vmms));
@@ -289,25 +286,30 @@ impl Spares {
         })
     }
 
-    fn spawn(&self) -> Result<VmmProcess, Error> {
-        VmmProcess::spawn(&self.binary, self.shares.vmm_cgroup())
-    }
-
-    /// A VMM for a launch: a spare that is still alive, else a new process.
-    fn take(&self) -> Result<VmmProcess, Error> {
-        while let Some(mut p) = self.lock().pop() {
-            // One that died waiting (its VM could not be created, say) is dropped.
-            if matches!(p.child.try_wait(), Ok(None)) {
-                return Ok(p);
-            }
-        }
-        // None: one for this launch, at an instance's weight from the start (its exec, which
-        // the caller waits for, must not wait behind the instances at a spare's weight).
+    /// A new VMM process in a cgroup of its own: at a spare's weight, or (`for_launch`) at an
+    /// instance's from the start, as its exec, which the caller waits for, must not wait
+    /// behind the instances at a spare's weight.
+    fn spawn(&self, for_launch: bool) -> Result<VmmProcess, Error> {
         let cgroup = self.shares.vmm_cgroup();
-        if let Some(cgroup) = &cgroup {
+        if let (true, Some(cgroup)) = (for_launch, &cgroup) {
             cgroup.launching();
         }
         VmmProcess::spawn(&self.binary, cgroup)
+    }
+
+    /// A VMM for a launch, at an instance's CPU weight: a spare that is still alive, else a
+    /// new process.
+    fn take(&self) -> Result<VmmProcess, Error> {
+        loop {
+            let Some(mut p) = self.lock().pop() else { return self.spawn(true) };
+            // One that died waiting (its VM could not be created, say) is dropped.
+            if matches!(p.child.try_wait(), Ok(None)) {
+                if let Some(cgroup) = &p.cgroup {
+                    cgroup.launching();
+                }
+                return Ok(p);
+            }
+        }
     }
 
     /// Starts spares, off the caller's path, until there are `want`.
@@ -345,7 +347,7 @@ impl Spares {
 
     fn top_up(&self) {
         while self.lock().len() < self.want {
-            match self.spawn() {
+            match self.spawn(false) {
                 Ok(p) => self.lock().push(p),
                 Err(e) => {
                     eprintln!("ember: spare VMM: {e}");
