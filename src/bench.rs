@@ -213,6 +213,7 @@ fn echo_vm(dir: &Path) -> Result<(Vmm, UnixStream), Error> {
         console: Console::Off,
         hugepages: true,
         code: None,
+        opt: None,
         tmp_mib: None,
         tmp_dir: PathBuf::from(dir),
         vsock_uds: Some(uds.clone()),

@@ -118,9 +118,14 @@ struct ServeArgs {
     /// Where instances keep their sockets [default: a directory under $TMPDIR named by the data dir].
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// The most microVM instances on this host; invocations past it get 429.
+    /// The most microVM instances on this host (the account's concurrency); invocations past
+    /// it get 429.
     #[arg(long, default_value_t = 64)]
     max_instances: usize,
+    /// The concurrency that functions' reservations must leave to the others [default: a
+    /// tenth of --max-instances] (Lambda keeps 100).
+    #[arg(long)]
+    min_unreserved: Option<u32>,
     /// The most instances booting at once [default: twice the host's CPUs]; more cold starts
     /// wait for a slot, or for an instance of their function to go idle.
     #[arg(long)]
@@ -225,6 +230,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         console,
         hugepages: !args.no_hugepages,
         code: args.code_image.clone(),
+        opt: None,
         tmp_mib: args.tmp_mib,
         tmp_dir: std::env::temp_dir(),
         vsock_uds: args.vsock_uds.clone(),
@@ -327,21 +333,25 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_VMM_ERROR);
         }
     };
+    let max_boots = args
+        .max_boots
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
     let options = ember::agent::ServeOptions {
         pool: ember::agent::pool::PoolConfig {
-            guest_dir: default_guest_dir(),
-            run_dir: args.run_dir.unwrap_or_else(|| ember::agent::default_run_dir(&args.data_dir)),
-            vmm_binary,
             max_instances: args.max_instances,
-            cpu_shares: true,
-            max_boots: args
-                .max_boots
-                .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
-            keep_alive: Duration::from_secs(args.keep_alive_s),
-            init_timeout: Duration::from_secs(args.init_timeout_s),
-            console_dir: args.console_dir,
+            max_boots,
             idle_memory_kib: args.idle_memory_mib << 10,
         },
+        vmm: ember::agent::pool::launch::VmmConfig {
+            guest_dir: default_guest_dir(),
+            run_dir: args.run_dir.unwrap_or_else(|| ember::agent::default_run_dir(&args.data_dir)),
+            init_timeout: Duration::from_secs(args.init_timeout_s),
+            keep_alive: Duration::from_secs(args.keep_alive_s),
+            console_dir: args.console_dir,
+        },
+        vmm_binary,
+        cpu_shares: true,
+        min_unreserved: args.min_unreserved,
         socket: args.socket,
         data_dir: args.data_dir,
         listen: args.listen,

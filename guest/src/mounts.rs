@@ -51,11 +51,14 @@ fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Mounts the function's code read-only at /var/task from the drive the kernel command line
-/// names (`ember.code=/dev/vdX`), if any.
+/// Mounts the function's code read-only at /var/task, and its layers at /opt, from the
+/// drives the kernel command line names (`ember.code=/dev/vdX`, `ember.opt=/dev/vdY`), if any.
 pub fn mount_code(cmdline: &str) -> Result<(), Error> {
     if let Some(dev) = param(cmdline, ember_proto::cmdline::CODE_DRIVE) {
         mount_ext4(dev, c"/var/task", libc::MS_RDONLY | NOSUID_NODEV, c"")?;
+    }
+    if let Some(dev) = param(cmdline, ember_proto::cmdline::OPT_DRIVE) {
+        mount_ext4(dev, c"/opt", libc::MS_RDONLY | NOSUID_NODEV, c"")?;
     }
     Ok(())
 }

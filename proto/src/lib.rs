@@ -67,6 +67,9 @@ pub mod cmdline {
     pub const VSOCK: &str = "ember.vsock";
     /// `ember.code=/dev/vdX`: the function's code drive, mounted read-only at /var/task.
     pub const CODE_DRIVE: &str = "ember.code";
+    /// `ember.opt=/dev/vdX`: the function's layers, merged into one drive, mounted read-only
+    /// at /opt.
+    pub const OPT_DRIVE: &str = "ember.opt";
     /// `ember.tmp=/dev/vdX`: the instance's scratch drive, mounted read-write at /tmp.
     pub const TMP_DRIVE: &str = "ember.tmp";
     /// `ember.runtime=1`: ember-init connects the runtime channel ([`super::runtime`]) to the

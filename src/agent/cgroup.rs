@@ -22,7 +22,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// cpu.max's period, in microseconds.
 const PERIOD_US: u64 = 100_000;
 /// Memory per whole CPU, in MB.
-const MB_PER_CPU: u64 = 1769;
+const MB_PER_CPU: u64 = super::limits::MB_PER_VCPU as u64;
 /// The CPU weight of a spare: the lowest, so that against an instance's default of 100 a
 /// spare gets 1% of a contended CPU, and all of an idle one.
 const SPARE_WEIGHT: &str = "1";

@@ -23,12 +23,8 @@ use std::process::Command;
 use zip::read::ZipFile;
 use zip::{CompressionMethod, ZipArchive};
 
-use super::ApiError;
+use super::limits::{MAX_UNZIPPED_BYTES, MAX_ZIPPED_BYTES};
 
-/// The largest zip accepted (Lambda's limit for a direct upload).
-pub const MAX_ZIPPED_BYTES: usize = 50 * 1024 * 1024;
-/// The largest unzipped size (Lambda's limit for code and layers together).
-pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
 /// The most entries one package may hold (each becomes an inode).
 pub const MAX_ENTRIES: usize = 65_536;
 /// Deflate never expands more than about 1032 to 1: a larger declared ratio is a forged header.
@@ -76,16 +72,6 @@ pub enum CodeError {
     /// mkfs.ext4 failed.
     #[error("mkfs.ext4 failed: {0}")]
     Mkfs(String),
-}
-
-impl From<CodeError> for ApiError {
-    fn from(e: CodeError) -> Self {
-        match e {
-            CodeError::Host { .. } | CodeError::Mkfs(_) => ApiError::service(e.to_string()),
-            CodeError::ZippedTooLarge => ApiError::too_large(e.to_string()),
-            _ => ApiError::invalid(e.to_string()),
-        }
-    }
 }
 
 fn host(what: impl Into<String>) -> impl FnOnce(io::Error) -> CodeError {
@@ -222,6 +208,17 @@ pub struct Extracted {
     pub data_blocks: u64,
     /// Bytes of directory entries (name plus header) to be stored.
     pub dirent_bytes: u64,
+}
+
+impl std::ops::AddAssign for Extracted {
+    fn add_assign(&mut self, other: Extracted) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
+        self.data_blocks += other.data_blocks;
+        self.dirent_bytes += other.dirent_bytes;
+    }
 }
 
 /// Extracts a checked package into `staging` (an empty, existing directory), keeping the unix
@@ -377,7 +374,66 @@ fn inode_count(content: &Extracted) -> u64 {
 pub fn build_image(zip: &[u8], runtime: &str, staging: &Path, image: &Path) -> Result<Extracted, CodeError> {
     check(zip, runtime)?;
     let content = extract(zip, staging)?;
-    let size = image_size(&content);
+    make_image(staging, &content, "ember-code", image)?;
+    Ok(content)
+}
+
+/// Checks layer packages and builds the read-only ext4 image of their files merged in order
+/// at `image`: each is extracted into a directory of its own under `staging` (an empty
+/// directory the caller removes), then moved into one tree, where a later layer's file
+/// replaces an earlier one's (a file or link of one layer where another has a directory
+/// replaces the whole directory, as unpacking them in turn would). Moving never follows a
+/// link, so no layer writes through another's.
+pub fn build_layers_image(zips: &[&[u8]], staging: &Path, image: &Path) -> Result<Extracted, CodeError> {
+    let merged = staging.join("opt");
+    fs::create_dir(&merged).map_err(host("create directory"))?;
+    let mut total = Extracted::default();
+    for (i, zip) in zips.iter().enumerate() {
+        check(zip, "")?;
+        let layer = staging.join(format!("layer-{i}"));
+        fs::create_dir(&layer).map_err(host("create directory"))?;
+        total += extract(zip, &layer)?;
+        merge_tree(&layer, &merged)?;
+    }
+    make_image(&merged, &total, "ember-opt", image)?;
+    Ok(total)
+}
+
+/// Moves everything under `src` into `dst`, replacing what is there but directories, which
+/// are merged.
+fn merge_tree(src: &Path, dst: &Path) -> Result<(), CodeError> {
+    // Moving entries in or out needs the directory writable (root needs no such thing).
+    let writable = |dir: &Path| -> Result<(), CodeError> {
+        let mode = fs::symlink_metadata(dir).map_err(host("stat"))?.permissions().mode();
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700)).map_err(host("chmod"))
+    };
+    writable(src)?;
+    writable(dst)?;
+    for entry in fs::read_dir(src).map_err(host("read layer"))? {
+        let entry = entry.map_err(host("read layer"))?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        // file_type and symlink_metadata describe links themselves, never their targets.
+        let from_dir = entry.file_type().map_err(host("stat"))?.is_dir();
+        match fs::symlink_metadata(&to) {
+            Ok(meta) if meta.is_dir() && from_dir => {
+                merge_tree(&from, &to)?;
+                continue;
+            }
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&to).map_err(host("replace directory"))?,
+            Ok(_) => fs::remove_file(&to).map_err(host("replace file"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CodeError::Host { what: "stat".into(), source: e }),
+        }
+        fs::rename(&from, &to).map_err(host("move layer file"))?;
+    }
+    Ok(())
+}
+
+/// Builds the read-only ext4 image of the tree at `root`, which holds `content`, labelled
+/// `label`, owned by root.
+fn make_image(root: &Path, content: &Extracted, label: &str, image: &Path) -> Result<(), CodeError> {
+    let size = image_size(content);
     let file = fs::File::create(image).map_err(host("create image"))?;
     file.set_len(size).map_err(host("size image"))?;
     drop(file);
@@ -386,11 +442,11 @@ pub fn build_image(zip: &[u8], runtime: &str, staging: &Path, image: &Path) -> R
         .env("PATH", &path)
         .args(["-q", "-F", "-O", "^has_journal", "-E", "root_owner=0:0", "-b", "4096", "-I", "256", "-m", "0"])
         .arg("-N")
-        .arg(inode_count(&content).to_string())
+        .arg(inode_count(content).to_string())
         .arg("-L")
-        .arg("ember-code")
+        .arg(label)
         .arg("-d")
-        .arg(staging)
+        .arg(root)
         .arg(image)
         .output()
         .map_err(host("run mkfs.ext4"))?;
@@ -400,10 +456,10 @@ pub fn build_image(zip: &[u8], runtime: &str, staging: &Path, image: &Path) -> R
     // mkfs copies the owners of the staging files: make them root when we are not.
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        chown_to_root(staging, image, &path)?;
+        chown_to_root(root, image, &path)?;
     }
     fs::set_permissions(image, fs::Permissions::from_mode(0o444)).map_err(host("chmod image"))?;
-    Ok(content)
+    Ok(())
 }
 
 /// Sets uid and gid 0 on every inode of the image with debugfs (what mkfs does as root).
@@ -470,7 +526,7 @@ pub(crate) mod tests {
 
     /// A fresh empty directory under the system temp dir.
     pub(crate) fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ember-test-{tag}-{}", super::super::store::random_uuid()));
+        let dir = std::env::temp_dir().join(format!("ember-test-{tag}-{}", crate::agent::ids::random_uuid()));
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -615,9 +671,10 @@ pub(crate) mod tests {
     fn not_a_zip_refused() {
         assert!(matches!(check(b"hello, not a zip", "python3.11"), Err(CodeError::NotZip)));
         assert!(matches!(check(b"", "python3.11"), Err(CodeError::NotZip)));
-        let msg = ApiError::from(CodeError::NotZip);
-        assert_eq!(msg.kind, "InvalidParameterValueException");
-        assert_eq!(msg.message, "Could not unzip uploaded file. Please check your file, then try to upload again.");
+        assert_eq!(
+            CodeError::NotZip.to_string(),
+            "Could not unzip uploaded file. Please check your file, then try to upload again."
+        );
     }
 
     #[test]
@@ -652,8 +709,6 @@ pub(crate) mod tests {
         check(&nested, "python3.11").unwrap();
         let linked = make_zip(&[Entry::File("bin/app", b"\x7fELF", 0o755), Entry::Link("bootstrap", "bin/app")]);
         check(&linked, PROVIDED_RUNTIME).unwrap();
-        let e = ApiError::from(CodeError::NoBootstrap);
-        assert_eq!(e.kind, "InvalidParameterValueException");
     }
 
     fn debugfs(image: &Path, cmd: &str) -> String {
@@ -697,5 +752,41 @@ pub(crate) mod tests {
         let content = build_image(&zip, "python3.11", &staging, &dir.join("code.ext4")).unwrap();
         assert_eq!(content.files, 3000);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn layers_merge_in_order_and_never_through_a_link() {
+        let first = make_zip(&[
+            Entry::File("python/mylib.py", b"one", 0o644),
+            Entry::File("bin/tool", b"#!/bin/sh\necho 1\n", 0o755),
+            Entry::File("lib/data/keep.txt", b"kept", 0o644),
+            Entry::Link("python/link", "mylib.py"),
+            Entry::File("share/dir/inner.txt", b"a directory the second layer replaces", 0o644),
+        ]);
+        let second = make_zip(&[
+            Entry::File("python/mylib.py", b"two", 0o644),
+            Entry::File("lib/data/more.txt", b"more", 0o644),
+            // A file through the first layer's link's name: it replaces the link, never writes
+            // through it.
+            Entry::File("python/link", b"replaced", 0o644),
+            Entry::File("share/dir", b"now a file", 0o644),
+        ]);
+        let staging = temp_dir("layers");
+        fs::create_dir_all(&staging).unwrap();
+        let image = staging.with_extension("ext4");
+        let total = build_layers_image(&[&first, &second], &staging, &image).unwrap();
+        assert_eq!((total.files, total.symlinks), (8, 1));
+        let merged = staging.join("opt");
+        assert_eq!(fs::read(merged.join("python/mylib.py")).unwrap(), b"two");
+        assert_eq!(fs::read(merged.join("python/link")).unwrap(), b"replaced");
+        assert!(!fs::symlink_metadata(merged.join("python/link")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(merged.join("lib/data/keep.txt")).unwrap(), b"kept");
+        assert_eq!(fs::read(merged.join("lib/data/more.txt")).unwrap(), b"more");
+        assert_eq!(fs::read(merged.join("share/dir")).unwrap(), b"now a file");
+        assert_eq!(fs::metadata(merged.join("bin/tool")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert!(debugfs(&image, "ls -l /python").contains("mylib.py"));
+        assert!(debugfs(&image, "cat /python/mylib.py").contains("two"));
+        fs::remove_dir_all(&staging).unwrap();
+        fs::remove_file(&image).unwrap();
     }
 }

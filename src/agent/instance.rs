@@ -609,6 +609,13 @@ impl Handle {
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.try_send(job).is_ok()
     }
+
+    /// A handle whose jobs go to the returned receiver, for an actor of a test's own.
+    #[cfg(test)]
+    pub(crate) fn detached(id: &str) -> (Handle, mpsc::Receiver<Job>) {
+        let (tx, rx) = mpsc::channel(1);
+        (Handle { id: id.to_owned(), pid: None, private_memory: None, jobs: tx }, rx)
+    }
 }
 
 /// The private memory of process `pid` that it wrote (`Private_Dirty`), in KiB: for a VMM, its
@@ -643,14 +650,14 @@ pub trait Owner: Send + Sync + 'static {
 }
 
 /// Starts the actor of a launched instance and returns its handle.
-pub fn spawn_actor<O: Owner>(instance: Instance, owner: Arc<O>, keep_alive: Duration) -> Handle {
+pub fn spawn_actor(instance: Instance, owner: Arc<dyn Owner>, keep_alive: Duration) -> Handle {
     let (tx, rx) = mpsc::channel(1);
     let handle = Handle { id: instance.id.clone(), pid: instance.child.id(), private_memory: None, jobs: tx };
     tokio::spawn(actor(instance, rx, owner, keep_alive));
     handle
 }
 
-async fn actor<O: Owner>(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc<O>, keep_alive: Duration) {
+async fn actor(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc<dyn Owner>, keep_alive: Duration) {
     loop {
         let job = tokio::select! {
             job = jobs.recv() => job,

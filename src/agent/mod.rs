@@ -1,60 +1,43 @@
 //! The agent (`ember serve`): Lambda's control and invoke API on a Unix socket (and optionally
 //! loopback TCP), the function store, and the pool of microVM instances that run the functions.
 //!
-//! - [`api`]: HTTP routing, request validation, Lambda JSON shapes and errors.
-//! - [`store`]: function metadata in SQLite (WAL) and code by its sha256 under the data dir.
-//! - [`codezip`]: checks an uploaded zip and turns it into a read-only ext4 code image.
-//! - [`pool`]: instances per function: cold boot, warm reuse, concurrency limit, keep-alive.
-//! - [`instance`]: one microVM: its `ember vmm` process and its runtime channel.
-//! - [`logs`]: per-function logs on disk, bounded.
-//! - [`cgroup`]: each instance's CPU share (cgroup v2 `cpu.max`), where the host allows it.
+//! - [`api`]: HTTP only: routing, decoding requests, Lambda's JSON shapes and errors.
+//! - [`functions`]: the control plane's use cases (create, update, publish, delete functions,
+//!   aliases, layers, tags, concurrency), and [`functions::validate`]: Lambda's limits.
+//! - [`invoke`]: the invoke path: a reference to the version that runs (alias weights), the pool.
+//! - [`store`]: durable state: SQLite (schema versions and migrations) and code by content.
+//! - [`pool`]: instances per function version: cold start, restore, warm reuse, concurrency
+//!   (reserved, unreserved, provisioned), SnapStart, keep-alive, eviction; [`pool::launch`]
+//!   is the seam to the microVMs.
+//! - [`instance`]: one microVM: its `ember vmm` process and its runtime channel; [`cgroup`]:
+//!   its CPU share.
+//! - [`codezip`]: checks uploaded zips and turns them into read-only ext4 images.
+//! - [`snapshots`]: init snapshots on disk. [`logs`]: per-function logs on disk, bounded.
+//! - [`ids`]: names, ARNs, qualifiers, ids and times. [`limits`]: Lambda's limits, once.
 
 pub mod api;
 pub mod cgroup;
 pub mod codezip;
-pub mod error;
+pub mod functions;
+pub mod ids;
 pub mod instance;
+pub mod invoke;
+pub mod limits;
 pub mod logs;
 pub mod pool;
 pub mod snapshots;
 pub mod store;
 
-pub use error::ApiError;
+pub use api::ApiError;
 
-/// One invocation as the pool receives it from the API.
-#[derive(Debug, Clone)]
-pub struct InvokeRequest {
-    /// The request id: `x-amzn-RequestId` to the caller, the runtime's `aws_request_id`.
-    pub request_id: String,
-    /// The function as stored when the request arrived.
-    pub function: store::FunctionConfig,
-    /// The event (at most 6 MB, checked by the API).
-    pub payload: bytes::Bytes,
-    /// `X-Amz-Client-Context`, passed to the runtime as is.
-    pub client_context: Option<String>,
-    /// Whether the caller asked for `X-Amz-Log-Type: Tail`.
-    pub want_tail: bool,
-}
-
-/// What an invocation produced, successful or not (a function error is still a 200).
-#[derive(Debug, Clone, Default)]
-pub struct InvokeOutput {
-    /// The response payload, or the error JSON for a function error.
-    pub payload: Vec<u8>,
-    /// `X-Amz-Function-Error`: `Some("Unhandled")` when the function failed.
-    pub function_error: Option<&'static str>,
-    /// The last 4 KB of this invocation's log, when it was asked for.
-    pub log_tail: Option<Vec<u8>>,
-    /// `X-Amz-Executed-Version`.
-    pub executed_version: String,
-}
+use std::sync::Arc;
 
 /// Everything a request handler needs.
 pub struct Agent {
-    /// Function metadata and code.
-    pub store: store::Store,
-    /// The running instances.
-    pub pool: pool::Pool,
+    /// The control plane.
+    pub control: functions::Control,
+    /// The invoke path.
+    pub invoker: invoke::Invoker,
     /// The functions' logs.
     pub logs: logs::Logs,
 }
@@ -68,8 +51,17 @@ pub struct ServeOptions {
     pub data_dir: std::path::PathBuf,
     /// Also serve on this loopback TCP address.
     pub listen: Option<std::net::SocketAddr>,
-    /// How instances are run.
+    /// How instances are scheduled.
     pub pool: pool::PoolConfig,
+    /// How instances are run.
+    pub vmm: pool::launch::VmmConfig,
+    /// The `ember` binary, run as `ember vmm`.
+    pub vmm_binary: std::path::PathBuf,
+    /// Cap each instance's CPU at its memory's share (cgroup v2), where the host allows it.
+    pub cpu_shares: bool,
+    /// The concurrency reservations must leave to the functions without one (default: a
+    /// tenth of `max_instances`).
+    pub min_unreserved: Option<u32>,
 }
 
 /// Errors starting the agent.
@@ -144,30 +136,54 @@ fn raise_open_file_limit(max_instances: usize) {
     }
 }
 
+/// The concurrency reservations leave by default: a tenth of the host's (Lambda keeps 100
+/// of its default 1000).
+pub fn default_min_unreserved(max_instances: usize) -> u32 {
+    u32::try_from(max_instances / 10).unwrap_or(u32::MAX)
+}
+
 /// Runs the agent until it is killed.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::Arc;
 
     raise_open_file_limit(options.pool.max_instances);
-    std::fs::create_dir_all(&options.data_dir).map_err(io_err(format!("create {}", options.data_dir.display())))?;
-    let store = store::Store::open(&options.data_dir).map_err(|e| ServeError::Store(e.to_string()))?;
-    let logs = logs::Logs::open(&options.data_dir.join("logs")).map_err(io_err("open the log directory"))?;
-    let run_dir = options.pool.run_dir.display().to_string();
-    let snapshots = snapshots::Snapshots::open(&options.data_dir.join("snapshots"))
-        .map_err(|e| ServeError::Store(e.to_string()))?;
-    let pool = pool::Pool::new(options.pool, logs.clone(), snapshots).map_err(io_err(format!("set up {run_dir}")))?;
-    pool.start_spares();
-    // Provisioned concurrency outlives the agent: start it again.
-    for (name, requested) in store.provisioned().map_err(|e| ServeError::Store(e.to_string()))? {
-        match store.get(&name) {
-            Ok(f) => {
-                pool.set_provisioned(f, requested);
-            }
-            Err(e) => eprintln!("ember: provisioned concurrency of {name}: {e}"),
-        }
+    let data_dir = &options.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(io_err(format!("create {}", data_dir.display())))?;
+    let store = Arc::new(store::Store::open(data_dir).map_err(|e| ServeError::Store(e.to_string()))?);
+    for note in store.migration_notes() {
+        eprintln!("ember: data dir migrated: {note}");
     }
-    let agent = Arc::new(Agent { store, pool, logs });
+    let logs = logs::Logs::open(&data_dir.join("logs")).map_err(io_err("open the log directory"))?;
+    let snapshots =
+        snapshots::Snapshots::open(&data_dir.join("snapshots")).map_err(|e| ServeError::Store(e.to_string()))?;
+
+    // Instances of an earlier agent left sockets in the run dir (their VMMs died with it).
+    let run_dir = &options.vmm.run_dir;
+    match std::fs::remove_dir_all(run_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err(format!("clear {}", run_dir.display()))(e))
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(run_dir).map_err(io_err(format!("create {}", run_dir.display())))?;
+    let shares = Arc::new(if options.cpu_shares {
+        cgroup::CpuShares::new(&short_hash(run_dir))
+    } else {
+        cgroup::CpuShares::off()
+    });
+    let spares = instance::Spares::new(options.vmm_binary.clone(), options.pool.max_boots.max(1), shares);
+    let launcher = Arc::new(pool::launch::VmmLauncher::new(options.vmm.clone(), spares));
+    let pool = pool::Pool::new(options.pool.clone(), logs.clone(), snapshots, launcher);
+    pool.start_spares();
+
+    let host = store::concurrency::HostLimits {
+        concurrent: u32::try_from(options.pool.max_instances).unwrap_or(u32::MAX),
+        min_unreserved: options.min_unreserved.unwrap_or_else(|| default_min_unreserved(options.pool.max_instances)),
+    };
+    let control = functions::Control::new(store.clone(), pool.clone(), logs.clone(), host);
+    // Reservations, provisioned concurrency and SnapStart preparations outlive the agent.
+    control.start().map_err(|e| ServeError::Store(e.to_string()))?;
+    let agent = Arc::new(Agent { control, invoker: invoke::Invoker::new(store, pool), logs });
 
     match std::fs::remove_file(&options.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

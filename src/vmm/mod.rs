@@ -166,6 +166,8 @@ pub struct VmConfig {
     pub hugepages: bool,
     /// The function's code image, attached read-only and mounted at /var/task.
     pub code: Option<PathBuf>,
+    /// The function's layers image, attached read-only and mounted at /opt.
+    pub opt: Option<PathBuf>,
     /// Size of a fresh scratch drive mounted at /tmp, in MiB (512 to 10240); None: tmpfs.
     pub tmp_mib: Option<u32>,
     /// Where the scratch drive's (unlinked) backing file is created.
@@ -327,6 +329,10 @@ impl Vmm {
         if let Some(code) = &config.code {
             kinds.push(DeviceKind::Image { path: code.clone(), id: "ember-code".into() });
             param(&mut cmdline, ember_proto::cmdline::CODE_DRIVE, &drive_name())?;
+        }
+        if let Some(opt) = &config.opt {
+            kinds.push(DeviceKind::Image { path: opt.clone(), id: "ember-opt".into() });
+            param(&mut cmdline, ember_proto::cmdline::OPT_DRIVE, &drive_name())?;
         }
         if let Some(mib) = config.tmp_mib {
             kinds.push(DeviceKind::Scratch { mib, id: "ember-tmp".into() });
@@ -730,6 +736,7 @@ mod tests {
             console: Console::Off,
             hugepages: false,
             code: None,
+            opt: None,
             tmp_mib: None,
             tmp_dir: std::env::temp_dir(),
             vsock_uds: None,

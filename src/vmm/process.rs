@@ -82,6 +82,9 @@ pub struct VmmSpec {
     pub cmdline: String,
     /// The function's code image (read-only, /var/task).
     pub code: Option<PathBuf>,
+    /// The function's layers image (read-only, /opt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt: Option<PathBuf>,
     /// The /tmp drive's size in MiB.
     pub tmp_mib: Option<u32>,
     /// Where the /tmp drive's (unlinked) file is created.
@@ -190,6 +193,7 @@ fn boot(control: &UnixStream) -> Result<VmmExit, String> {
                 console,
                 hugepages: true,
                 code: spec.code,
+                opt: spec.opt,
                 tmp_mib: spec.tmp_mib,
                 tmp_dir: spec.tmp_dir,
                 vsock_uds: Some(spec.vsock_uds),
