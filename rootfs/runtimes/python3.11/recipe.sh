@@ -11,6 +11,9 @@ wheel_platform=manylinux2014_x86_64
 wheel_target=/usr/lib/python3/dist-packages
 
 python=/usr/bin/python3.11
+# PATH in the guest, as the agent sets it for the runtime (src/agent/pool/launch.rs); the build's
+# in_image uses another one (/usr/bin:/bin:/usr/sbin:/sbin).
+guest_path=/usr/local/bin:/usr/bin:/bin:/opt/bin
 
 populate() {
     ln -s python3.11 "$staging/usr/bin/python3"
@@ -29,6 +32,111 @@ populate() {
     ln -s /etc/ssl/certs/ca-certificates.crt "$staging/usr/lib/ssl/cert.pem"
     ln -s /usr/share/zoneinfo/Etc/UTC "$staging/etc/localtime"
     echo Etc/UTC >"$staging/etc/timezone"
+
+    link_busybox_applets
+}
+
+# /bin/sh and the usual commands from busybox-static (/bin/busybox): what `busybox --install -s`
+# would do at boot, done here since the root is read-only in the VM. One relative symlink per
+# applet at the path `busybox --list-full` gives (the binary is static: it runs on the host).
+# sbin and usr/sbin are not on the guest's PATH, so an applet listed there also gets a link in
+# bin or usr/bin. A file the image already has is kept (python3.11's binaries, ember-init as
+# /sbin/init); init and linuxrc (BusyBox's init, for initramfs) are not linked at all.
+link_busybox_applets() {
+    local busybox="$staging/bin/busybox" applet links link dir up kept=() count=0
+    [[ -x "$busybox" ]] || die "busybox-static did not install /bin/busybox"
+    rm -rf "$staging/usr/share/initramfs-tools" # busybox-static's initramfs hooks
+    while read -r applet; do
+        case "$applet" in
+        bin/busybox | */init | linuxrc) continue ;;
+        sbin/*) links=("$applet" "bin/${applet#sbin/}") ;;
+        usr/sbin/*) links=("$applet" "usr/bin/${applet#usr/sbin/}") ;;
+        *) links=("$applet") ;;
+        esac
+        for link in "${links[@]}"; do
+            if [[ -e "$staging/$link" || -L "$staging/$link" ]]; then
+                kept+=("/$link")
+                continue
+            fi
+            # From the link's directory up to the root: one ../ per component.
+            dir="${link%/*}" up=""
+            while [[ -n "$dir" ]]; do
+                up="../$up"
+                [[ "$dir" == */* ]] && dir="${dir%/*}" || dir=""
+            done
+            mkdir -p "$staging/${link%/*}"
+            if [[ "${link%/*}" == bin ]]; then
+                ln -s busybox "$staging/$link"
+            else
+                ln -s "${up}bin/busybox" "$staging/$link"
+            fi
+            count=$((count + 1))
+        done
+    done < <("$busybox" --list-full)
+    if ((${#kept[@]})); then
+        log "$name: linked $count BusyBox applets; kept the files already at ${kept[*]}"
+    else
+        log "$name: linked $count BusyBox applets"
+    fi
+}
+
+# Checks, in the image and with the guest's PATH, that shell scripts run: `sh -c` with a pipe,
+# Python's subprocess with shell=True, a #!/bin/sh script in /opt/bin (where a layer's bin/
+# lands) called by name through a shell and from Python, and that every linked applet is on
+# PATH. Nothing may write to /dev/null here: the chroot has no /dev, so that would create a
+# file in the image.
+check_shell() {
+    log "$name: checking /bin/sh and the BusyBox commands"
+    local out want applets=()
+    # in_guest CMD...: CMD in the image with the guest's PATH and nothing else in its environment.
+    in_guest() { in_image /usr/bin/env -i PATH="$guest_path" LANG=C.UTF-8 "$@"; }
+    # expect WANT CMD...: CMD must succeed and print WANT (trailing newlines aside).
+    expect() {
+        local want="$1"
+        shift
+        out="$(in_guest "$@" 2>&1)" || die "the python3.11 image failed to run $*: $out"
+        [[ "$out" == "$want" ]] || die "in the python3.11 image, $* printed '$out' instead of '$want'"
+        log "$name: $* -> $out"
+    }
+
+    expect HI /bin/sh -c 'echo hi | tr a-z A-Z'
+    # shellcheck disable=SC2016 # expanded by the image's shell
+    expect 3 python3.11 -c 'import subprocess; print(subprocess.run("echo $((1+2))", shell=True, capture_output=True, text=True).stdout)'
+
+    # A layer's script as a function calls it: by name, found on PATH, through a shell and
+    # directly from Python (the kernel runs its #! line).
+    mkdir -p "$staging/opt/bin"
+    cat >"$staging/opt/bin/ember-check-sh" <<'SCRIPT'
+#!/bin/sh
+set -eu
+dir=/tmp/ember-check-sh
+mkdir -p "$dir/sub"
+printf 'alpha\nbeta\ngamma\n' >"$dir/sub/words"
+cat "$dir/sub/words" >"$dir/copy"
+ls "$dir/sub" | grep -qx words
+n="$(grep -c a "$dir/copy")"
+b="$(sed -n 's/^b\(.*\)/B\1/p' "$dir/copy")"
+last="$(sort -r "$dir/copy" | head -n 1 | awk '{ print toupper($0) }')"
+rm -r "$dir"
+test ! -e "$dir"
+echo "$1: $n $b $last $(basename "$0")"
+SCRIPT
+    chmod 0755 "$staging/opt/bin/ember-check-sh"
+    want="3 Beta GAMMA ember-check-sh"
+    expect "sh: $want" /bin/sh -c 'ember-check-sh sh'
+    expect "python: $want" python3.11 -c 'import subprocess; subprocess.run(["ember-check-sh", "python"], check=True)'
+    rm -rf "${staging:?}/opt/bin"
+
+    # Every linked applet (all but init and linuxrc) is an executable on the guest's PATH
+    # (`which` looks only there, not at the shell's builtins).
+    mapfile -t applets < <("$staging/bin/busybox" --list-full | sed 's#.*/##' | grep -vx -e init -e linuxrc)
+    # shellcheck disable=SC2016 # expanded by the image's shell
+    out="$(in_guest /bin/sh -c 'for a; do which "$a" >/tmp/found || echo "$a"; done; rm -f /tmp/found' sh "${applets[@]}")" ||
+        die "the applet check failed in the python3.11 image: $out"
+    [[ -z "$out" ]] || die "BusyBox applets not on the guest's PATH ($guest_path): $(tr "\n" " " <<<"$out")"
+    log "$name: all ${#applets[@]} BusyBox applets but init and linuxrc are on the guest's PATH"
+    [[ -z "$(find "$staging/tmp" "$staging/opt" "$staging/dev" -mindepth 1 -print -quit)" ]] ||
+        die "the shell check left files in /tmp, /opt or /dev"
 }
 
 # Byte-compiles the standard library and the wheels (the root is read-only, so without .pyc
@@ -57,6 +165,8 @@ stale = [m.__name__ for m in list(sys.modules.values()) if getattr(m, "__cached_
 assert not stale, f"modules imported without a .pyc: {stale}"
 print("python3.11 image:", sys.version.split()[0], ssl.OPENSSL_VERSION, "awslambdaric", awslambdaric.__version__)
 ' >&2 || die "the python3.11 image failed its import check"
+
+    check_shell
 
     log "$name: smoke-testing awslambdaric with tests/functions/python/handler.py"
     local as_root=() smoke_log="$work/smoke.log"
