@@ -2,11 +2,13 @@
 //! default `$EMBER_SOCKET` or `/run/ember/ember.sock`) or loopback TCP (`--endpoint
 //! http://127.0.0.1:PORT`, default `$EMBER_ENDPOINT`).
 //!
-//! Answers are printed as pretty JSON; an error is printed as `<Type>: <message>` on stderr with
-//! exit status 1. `invoke` prints the function's response as is and exits 2 when the function
-//! failed (`X-Amz-Function-Error`).
+//! Each subcommand's flags become a request ([`plan`]), built without talking to the agent, then
+//! sent. Answers are printed as pretty JSON (an empty answer, as deletions have, prints nothing);
+//! an error is printed as `<Type>: <message>` on stderr with exit status 1. `invoke` prints the
+//! function's response as is and exits 2 when the function failed (`X-Amz-Function-Error`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +30,19 @@ const DEFAULT_ROLE: &str = "arn:aws:iam::000000000000:role/ember";
 const EXIT_ERROR: u8 = 1;
 /// Exit status of `invoke` when the function failed.
 const EXIT_FUNCTION_ERROR: u8 = 2;
+
+/// The API version in the paths of functions, versions and aliases.
+const FUNCTIONS_API: &str = "2015-03-31";
+/// The API version in the paths of layers.
+const LAYERS_API: &str = "2018-10-31";
+/// The API version in the paths of Put/DeleteFunctionConcurrency.
+const CONCURRENCY_API: &str = "2017-10-31";
+/// The API version in the path of GetFunctionConcurrency.
+const GET_CONCURRENCY_API: &str = "2019-09-30";
+/// GetAccountSettings.
+const ACCOUNT_SETTINGS_PATH: &str = "/2016-08-19/account-settings/";
+/// The most a list call's `MaxItems` may ask for (Lambda's limit).
+const MAX_ITEMS_PER_CALL: u32 = 10_000;
 
 /// Where the agent is.
 #[derive(clap::Args, Debug, Clone)]
@@ -53,12 +68,111 @@ pub enum ClientCommand {
     Invoke(InvokeArgs),
     /// List the functions.
     ListFunctions(ListArgs),
-    /// Show a function.
-    GetFunction(NameArgs),
-    /// Delete a function.
-    DeleteFunction(NameArgs),
+    /// Show a function (or one of its versions or aliases, with --qualifier).
+    GetFunction(QualifiedArgs),
+    /// Delete a function (or one of its versions, with --qualifier).
+    DeleteFunction(QualifiedArgs),
     /// Print the end of a function's log.
     Logs(LogsArgs),
+    /// Publish a version of a function's $LATEST (PublishVersion).
+    PublishVersion(PublishVersionArgs),
+    /// List a function's versions, $LATEST first (ListVersionsByFunction).
+    ListVersionsByFunction(ListVersionsArgs),
+    /// Create an alias of a function's version (CreateAlias).
+    CreateAlias(CreateAliasArgs),
+    /// Change an alias's version, routing or description (UpdateAlias).
+    UpdateAlias(UpdateAliasArgs),
+    /// List a function's aliases (ListAliases).
+    ListAliases(ListAliasesArgs),
+    /// Show an alias (GetAlias).
+    GetAlias(AliasArgs),
+    /// Delete an alias (DeleteAlias).
+    DeleteAlias(AliasArgs),
+    /// Publish a layer version from a zip (PublishLayerVersion).
+    PublishLayerVersion(PublishLayerArgs),
+    /// Reserve concurrency for a function (PutFunctionConcurrency).
+    PutFunctionConcurrency(PutConcurrencyArgs),
+    /// Show a function's reserved concurrency (GetFunctionConcurrency).
+    GetFunctionConcurrency(NameArgs),
+    /// Remove a function's reserved concurrency (DeleteFunctionConcurrency).
+    DeleteFunctionConcurrency(NameArgs),
+    /// Show the host's limits and usage (GetAccountSettings).
+    GetAccountSettings(Connect),
+}
+
+/// Subcommands that take a function name.
+#[derive(clap::Args, Debug)]
+pub struct NameArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The function's name or ARN.
+    #[arg(long)]
+    function_name: String,
+}
+
+impl NameArgs {
+    /// The function's path (under the functions API).
+    fn path(&self) -> String {
+        function_path(FUNCTIONS_API, &self.function_name)
+    }
+}
+
+/// Subcommands that take a function name and a version or alias.
+#[derive(clap::Args, Debug)]
+pub struct QualifiedArgs {
+    #[command(flatten)]
+    function: NameArgs,
+    /// A version or alias [default: $LATEST, or the ARN's qualifier].
+    #[arg(long)]
+    qualifier: Option<String>,
+}
+
+impl QualifiedArgs {
+    /// The function's path followed by `rest`, with `?Qualifier=` when one is given.
+    fn path(&self, rest: &str) -> String {
+        with_query(format!("{}{rest}", self.function.path()), &[("Qualifier", self.qualifier.as_deref())])
+    }
+}
+
+/// `--publish`: publish a version once the change is made.
+#[derive(clap::Args, Debug)]
+pub struct Publish {
+    /// Also publish a version of the result.
+    #[arg(long)]
+    publish: bool,
+}
+
+impl Publish {
+    fn apply(&self, body: &mut Value) {
+        if self.publish {
+            body["Publish"] = json!(true);
+        }
+    }
+}
+
+/// `--layers`.
+#[derive(clap::Args, Debug)]
+pub struct Layers {
+    /// Layer version ARNs, in order (give the flag alone for none).
+    #[arg(long, value_name = "ARN", num_args = 0..)]
+    layers: Option<Vec<String>>,
+}
+
+impl Layers {
+    fn apply(&self, body: &mut Value) {
+        set(body, "Layers", self.layers.as_ref().map(|arns| json!(arns)));
+    }
+}
+
+/// `--marker` and `--max-items` of the list subcommands; without them, every page is fetched.
+#[derive(clap::Args, Debug)]
+pub struct Paging {
+    /// Start after this item (a NextMarker of an earlier answer).
+    #[arg(long)]
+    marker: Option<String>,
+    /// At most this many items (the answer then has a NextMarker if there are more).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_items: Option<u32>,
 }
 
 /// `create-function`.
@@ -96,29 +210,32 @@ pub struct CreateArgs {
     /// A description.
     #[arg(long)]
     description: Option<String>,
+    #[command(flatten)]
+    publish: Publish,
+    #[command(flatten)]
+    layers: Layers,
+    /// Tags.
+    #[arg(long, value_name = "KEY=VALUE", num_args = 1..)]
+    tags: Vec<String>,
 }
 
 /// `update-function-code`.
 #[derive(clap::Args, Debug)]
 pub struct UpdateCodeArgs {
     #[command(flatten)]
-    connect: Connect,
-    /// The function's name or ARN.
-    #[arg(long)]
-    function_name: String,
+    function: NameArgs,
     /// The new deployment package (`fileb://` prefix accepted).
     #[arg(long)]
     zip_file: String,
+    #[command(flatten)]
+    publish: Publish,
 }
 
 /// `update-function-configuration`.
 #[derive(clap::Args, Debug)]
 pub struct UpdateConfigArgs {
     #[command(flatten)]
-    connect: Connect,
-    /// The function's name or ARN.
-    #[arg(long)]
-    function_name: String,
+    function: NameArgs,
     /// A new runtime.
     #[arg(long)]
     runtime: Option<String>,
@@ -143,16 +260,15 @@ pub struct UpdateConfigArgs {
     /// A new description.
     #[arg(long)]
     description: Option<String>,
+    #[command(flatten)]
+    layers: Layers,
 }
 
 /// `invoke`.
 #[derive(clap::Args, Debug)]
 pub struct InvokeArgs {
     #[command(flatten)]
-    connect: Connect,
-    /// The function's name or ARN.
-    #[arg(long)]
-    function_name: String,
+    target: QualifiedArgs,
     /// The event: JSON, or @FILE (or file://FILE) to read it from a file [default: {}].
     #[arg(long)]
     payload: Option<String>,
@@ -162,9 +278,6 @@ pub struct InvokeArgs {
     /// RequestResponse (wait for the answer), Event (queue it) or DryRun (check only).
     #[arg(long, value_parser = ["RequestResponse", "Event", "DryRun"])]
     invocation_type: Option<String>,
-    /// The version (only $LATEST exists).
-    #[arg(long)]
-    qualifier: Option<String>,
     /// X-Amz-Client-Context: base64 JSON, passed to the function.
     #[arg(long)]
     client_context: Option<String>,
@@ -177,29 +290,155 @@ pub struct InvokeArgs {
 pub struct ListArgs {
     #[command(flatten)]
     connect: Connect,
-}
-
-/// Subcommands that take a function name.
-#[derive(clap::Args, Debug)]
-pub struct NameArgs {
     #[command(flatten)]
-    connect: Connect,
-    /// The function's name or ARN.
-    #[arg(long)]
-    function_name: String,
+    paging: Paging,
 }
 
 /// `logs`.
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     #[command(flatten)]
-    connect: Connect,
-    /// The function's name or ARN.
-    #[arg(long)]
-    function_name: String,
+    function: NameArgs,
     /// How many bytes from the end of the log.
     #[arg(long, default_value_t = 65536)]
     bytes: usize,
+}
+
+/// `publish-version`.
+#[derive(clap::Args, Debug)]
+pub struct PublishVersionArgs {
+    #[command(flatten)]
+    function: NameArgs,
+    /// Publish only if $LATEST's code has this SHA-256 (base64, as CodeSha256 shows it).
+    #[arg(long)]
+    code_sha256: Option<String>,
+    /// The version's description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Publish only if $LATEST has this revision.
+    #[arg(long)]
+    revision_id: Option<String>,
+}
+
+/// `list-versions-by-function`.
+#[derive(clap::Args, Debug)]
+pub struct ListVersionsArgs {
+    #[command(flatten)]
+    function: NameArgs,
+    #[command(flatten)]
+    paging: Paging,
+}
+
+/// Subcommands that name an alias.
+#[derive(clap::Args, Debug)]
+pub struct AliasArgs {
+    #[command(flatten)]
+    function: NameArgs,
+    /// The alias's name.
+    #[arg(long)]
+    name: String,
+}
+
+impl AliasArgs {
+    fn path(&self) -> String {
+        format!("{}/aliases/{}", self.function.path(), encode(&self.name))
+    }
+}
+
+/// What create-alias and update-alias both set.
+#[derive(clap::Args, Debug)]
+pub struct AliasSettings {
+    /// The alias's description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Another version's share of invocations: AdditionalVersionWeights={2=0.3}, or as JSON
+    /// {"AdditionalVersionWeights":{"2":0.3}} (AdditionalVersionWeights={} for none).
+    #[arg(long, value_name = "AdditionalVersionWeights={V=W}")]
+    routing_config: Option<String>,
+}
+
+impl AliasSettings {
+    fn apply(&self, body: &mut Value) -> Result<(), Failure> {
+        set(body, "Description", self.description.as_deref().map(Value::from));
+        if let Some(config) = &self.routing_config {
+            body["RoutingConfig"] = json!({ "AdditionalVersionWeights": parse_routing_config(config)? });
+        }
+        Ok(())
+    }
+}
+
+/// `create-alias`.
+#[derive(clap::Args, Debug)]
+pub struct CreateAliasArgs {
+    #[command(flatten)]
+    alias: AliasArgs,
+    /// The version the alias points to.
+    #[arg(long)]
+    function_version: String,
+    #[command(flatten)]
+    settings: AliasSettings,
+}
+
+/// `update-alias`.
+#[derive(clap::Args, Debug)]
+pub struct UpdateAliasArgs {
+    #[command(flatten)]
+    alias: AliasArgs,
+    /// A new version for the alias to point to.
+    #[arg(long)]
+    function_version: Option<String>,
+    #[command(flatten)]
+    settings: AliasSettings,
+    /// Update only if the alias has this revision.
+    #[arg(long)]
+    revision_id: Option<String>,
+}
+
+/// `list-aliases`.
+#[derive(clap::Args, Debug)]
+pub struct ListAliasesArgs {
+    #[command(flatten)]
+    function: NameArgs,
+    /// Only the aliases that route to this version.
+    #[arg(long)]
+    function_version: Option<String>,
+    #[command(flatten)]
+    paging: Paging,
+}
+
+/// `publish-layer-version`.
+#[derive(clap::Args, Debug)]
+pub struct PublishLayerArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The layer's name or ARN.
+    #[arg(long)]
+    layer_name: String,
+    /// The layer's zip (`fileb://` prefix accepted).
+    #[arg(long)]
+    zip_file: String,
+    /// The runtimes the layer is for.
+    #[arg(long, value_name = "RUNTIME", num_args = 1..)]
+    compatible_runtimes: Vec<String>,
+    /// The architectures the layer is for (x86_64, arm64).
+    #[arg(long, value_name = "ARCHITECTURE", num_args = 1..)]
+    compatible_architectures: Vec<String>,
+    /// The version's description.
+    #[arg(long)]
+    description: Option<String>,
+    /// The layer's license.
+    #[arg(long)]
+    license_info: Option<String>,
+}
+
+/// `put-function-concurrency`.
+#[derive(clap::Args, Debug)]
+pub struct PutConcurrencyArgs {
+    #[command(flatten)]
+    function: NameArgs,
+    /// How many instances to reserve for the function (0 stops it from being invoked).
+    #[arg(long, allow_negative_numbers = true)]
+    reserved_concurrent_executions: i64,
 }
 
 /// A failed call: what is printed, `<Type>: <message>`.
@@ -213,6 +452,73 @@ impl Failure {
     fn new(kind: &str, message: impl Into<String>) -> Self {
         Failure { kind: kind.to_string(), message: message.into() }
     }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Failure::new("InvalidArgument", message)
+    }
+}
+
+/// A request to the agent, as a subcommand's flags make it.
+#[derive(Debug)]
+struct ApiRequest {
+    method: Method,
+    /// The path and query, percent-encoded.
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+}
+
+impl ApiRequest {
+    fn new(method: Method, path: impl Into<String>) -> Self {
+        ApiRequest { method, path: path.into(), headers: Vec::new(), body: Bytes::new() }
+    }
+
+    fn json(method: Method, path: impl Into<String>, body: Value) -> Self {
+        let body = Bytes::from(serde_json::to_vec(&body).expect("a JSON value serializes"));
+        ApiRequest { body, ..ApiRequest::new(method, path) }
+    }
+}
+
+/// A list subcommand: its pages, Marker after Marker.
+#[derive(Debug)]
+struct Listing {
+    /// The path, without the query.
+    path: String,
+    /// Query parameters every page takes.
+    query: Vec<(&'static str, String)>,
+    /// The answer's member that holds the items (`Functions`, `Versions`, `Aliases`).
+    key: &'static str,
+    /// Where to start.
+    marker: Option<String>,
+    /// At most this many items in all.
+    max_items: Option<u32>,
+}
+
+impl Listing {
+    fn new(path: String, key: &'static str, paging: &Paging) -> Self {
+        Listing { path, query: Vec::new(), key, marker: paging.marker.clone(), max_items: paging.max_items }
+    }
+
+    /// The path of the page that starts after `marker` and holds at most `max_items`.
+    fn page_path(&self, marker: Option<&str>, max_items: Option<u32>) -> String {
+        let max_items = max_items.map(|n| n.min(MAX_ITEMS_PER_CALL).to_string());
+        let mut params: Vec<(&str, Option<&str>)> = self.query.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+        params.extend([("Marker", marker), ("MaxItems", max_items.as_deref())]);
+        with_query(self.path.clone(), &params)
+    }
+}
+
+/// What a subcommand does with the agent.
+#[derive(Debug)]
+enum Action {
+    /// One request; its JSON answer is printed pretty (nothing if the answer is empty).
+    Send(ApiRequest),
+    /// A list: its pages' items are printed as one answer.
+    List(Listing),
+    /// An invocation: the function's response is printed, or written to `outfile`.
+    Invoke { request: ApiRequest, tail: bool, outfile: Option<PathBuf> },
+    /// One request whose answer (text) is printed as is.
+    Raw(ApiRequest),
 }
 
 /// Runs one client subcommand.
@@ -234,100 +540,160 @@ pub fn run(command: ClientCommand) -> ExitCode {
 }
 
 async fn dispatch(command: ClientCommand) -> Result<ExitCode, Failure> {
-    match command {
-        ClientCommand::CreateFunction(args) => create_function(args).await,
-        ClientCommand::UpdateFunctionCode(args) => {
-            let body = json!({ "ZipFile": read_zip(&args.zip_file)? });
-            let path = format!("{}/code", function_path(&args.function_name));
-            print_json(&call_json(&args.connect, Method::PUT, &path, Some(body)).await?)
-        }
-        ClientCommand::UpdateFunctionConfiguration(args) => update_configuration(args).await,
-        ClientCommand::Invoke(args) => invoke(args).await,
-        ClientCommand::ListFunctions(args) => {
-            let mut functions: Vec<Value> = Vec::new();
-            let mut marker: Option<String> = None;
-            loop {
-                let path = match &marker {
-                    None => "/2015-03-31/functions/".to_string(),
-                    Some(m) => format!("/2015-03-31/functions/?Marker={}", encode(m)),
-                };
-                let page = call_json(&args.connect, Method::GET, &path, None).await?;
-                functions.extend(page["Functions"].as_array().cloned().unwrap_or_default());
-                match page["NextMarker"].as_str() {
-                    Some(m) => marker = Some(m.to_string()),
-                    None => break,
-                }
+    let (connect, action) = plan(&command)?;
+    match action {
+        Action::Send(request) => {
+            let reply = call(connect, request).await?;
+            if reply.body.is_empty() {
+                return Ok(ExitCode::SUCCESS);
             }
-            print_json(&json!({ "Functions": functions }))
+            print_json(&parse_reply(&reply)?)
         }
-        ClientCommand::GetFunction(args) => {
-            print_json(&call_json(&args.connect, Method::GET, &function_path(&args.function_name), None).await?)
+        Action::List(listing) => {
+            let fetch =
+                |path: String| async move { parse_reply(&call(connect, ApiRequest::new(Method::GET, path)).await?) };
+            print_json(&list_all(&listing, fetch).await?)
         }
-        ClientCommand::DeleteFunction(args) => {
-            call(&args.connect, Method::DELETE, &function_path(&args.function_name), &[], Bytes::new()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        ClientCommand::Logs(args) => {
-            let path = format!("{}/logs?bytes={}", function_path(&args.function_name), args.bytes);
-            let reply = call(&args.connect, Method::GET, &path, &[], Bytes::new()).await?;
+        Action::Invoke { request, tail, outfile } => invoke(connect, request, tail, outfile.as_deref()).await,
+        Action::Raw(request) => {
+            let reply = call(connect, request).await?;
             std::io::stdout().write_all(&reply.body).map_err(|e| Failure::new("OutputError", e.to_string()))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn create_function(args: CreateArgs) -> Result<ExitCode, Failure> {
+/// The request (or requests) a subcommand makes, and where to send them.
+fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
+    use ClientCommand as C;
+    let send = Action::Send;
+    Ok(match command {
+        C::CreateFunction(a) => (&a.connect, send(create_function(a)?)),
+        C::UpdateFunctionCode(a) => {
+            let mut body = json!({ "ZipFile": read_zip(&a.zip_file)? });
+            a.publish.apply(&mut body);
+            (&a.function.connect, send(ApiRequest::json(Method::PUT, format!("{}/code", a.function.path()), body)))
+        }
+        C::UpdateFunctionConfiguration(a) => (&a.function.connect, send(update_configuration(a)?)),
+        C::Invoke(a) => (&a.target.function.connect, invocation(a)?),
+        C::ListFunctions(a) => {
+            (&a.connect, Action::List(Listing::new(format!("/{FUNCTIONS_API}/functions/"), "Functions", &a.paging)))
+        }
+        C::GetFunction(a) => (&a.function.connect, send(ApiRequest::new(Method::GET, a.path("")))),
+        C::DeleteFunction(a) => (&a.function.connect, send(ApiRequest::new(Method::DELETE, a.path("")))),
+        C::Logs(a) => {
+            let path = with_query(format!("{}/logs", a.function.path()), &[("bytes", Some(&a.bytes.to_string()))]);
+            (&a.function.connect, Action::Raw(ApiRequest::new(Method::GET, path)))
+        }
+        C::PublishVersion(a) => {
+            let mut body = json!({});
+            set(&mut body, "CodeSha256", a.code_sha256.as_deref().map(Value::from));
+            set(&mut body, "Description", a.description.as_deref().map(Value::from));
+            set(&mut body, "RevisionId", a.revision_id.as_deref().map(Value::from));
+            let path = format!("{}/versions", a.function.path());
+            (&a.function.connect, send(ApiRequest::json(Method::POST, path, body)))
+        }
+        C::ListVersionsByFunction(a) => {
+            let path = format!("{}/versions", a.function.path());
+            (&a.function.connect, Action::List(Listing::new(path, "Versions", &a.paging)))
+        }
+        C::CreateAlias(a) => {
+            let mut body = json!({ "Name": a.alias.name, "FunctionVersion": a.function_version });
+            a.settings.apply(&mut body)?;
+            let path = format!("{}/aliases", a.alias.function.path());
+            (&a.alias.function.connect, send(ApiRequest::json(Method::POST, path, body)))
+        }
+        C::UpdateAlias(a) => {
+            let mut body = json!({});
+            set(&mut body, "FunctionVersion", a.function_version.as_deref().map(Value::from));
+            a.settings.apply(&mut body)?;
+            set(&mut body, "RevisionId", a.revision_id.as_deref().map(Value::from));
+            (&a.alias.function.connect, send(ApiRequest::json(Method::PUT, a.alias.path(), body)))
+        }
+        C::ListAliases(a) => {
+            let mut listing = Listing::new(format!("{}/aliases", a.function.path()), "Aliases", &a.paging);
+            if let Some(version) = &a.function_version {
+                listing.query.push(("FunctionVersion", version.clone()));
+            }
+            (&a.function.connect, Action::List(listing))
+        }
+        C::GetAlias(a) => (&a.function.connect, send(ApiRequest::new(Method::GET, a.path()))),
+        C::DeleteAlias(a) => (&a.function.connect, send(ApiRequest::new(Method::DELETE, a.path()))),
+        C::PublishLayerVersion(a) => (&a.connect, send(publish_layer_version(a)?)),
+        C::PutFunctionConcurrency(a) => {
+            let body = json!({ "ReservedConcurrentExecutions": a.reserved_concurrent_executions });
+            let path = format!("{}/concurrency", function_path(CONCURRENCY_API, &a.function.function_name));
+            (&a.function.connect, send(ApiRequest::json(Method::PUT, path, body)))
+        }
+        C::GetFunctionConcurrency(a) => {
+            let path = format!("{}/concurrency", function_path(GET_CONCURRENCY_API, &a.function_name));
+            (&a.connect, send(ApiRequest::new(Method::GET, path)))
+        }
+        C::DeleteFunctionConcurrency(a) => {
+            let path = format!("{}/concurrency", function_path(CONCURRENCY_API, &a.function_name));
+            (&a.connect, send(ApiRequest::new(Method::DELETE, path)))
+        }
+        C::GetAccountSettings(connect) => (connect, send(ApiRequest::new(Method::GET, ACCOUNT_SETTINGS_PATH))),
+    })
+}
+
+fn create_function(args: &CreateArgs) -> Result<ApiRequest, Failure> {
     let mut body = json!({
         "FunctionName": args.function_name,
         "Runtime": args.runtime,
         "Role": args.role,
         "Code": { "ZipFile": read_zip(&args.zip_file)? },
     });
-    if let Some(handler) = args.handler {
-        body["Handler"] = json!(handler);
-    }
-    if let Some(memory) = args.memory_size {
-        body["MemorySize"] = json!(memory);
-    }
-    if let Some(timeout) = args.timeout {
-        body["Timeout"] = json!(timeout);
-    }
-    if let Some(size) = args.ephemeral_storage {
-        body["EphemeralStorage"] = json!({ "Size": size });
-    }
+    set(&mut body, "Handler", args.handler.as_deref().map(Value::from));
+    set(&mut body, "MemorySize", args.memory_size.map(Value::from));
+    set(&mut body, "Timeout", args.timeout.map(Value::from));
+    set(&mut body, "EphemeralStorage", args.ephemeral_storage.map(|size| json!({ "Size": size })));
     if !args.environment.is_empty() {
-        body["Environment"] = json!({ "Variables": parse_environment(&args.environment)? });
+        body["Environment"] = json!({ "Variables": parse_pairs("--environment", &args.environment)? });
     }
-    if let Some(description) = args.description {
-        body["Description"] = json!(description);
+    set(&mut body, "Description", args.description.as_deref().map(Value::from));
+    args.publish.apply(&mut body);
+    args.layers.apply(&mut body);
+    if !args.tags.is_empty() {
+        body["Tags"] = json!(parse_pairs("--tags", &args.tags)?);
     }
-    print_json(&call_json(&args.connect, Method::POST, "/2015-03-31/functions", Some(body)).await?)
+    Ok(ApiRequest::json(Method::POST, format!("/{FUNCTIONS_API}/functions"), body))
 }
 
-async fn update_configuration(args: UpdateConfigArgs) -> Result<ExitCode, Failure> {
+fn update_configuration(args: &UpdateConfigArgs) -> Result<ApiRequest, Failure> {
     let mut body = json!({});
     let fields = [
-        ("Runtime", args.runtime.map(Value::from)),
-        ("Handler", args.handler.map(Value::from)),
+        ("Runtime", args.runtime.as_deref().map(Value::from)),
+        ("Handler", args.handler.as_deref().map(Value::from)),
         ("MemorySize", args.memory_size.map(Value::from)),
         ("Timeout", args.timeout.map(Value::from)),
-        ("Role", args.role.map(Value::from)),
-        ("Description", args.description.map(Value::from)),
+        ("Role", args.role.as_deref().map(Value::from)),
+        ("Description", args.description.as_deref().map(Value::from)),
         ("EphemeralStorage", args.ephemeral_storage.map(|size| json!({ "Size": size }))),
     ];
     for (key, value) in fields {
-        if let Some(value) = value {
-            body[key] = value;
-        }
+        set(&mut body, key, value);
     }
     if let Some(vars) = &args.environment {
-        body["Environment"] = json!({ "Variables": parse_environment(vars)? });
+        body["Environment"] = json!({ "Variables": parse_pairs("--environment", vars)? });
     }
-    let path = format!("{}/configuration", function_path(&args.function_name));
-    print_json(&call_json(&args.connect, Method::PUT, &path, Some(body)).await?)
+    args.layers.apply(&mut body);
+    let path = format!("{}/configuration", args.function.path());
+    Ok(ApiRequest::json(Method::PUT, path, body))
 }
 
-async fn invoke(args: InvokeArgs) -> Result<ExitCode, Failure> {
+fn publish_layer_version(args: &PublishLayerArgs) -> Result<ApiRequest, Failure> {
+    let mut body = json!({ "Content": { "ZipFile": read_zip(&args.zip_file)? } });
+    let list = |items: &Vec<String>| (!items.is_empty()).then(|| json!(items));
+    set(&mut body, "CompatibleRuntimes", list(&args.compatible_runtimes));
+    set(&mut body, "CompatibleArchitectures", list(&args.compatible_architectures));
+    set(&mut body, "Description", args.description.as_deref().map(Value::from));
+    set(&mut body, "LicenseInfo", args.license_info.as_deref().map(Value::from));
+    let path = format!("/{LAYERS_API}/layers/{}/versions", encode(&args.layer_name));
+    Ok(ApiRequest::json(Method::POST, path, body))
+}
+
+fn invocation(args: &InvokeArgs) -> Result<Action, Failure> {
     let payload = match args.payload.as_deref() {
         None => Bytes::from_static(b"{}"),
         Some(p) => match p.strip_prefix('@').or_else(|| p.strip_prefix("file://")) {
@@ -337,22 +703,28 @@ async fn invoke(args: InvokeArgs) -> Result<ExitCode, Failure> {
             None => Bytes::from(p.to_string()),
         },
     };
-    let mut headers: Vec<(&str, String)> = Vec::new();
-    if let Some(t) = args.invocation_type {
-        headers.push(("x-amz-invocation-type", t));
+    let mut request = ApiRequest::new(Method::POST, args.target.path("/invocations"));
+    request.body = payload;
+    if let Some(t) = &args.invocation_type {
+        request.headers.push(("x-amz-invocation-type", t.clone()));
     }
     let tail = args.log_type.as_deref() == Some("Tail");
     if tail {
-        headers.push(("x-amz-log-type", "Tail".to_string()));
+        request.headers.push(("x-amz-log-type", "Tail".to_string()));
     }
-    if let Some(c) = args.client_context {
-        headers.push(("x-amz-client-context", c));
+    if let Some(c) = &args.client_context {
+        request.headers.push(("x-amz-client-context", c.clone()));
     }
-    let mut path = format!("{}/invocations", function_path(&args.function_name));
-    if let Some(q) = &args.qualifier {
-        path.push_str(&format!("?Qualifier={}", encode(q)));
-    }
-    let reply = call(&args.connect, Method::POST, &path, &headers, payload).await?;
+    Ok(Action::Invoke { request, tail, outfile: args.outfile.clone() })
+}
+
+async fn invoke(
+    connect: &Connect,
+    request: ApiRequest,
+    tail: bool,
+    outfile: Option<&Path>,
+) -> Result<ExitCode, Failure> {
+    let reply = call(connect, request).await?;
     let header = |name: &str| reply.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let function_error = header("x-amz-function-error");
     let log = header("x-amz-log-result");
@@ -364,7 +736,7 @@ async fn invoke(args: InvokeArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
-    match &args.outfile {
+    match outfile {
         Some(file) => {
             std::fs::write(file, &reply.body)
                 .map_err(|e| Failure::new("OutputError", format!("cannot write {}: {e}", file.display())))?;
@@ -396,14 +768,114 @@ async fn invoke(args: InvokeArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_environment(pairs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+/// Fetches a list's pages (`fetch` gets each page's path) until the last, or until `max_items`
+/// items; the items under the listing's key, and a `NextMarker` if it stopped before the end.
+async fn list_all<F, Fut>(listing: &Listing, mut fetch: F) -> Result<Value, Failure>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<Value, Failure>>,
+{
+    let mut items: Vec<Value> = Vec::new();
+    let mut marker = listing.marker.clone();
+    loop {
+        let wanted = listing.max_items.map(|max| max.saturating_sub(u32::try_from(items.len()).unwrap_or(u32::MAX)));
+        let page = fetch(listing.page_path(marker.as_deref(), wanted)).await?;
+        items.extend(page[listing.key].as_array().cloned().unwrap_or_default());
+        let next = page["NextMarker"].as_str().map(str::to_string);
+        // No next page, or one the agent keeps giving: done.
+        let more = next.is_some() && next != marker;
+        marker = next.filter(|_| more);
+        let full = listing.max_items.is_some_and(|max| items.len() >= max as usize);
+        if marker.is_none() || full {
+            break;
+        }
+    }
+    let mut out = json!({ listing.key: items });
+    set(&mut out, "NextMarker", marker.map(Value::from));
+    Ok(out)
+}
+
+/// Sets `body[key]` when there is a value.
+fn set(body: &mut Value, key: &str, value: Option<Value>) {
+    if let Some(value) = value {
+        body[key] = value;
+    }
+}
+
+/// `KEY=VALUE` pairs (of `flag`) as a map; values may hold `=`.
+fn parse_pairs(flag: &str, pairs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     pairs
         .iter()
         .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => Ok((k.to_string(), v.to_string())),
-            None => Err(Failure::new("InvalidArgument", format!("--environment wants KEY=VALUE, not {pair}"))),
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(Failure::invalid(format!("{flag} wants KEY=VALUE, not {pair}"))),
         })
         .collect()
+}
+
+/// `--routing-config`, the version weights of an alias: the aws CLI's shorthand
+/// `AdditionalVersionWeights={2=0.3}` (keys may be quoted, `{"2"=0.3}`; `{}` for none), or JSON,
+/// `{"AdditionalVersionWeights":{"2":0.3}}`. The agent checks the versions and weights.
+fn parse_routing_config(text: &str) -> Result<BTreeMap<String, f64>, Failure> {
+    let bad = |why: String| {
+        Failure::invalid(format!(
+            "--routing-config {text}: {why} (expected AdditionalVersionWeights={{VERSION=WEIGHT}} or \
+             {{\"AdditionalVersionWeights\":{{\"VERSION\":WEIGHT}}}})"
+        ))
+    };
+    let trimmed = text.trim();
+    let mut weights = BTreeMap::new();
+    if trimmed.starts_with('{') {
+        let config: serde_json::Map<String, Value> =
+            serde_json::from_str(trimmed).map_err(|e| bad(format!("not a JSON object ({e})")))?;
+        for (member, value) in config {
+            if member != "AdditionalVersionWeights" {
+                return Err(bad(format!("{member} is not a member of RoutingConfig")));
+            }
+            let Value::Object(map) = value else { return Err(bad("AdditionalVersionWeights is not an object".into())) };
+            for (version, weight) in map {
+                let weight =
+                    weight.as_f64().ok_or_else(|| bad(format!("the weight of version {version} is not a number")))?;
+                weights.insert(version, weight);
+            }
+        }
+        return Ok(weights);
+    }
+    let (member, map) = trimmed.split_once('=').ok_or_else(|| bad("no `=`".into()))?;
+    if member.trim() != "AdditionalVersionWeights" {
+        return Err(bad(format!("{} is not a member of RoutingConfig", member.trim())));
+    }
+    let inner = map
+        .trim()
+        .strip_prefix('{')
+        .and_then(|m| m.strip_suffix('}'))
+        .ok_or_else(|| bad("the weights are not in braces".into()))?;
+    if inner.trim().is_empty() {
+        return Ok(weights);
+    }
+    for entry in inner.split(',') {
+        let (version, weight) =
+            entry.split_once('=').ok_or_else(|| bad(format!("`{}` is not VERSION=WEIGHT", entry.trim())))?;
+        let version = unquote(version.trim());
+        if version.is_empty() || version.contains(['"', '\'', '{', '}']) || version.contains(char::is_whitespace) {
+            return Err(bad(format!("`{}` is not a version", version)));
+        }
+        let weight = weight
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|w| w.is_finite())
+            .ok_or_else(|| bad(format!("the weight of version {version} is not a number")))?;
+        if weights.insert(version.to_string(), weight).is_some() {
+            return Err(bad(format!("version {version} is given twice")));
+        }
+    }
+    Ok(weights)
+}
+
+/// `s` without the quotes around it, if it has matching ones.
+fn unquote(s: &str) -> &str {
+    ['"', '\''].into_iter().find_map(|q| s.strip_prefix(q)?.strip_suffix(q)).unwrap_or(s)
 }
 
 /// The zip at `path` (`fileb://` and `file://` prefixes accepted), in base64.
@@ -414,15 +886,38 @@ fn read_zip(path: &str) -> Result<String, Failure> {
     Ok(base64::engine::general_purpose::STANDARD.encode(zip))
 }
 
-fn function_path(name: &str) -> String {
-    format!("/2015-03-31/functions/{}", encode(name))
+/// The path of a function (its name or ARN, percent-encoded) under an API version.
+fn function_path(api: &str, name: &str) -> String {
+    format!("/{api}/functions/{}", encode(name))
 }
 
-/// Percent-encodes everything but unreserved characters and `:` (for names and ARNs).
+/// `path` with the query parameters that have a value, percent-encoded.
+fn with_query(mut path: String, params: &[(&str, Option<&str>)]) -> String {
+    let mut separator = '?';
+    for (key, value) in params {
+        if let Some(value) = value {
+            path.push_str(&format!("{separator}{key}={}", encode_query(value)));
+            separator = '&';
+        }
+    }
+    path
+}
+
+/// Percent-encodes a path segment: everything but unreserved characters, `:` and `$` (for names
+/// and ARNs).
 fn encode(s: &str) -> String {
+    percent_encode(s, b"-_.~:$")
+}
+
+/// Percent-encodes a query value: everything but unreserved characters (`$LATEST` is `%24LATEST`).
+fn encode_query(s: &str) -> String {
+    percent_encode(s, b"-_.~")
+}
+
+fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~:$".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -444,14 +939,11 @@ struct Reply {
     body: Bytes,
 }
 
-/// A call whose answer is JSON.
-async fn call_json(connect: &Connect, method: Method, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-    let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).expect("a JSON value serializes"))).unwrap_or_default();
-    let reply = call(connect, method, path, &[], body).await?;
+/// A JSON answer's value.
+fn parse_reply(reply: &Reply) -> Result<Value, Failure> {
     serde_json::from_slice(&reply.body)
         .map_err(|e| Failure::new("InvalidResponse", format!("the agent's answer is not JSON: {e}")))
 }
-
 enum Target {
     Unix(PathBuf),
     Tcp(String),
@@ -482,13 +974,8 @@ fn target(connect: &Connect) -> Result<Target, Failure> {
 }
 
 /// One request to the agent; an error answer becomes a [`Failure`] of its `x-amzn-ErrorType`.
-async fn call(
-    connect: &Connect,
-    method: Method,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Bytes,
-) -> Result<Reply, Failure> {
+async fn call(connect: &Connect, request: ApiRequest) -> Result<Reply, Failure> {
+    let ApiRequest { method, path, headers, body } = request;
     let target = target(connect)?;
     let host = match &target {
         Target::Unix(_) => "localhost".to_string(),
@@ -499,7 +986,7 @@ async fn call(
         req = req.header("content-type", "application/json");
     }
     for (name, value) in headers {
-        req = req.header(*name, value.as_str());
+        req = req.header(name, value);
     }
     let req = req.body(Full::new(body)).map_err(|e| Failure::new("InvalidArgument", e.to_string()))?;
     let reply = match &target {
@@ -561,6 +1048,44 @@ mod tests {
         command: ClientCommand,
     }
 
+    const ARN: &str = "arn:aws:lambda:us-east-1:000000000000:function:f";
+
+    fn parse(args: &[&str]) -> ClientCommand {
+        match Cli::try_parse_from(std::iter::once("ember").chain(args.iter().copied())) {
+            Ok(cli) => cli.command,
+            Err(e) => panic!("{args:?} does not parse: {e}"),
+        }
+    }
+
+    fn action(args: &[&str]) -> Result<Action, Failure> {
+        plan(&parse(args)).map(|(_, action)| action)
+    }
+
+    /// The method, path and JSON body (null when empty) a subcommand sends.
+    fn sent(args: &[&str]) -> (Method, String, Value) {
+        match action(args) {
+            Ok(Action::Send(r)) => {
+                let body = if r.body.is_empty() { Value::Null } else { serde_json::from_slice(&r.body).unwrap() };
+                (r.method, r.path, body)
+            }
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn listing(args: &[&str]) -> Listing {
+        match action(args) {
+            Ok(Action::List(listing)) => listing,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// A zip file (any bytes will do) for the subcommands that read one.
+    fn zip_file(name: &str) -> (PathBuf, String) {
+        let path = std::env::temp_dir().join(format!("ember-client-test-{}-{name}.zip", std::process::id()));
+        std::fs::write(&path, b"PK zip").unwrap();
+        (path, base64::engine::general_purpose::STANDARD.encode(b"PK zip"))
+    }
+
     #[test]
     fn parses_like_the_aws_cli() {
         let cli = Cli::try_parse_from([
@@ -584,9 +1109,10 @@ mod tests {
         let ClientCommand::CreateFunction(args) = cli.command else { panic!("wrong subcommand") };
         assert_eq!(args.role, DEFAULT_ROLE);
         assert_eq!(args.memory_size, Some(256));
-        let env = parse_environment(&args.environment).unwrap();
+        let env = parse_pairs("--environment", &args.environment).unwrap();
         assert_eq!(env["B"], "2=3");
-        assert!(parse_environment(&["nope".to_string()]).is_err());
+        assert!(parse_pairs("--environment", &["nope".to_string()]).is_err());
+        assert!(parse_pairs("--tags", &["=v".to_string()]).is_err());
         let cli =
             Cli::try_parse_from(["ember", "invoke", "--function-name", "f", "--log-type", "Tail", "out.json"]).unwrap();
         let ClientCommand::Invoke(args) = cli.command else { panic!("wrong subcommand") };
@@ -602,10 +1128,416 @@ mod tests {
         assert!(target(&connect).is_err());
         let connect = Connect { socket: Some("/tmp/s.sock".into()), endpoint: None };
         assert!(matches!(target(&connect), Ok(Target::Unix(p)) if p == Path::new("/tmp/s.sock")));
-        assert_eq!(
-            function_path("arn:aws:lambda:us-east-1:000000000000:function:f"),
-            "/2015-03-31/functions/arn:aws:lambda:us-east-1:000000000000:function:f"
-        );
+        assert_eq!(function_path(FUNCTIONS_API, ARN), format!("/2015-03-31/functions/{ARN}"));
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode_query("$LATEST"), "%24LATEST");
+        assert_eq!(encode_query("a:b&c=d"), "a%3Ab%26c%3Dd");
+        assert_eq!(with_query("/p".into(), &[("A", None), ("B", Some("1")), ("C", Some("x y"))]), "/p?B=1&C=x%20y");
+        assert_eq!(with_query("/p".into(), &[("A", None)]), "/p");
+    }
+
+    #[test]
+    fn the_connection_flags_go_with_every_subcommand() {
+        let command = parse(&["get-alias", "--function-name", "f", "--name", "live", "--socket", "/s.sock"]);
+        let (connect, _) = plan(&command).unwrap();
+        assert_eq!(connect.socket.as_deref(), Some(Path::new("/s.sock")));
+        let command = parse(&["get-account-settings", "--endpoint", "http://127.0.0.1:9000"]);
+        let (connect, _) = plan(&command).unwrap();
+        assert_eq!(connect.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn create_and_update_functions_publish_with_layers_and_tags() {
+        let (zip, zip64) = zip_file("create");
+        let zip_arg = format!("fileb://{}", zip.display());
+        let (method, path, body) = sent(&[
+            "create-function",
+            "--function-name",
+            "f",
+            "--runtime",
+            "provided.al2023",
+            "--zip-file",
+            &zip_arg,
+            "--publish",
+            "--layers",
+            "arn:aws:lambda:us-east-1:000000000000:layer:a:1",
+            "arn:aws:lambda:us-east-1:000000000000:layer:b:2",
+            "--tags",
+            "team=ember",
+            "env=a=b",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/2015-03-31/functions"));
+        assert_eq!(
+            body,
+            json!({
+                "FunctionName": "f", "Runtime": "provided.al2023", "Role": DEFAULT_ROLE,
+                "Code": { "ZipFile": zip64 }, "Publish": true,
+                "Layers": [
+                    "arn:aws:lambda:us-east-1:000000000000:layer:a:1",
+                    "arn:aws:lambda:us-east-1:000000000000:layer:b:2",
+                ],
+                "Tags": { "team": "ember", "env": "a=b" },
+            })
+        );
+        // Without the flags, none of it is sent.
+        let (_, _, body) =
+            sent(&["create-function", "--function-name", "f", "--runtime", "provided.al2023", "--zip-file", &zip_arg]);
+        assert!(body.get("Publish").is_none() && body.get("Layers").is_none() && body.get("Tags").is_none());
+        let bad = ["create-function", "--function-name", "f", "--runtime", "r", "--zip-file", &zip_arg, "--tags", "x"];
+        assert!(matches!(action(&bad), Err(f) if f.kind == "InvalidArgument"));
+
+        let (method, path, body) =
+            sent(&["update-function-code", "--function-name", ARN, "--zip-file", &zip_arg, "--publish"]);
+        assert_eq!((method, path), (Method::PUT, format!("/2015-03-31/functions/{ARN}/code")));
+        assert_eq!(body, json!({ "ZipFile": zip64, "Publish": true }));
+        let (_, _, body) = sent(&["update-function-code", "--function-name", "f", "--zip-file", &zip_arg]);
+        assert_eq!(body, json!({ "ZipFile": zip64 }));
+        std::fs::remove_file(zip).unwrap();
+
+        let (method, path, body) =
+            sent(&["update-function-configuration", "--function-name", "f", "--layers", "l:1", "--timeout", "9"]);
+        assert_eq!((method, path.as_str()), (Method::PUT, "/2015-03-31/functions/f/configuration"));
+        assert_eq!(body, json!({ "Layers": ["l:1"], "Timeout": 9 }));
+        // --layers alone removes them all.
+        let (_, _, body) = sent(&["update-function-configuration", "--function-name", "f", "--layers"]);
+        assert_eq!(body, json!({ "Layers": [] }));
+        let (_, _, body) = sent(&["update-function-configuration", "--function-name", "f", "--description", "d"]);
+        assert_eq!(body, json!({ "Description": "d" }));
+    }
+
+    #[test]
+    fn qualifiers_go_in_the_query() {
+        let (method, path, body) = sent(&["get-function", "--function-name", "f", "--qualifier", "$LATEST"]);
+        assert_eq!(
+            (method, path.as_str(), body),
+            (Method::GET, "/2015-03-31/functions/f?Qualifier=%24LATEST", Value::Null)
+        );
+        let (method, path, _) = sent(&["get-function", "--function-name", ARN]);
+        assert_eq!((method, path), (Method::GET, format!("/2015-03-31/functions/{ARN}")));
+        let (method, path, _) = sent(&["delete-function", "--function-name", "f", "--qualifier", "3"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2015-03-31/functions/f?Qualifier=3"));
+        let (method, path, _) = sent(&["delete-function", "--function-name", "my f"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2015-03-31/functions/my%20f"));
+
+        let invoke = action(&[
+            "invoke",
+            "--function-name",
+            "f",
+            "--qualifier",
+            "live",
+            "--payload",
+            "{\"a\":1}",
+            "--log-type",
+            "Tail",
+            "--invocation-type",
+            "Event",
+        ]);
+        let Ok(Action::Invoke { request, tail, outfile }) = invoke else { panic!("{invoke:?}") };
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(request.path, "/2015-03-31/functions/f/invocations?Qualifier=live");
+        assert_eq!(request.body, Bytes::from_static(b"{\"a\":1}"));
+        assert!(tail && outfile.is_none());
+        assert!(request.headers.contains(&("x-amz-invocation-type", "Event".to_string())));
+        assert!(request.headers.contains(&("x-amz-log-type", "Tail".to_string())));
+        let invoke = action(&["invoke", "--function-name", "f", "--qualifier", "$LATEST", "out.json"]);
+        let Ok(Action::Invoke { request, tail, outfile }) = invoke else { panic!("{invoke:?}") };
+        assert_eq!(request.path, "/2015-03-31/functions/f/invocations?Qualifier=%24LATEST");
+        assert_eq!(request.body, Bytes::from_static(b"{}"));
+        assert!(!tail && outfile == Some(PathBuf::from("out.json")) && request.headers.is_empty());
+    }
+
+    #[test]
+    fn versions() {
+        let (method, path, body) = sent(&[
+            "publish-version",
+            "--function-name",
+            ARN,
+            "--code-sha256",
+            "abc=",
+            "--description",
+            "first",
+            "--revision-id",
+            "r1",
+        ]);
+        assert_eq!((method, path), (Method::POST, format!("/2015-03-31/functions/{ARN}/versions")));
+        assert_eq!(body, json!({ "CodeSha256": "abc=", "Description": "first", "RevisionId": "r1" }));
+        let (_, _, body) = sent(&["publish-version", "--function-name", "f"]);
+        assert_eq!(body, json!({}));
+
+        let l = listing(&["list-versions-by-function", "--function-name", "f"]);
+        assert_eq!(l.key, "Versions");
+        assert_eq!(l.page_path(None, None), "/2015-03-31/functions/f/versions");
+        let l = listing(&["list-versions-by-function", "--function-name", "f", "--marker", "3", "--max-items", "2"]);
+        assert_eq!((l.marker.as_deref(), l.max_items), (Some("3"), Some(2)));
+        assert_eq!(l.page_path(Some("3"), Some(2)), "/2015-03-31/functions/f/versions?Marker=3&MaxItems=2");
+        assert_eq!(l.page_path(None, Some(50_000)), "/2015-03-31/functions/f/versions?MaxItems=10000");
+        assert!(Cli::try_parse_from([
+            "ember",
+            "list-versions-by-function",
+            "--function-name",
+            "f",
+            "--max-items",
+            "0"
+        ])
+        .is_err());
+        let l = listing(&["list-functions", "--max-items", "1"]);
+        assert_eq!(
+            (l.key, l.page_path(Some("f 1"), Some(1))),
+            ("Functions", "/2015-03-31/functions/?Marker=f%201&MaxItems=1".into())
+        );
+    }
+
+    #[test]
+    fn aliases() {
+        let (method, path, body) = sent(&[
+            "create-alias",
+            "--function-name",
+            ARN,
+            "--name",
+            "live",
+            "--function-version",
+            "1",
+            "--description",
+            "d",
+            "--routing-config",
+            "AdditionalVersionWeights={\"2\"=0.3}",
+        ]);
+        assert_eq!((method, path), (Method::POST, format!("/2015-03-31/functions/{ARN}/aliases")));
+        assert_eq!(
+            body,
+            json!({
+                "Name": "live", "FunctionVersion": "1", "Description": "d",
+                "RoutingConfig": { "AdditionalVersionWeights": { "2": 0.3 } },
+            })
+        );
+        let (_, _, body) =
+            sent(&["create-alias", "--function-name", "f", "--name", "a", "--function-version", "$LATEST"]);
+        assert_eq!(body, json!({ "Name": "a", "FunctionVersion": "$LATEST" }));
+        assert!(Cli::try_parse_from(["ember", "create-alias", "--function-name", "f", "--name", "a"]).is_err());
+        let bad = [
+            "create-alias",
+            "--function-name",
+            "f",
+            "--name",
+            "a",
+            "--function-version",
+            "1",
+            "--routing-config",
+            "2=0.3",
+        ];
+        assert!(matches!(action(&bad), Err(f) if f.kind == "InvalidArgument"));
+
+        let (method, path, body) = sent(&[
+            "update-alias",
+            "--function-name",
+            "f",
+            "--name",
+            "live",
+            "--function-version",
+            "2",
+            "--routing-config",
+            "{\"AdditionalVersionWeights\":{\"3\":0.5}}",
+            "--revision-id",
+            "r",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::PUT, "/2015-03-31/functions/f/aliases/live"));
+        assert_eq!(
+            body,
+            json!({
+                "FunctionVersion": "2", "RevisionId": "r",
+                "RoutingConfig": { "AdditionalVersionWeights": { "3": 0.5 } },
+            })
+        );
+        let (_, _, body) = sent(&[
+            "update-alias",
+            "--function-name",
+            "f",
+            "--name",
+            "live",
+            "--routing-config",
+            "AdditionalVersionWeights={}",
+        ]);
+        assert_eq!(body, json!({ "RoutingConfig": { "AdditionalVersionWeights": {} } }));
+
+        let (method, path, body) = sent(&["get-alias", "--function-name", ARN, "--name", "live"]);
+        assert_eq!(
+            (method, path, body),
+            (Method::GET, format!("/2015-03-31/functions/{ARN}/aliases/live"), Value::Null)
+        );
+        let (method, path, _) = sent(&["delete-alias", "--function-name", "f", "--name", "a b"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2015-03-31/functions/f/aliases/a%20b"));
+
+        let l = listing(&["list-aliases", "--function-name", "f", "--function-version", "$LATEST"]);
+        assert_eq!(l.key, "Aliases");
+        assert_eq!(l.page_path(None, None), "/2015-03-31/functions/f/aliases?FunctionVersion=%24LATEST");
+        assert_eq!(
+            l.page_path(Some("a"), Some(5)),
+            "/2015-03-31/functions/f/aliases?FunctionVersion=%24LATEST&Marker=a&MaxItems=5"
+        );
+        let l = listing(&["list-aliases", "--function-name", "f"]);
+        assert_eq!(l.page_path(None, None), "/2015-03-31/functions/f/aliases");
+    }
+
+    #[test]
+    fn routing_config_shorthand_and_json() {
+        let weights =
+            |pairs: &[(&str, f64)]| pairs.iter().map(|(v, w)| (v.to_string(), *w)).collect::<BTreeMap<_, _>>();
+        for good in [
+            "AdditionalVersionWeights={2=0.3}",
+            "AdditionalVersionWeights={\"2\"=0.3}",
+            "AdditionalVersionWeights={'2'=0.3}",
+            " AdditionalVersionWeights = { 2 = 0.3 } ",
+            "{\"AdditionalVersionWeights\":{\"2\":0.3}}",
+            "{ \"AdditionalVersionWeights\": { \"2\": 0.3 } }",
+        ] {
+            assert_eq!(parse_routing_config(good).unwrap(), weights(&[("2", 0.3)]), "{good}");
+        }
+        assert_eq!(
+            parse_routing_config("AdditionalVersionWeights={2=0.25,3=0.5}").unwrap(),
+            weights(&[("2", 0.25), ("3", 0.5)])
+        );
+        assert_eq!(parse_routing_config("AdditionalVersionWeights={2=1}").unwrap(), weights(&[("2", 1.0)]));
+        assert!(parse_routing_config("AdditionalVersionWeights={}").unwrap().is_empty());
+        assert!(parse_routing_config("{\"AdditionalVersionWeights\":{}}").unwrap().is_empty());
+        assert!(parse_routing_config("{}").unwrap().is_empty());
+        for bad in [
+            "",
+            "2=0.3",
+            "{2=0.3}",
+            "AdditionalVersionWeights",
+            "AdditionalVersionWeights=",
+            "AdditionalVersionWeights=2=0.3",
+            "AdditionalVersionWeights={2=0.3",
+            "AdditionalVersionWeights={2:0.3}",
+            "AdditionalVersionWeights={2=}",
+            "AdditionalVersionWeights={=0.3}",
+            "AdditionalVersionWeights={\"\"=0.3}",
+            "AdditionalVersionWeights={\"2=0.3}",
+            "AdditionalVersionWeights={2=abc}",
+            "AdditionalVersionWeights={2=NaN}",
+            "AdditionalVersionWeights={2=inf}",
+            "AdditionalVersionWeights={2=0.1,2=0.2}",
+            "AdditionalVersionWeights={2=0.1,}",
+            "Weights={2=0.3}",
+            "{\"AdditionalVersionWeights\":{\"2\":\"0.3\"}}",
+            "{\"AdditionalVersionWeights\":[0.3]}",
+            "{\"Weights\":{\"2\":0.3}}",
+            "{\"AdditionalVersionWeights\":{\"2\":0.3}",
+            "[1]",
+        ] {
+            let failure = parse_routing_config(bad).expect_err(bad);
+            assert_eq!(failure.kind, "InvalidArgument", "{bad}");
+            assert!(failure.message.starts_with("--routing-config"), "{bad}: {}", failure.message);
+        }
+    }
+
+    #[test]
+    fn layers() {
+        let (zip, zip64) = zip_file("layer");
+        let (method, path, body) = sent(&[
+            "publish-layer-version",
+            "--layer-name",
+            "arn:aws:lambda:us-east-1:000000000000:layer:my layer",
+            "--zip-file",
+            &format!("fileb://{}", zip.display()),
+            "--compatible-runtimes",
+            "python3.11",
+            "provided.al2023",
+            "--compatible-architectures",
+            "x86_64",
+            "--description",
+            "d",
+            "--license-info",
+            "MIT",
+        ]);
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::POST, "/2018-10-31/layers/arn:aws:lambda:us-east-1:000000000000:layer:my%20layer/versions")
+        );
+        assert_eq!(
+            body,
+            json!({
+                "Content": { "ZipFile": zip64 },
+                "CompatibleRuntimes": ["python3.11", "provided.al2023"],
+                "CompatibleArchitectures": ["x86_64"],
+                "Description": "d",
+                "LicenseInfo": "MIT",
+            })
+        );
+        let (_, path, body) =
+            sent(&["publish-layer-version", "--layer-name", "l", "--zip-file", &zip.display().to_string()]);
+        assert_eq!(
+            (path.as_str(), body),
+            ("/2018-10-31/layers/l/versions", json!({ "Content": { "ZipFile": zip64 } }))
+        );
+        std::fs::remove_file(&zip).unwrap();
+        let missing = action(&["publish-layer-version", "--layer-name", "l", "--zip-file", &zip.display().to_string()]);
+        assert!(matches!(missing, Err(f) if f.kind == "InvalidZipFile"));
+    }
+
+    #[test]
+    fn concurrency_and_account() {
+        let (method, path, body) =
+            sent(&["put-function-concurrency", "--function-name", ARN, "--reserved-concurrent-executions", "5"]);
+        assert_eq!((method, path), (Method::PUT, format!("/2017-10-31/functions/{ARN}/concurrency")));
+        assert_eq!(body, json!({ "ReservedConcurrentExecutions": 5 }));
+        // The agent, not the client, says what is out of range.
+        let (_, _, body) =
+            sent(&["put-function-concurrency", "--function-name", "f", "--reserved-concurrent-executions", "-1"]);
+        assert_eq!(body, json!({ "ReservedConcurrentExecutions": -1 }));
+        assert!(Cli::try_parse_from(["ember", "put-function-concurrency", "--function-name", "f"]).is_err());
+        let (method, path, body) = sent(&["get-function-concurrency", "--function-name", "f"]);
+        assert_eq!((method, path.as_str(), body), (Method::GET, "/2019-09-30/functions/f/concurrency", Value::Null));
+        let (method, path, _) = sent(&["delete-function-concurrency", "--function-name", "f"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2017-10-31/functions/f/concurrency"));
+        let (method, path, body) = sent(&["get-account-settings"]);
+        assert_eq!((method, path.as_str(), body), (Method::GET, "/2016-08-19/account-settings/", Value::Null));
+    }
+
+    /// Runs `list_all` against pages of numbers (`pages[i]` is the page at marker `i`).
+    fn list_pages(listing: &Listing, pages: &[&[u32]]) -> (Value, Vec<String>) {
+        let mut asked = Vec::new();
+        let fetch = |path: String| {
+            let start: usize =
+                path.split(['?', '&']).find_map(|p| p.strip_prefix("Marker=")).map_or(0, |m| m.parse().unwrap());
+            let max: usize = path
+                .split(['?', '&'])
+                .find_map(|p| p.strip_prefix("MaxItems="))
+                .map_or(usize::MAX, |m| m.parse().unwrap());
+            asked.push(path);
+            let items: Vec<u32> = pages[start].iter().copied().take(max).collect();
+            let mut page = json!({ "Things": items });
+            if start + 1 < pages.len() {
+                page["NextMarker"] = json!((start + 1).to_string());
+            }
+            async move { Ok(page) }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let out = runtime.block_on(list_all(listing, fetch)).unwrap();
+        (out, asked)
+    }
+
+    #[test]
+    fn lists_follow_the_markers() {
+        let paging = |marker: Option<&str>, max_items| Paging { marker: marker.map(str::to_string), max_items };
+        let pages: &[&[u32]] = &[&[1, 2], &[3], &[4, 5]];
+        let all = Listing::new("/l".into(), "Things", &paging(None, None));
+        let (out, asked) = list_pages(&all, pages);
+        assert_eq!(out, json!({ "Things": [1, 2, 3, 4, 5] }));
+        assert_eq!(asked, ["/l", "/l?Marker=1", "/l?Marker=2"]);
+        let from = Listing::new("/l".into(), "Things", &paging(Some("1"), None));
+        assert_eq!(list_pages(&from, pages).0, json!({ "Things": [3, 4, 5] }));
+        // --max-items stops early and says where to go on.
+        let some = Listing::new("/l".into(), "Things", &paging(None, Some(3)));
+        let (out, asked) = list_pages(&some, pages);
+        assert_eq!(out, json!({ "Things": [1, 2, 3], "NextMarker": "2" }));
+        assert_eq!(asked, ["/l?MaxItems=3", "/l?Marker=1&MaxItems=1"]);
+        let enough = Listing::new("/l".into(), "Things", &paging(Some("2"), Some(2)));
+        assert_eq!(list_pages(&enough, pages).0, json!({ "Things": [4, 5] }));
+        // A page that points at itself ends the list.
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let stuck = Listing::new("/l".into(), "Things", &paging(Some("m"), None));
+        let out = runtime.block_on(list_all(&stuck, |_| async { Ok(json!({ "Things": [], "NextMarker": "m" })) }));
+        assert_eq!(out.unwrap(), json!({ "Things": [] }));
     }
 }
