@@ -77,6 +77,10 @@ pub async fn update(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
     members::check(&req.body, members::UPDATE_ALIAS, "UpdateAlias")?;
     let input: AliasInput = body::shape(req.body)?;
     let current = agent.control.alias(&function, &name)?;
+    if input.revision_id.as_ref().is_some_and(|r| *r != current.revision_id) {
+        // Before the values are checked against an alias the caller has not seen.
+        return Err(crate::agent::store::StoreError::RevisionMismatch.into());
+    }
     let version = input.function_version.map(|v| validate::alias_version(&v)).transpose()?;
     if let Some(d) = &input.description {
         validate::description(d)?;

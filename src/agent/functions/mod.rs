@@ -484,8 +484,13 @@ impl Control {
         let unpublished = || {
             Error::Invalid("Provisioned Concurrency Configs cannot be applied to unpublished function versions.".into())
         };
+        if r.qualifier.is_none() {
+            return Err(Error::Invalid("The Qualifier parameter is required.".into()));
+        }
+        // The function, version or alias must exist before anything else is said of it.
+        self.get(r)?;
         let split_of = match &r.qualifier {
-            None => return Err(Error::Invalid("The Qualifier parameter is required.".into())),
+            None => unreachable!("checked above"),
             Some(Qualifier::Version(v)) if v.is_latest() => return Err(unpublished()),
             Some(Qualifier::Version(v)) => vec![(*v, requested)],
             Some(Qualifier::Alias(a)) => {

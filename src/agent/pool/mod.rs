@@ -137,8 +137,11 @@ struct State {
     idle: HashMap<Key, Vec<Idle>>,
     /// Live instances: starting, busy and idle.
     live: usize,
-    /// Bumped by [`Pool::retire`]: instances of an older epoch are not reused.
+    /// Bumped by [`Pool::retire`] for one version, and by [`Pool::remove_function`] for every
+    /// version of a function: an instance started at another epoch is not reused.
     epochs: HashMap<Key, u64>,
+    /// See `epochs`.
+    function_epochs: HashMap<String, u64>,
     /// Provisioned concurrency, by function and qualifier.
     provisioned: HashMap<ProvisionedKey, Provisioned>,
     /// Provisioned instances (idle or busy), by instance id. They are never retired for
@@ -163,8 +166,11 @@ impl Idle {
 }
 
 impl State {
+    /// The epoch of a version: its own and its function's, which only ever grow, so that the
+    /// sum changes whenever either does.
     fn epoch(&self, key: &Key) -> u64 {
         self.epochs.get(key).copied().unwrap_or_default()
+            + self.function_epochs.get(&key.function).copied().unwrap_or_default()
     }
 
     /// Takes an idle instance of `key` at `revision` out of the pool, a provisioned one
@@ -238,6 +244,7 @@ impl Pool {
             idle: HashMap::new(),
             live: 0,
             epochs: HashMap::new(),
+            function_epochs: HashMap::new(),
             provisioned: HashMap::new(),
             pinned: HashMap::new(),
             accounting: Accounting::new(config.max_instances.try_into().unwrap_or(u32::MAX)),
@@ -374,28 +381,24 @@ impl Pool {
         drop(dropped);
     }
 
-    /// Retires every instance of every version of a deleted function, its provisioned
-    /// concurrency, reservation and snapshots.
+    /// Retires every instance of every version of a deleted function (busy ones when their
+    /// invocation ends), its provisioned concurrency, reservation and snapshots.
     pub fn remove_function(&self, function: &str) {
-        let versions: Vec<Version> = {
+        let dropped = {
             let mut state = self.shared.lock();
             state.remove_provisioned_of(function);
             state.accounting.set_reserved(function, None);
-            let mut versions: Vec<Version> = state
-                .idle
-                .keys()
-                .chain(state.epochs.keys())
-                .filter(|k| k.function == function)
-                .map(|k| k.version)
-                .collect();
-            versions.push(Version::LATEST);
-            versions.sort();
-            versions.dedup();
-            versions
+            *state.function_epochs.entry(function.to_owned()).or_default() += 1;
+            let keys: Vec<Key> = state.idle.keys().filter(|k| k.function == function).cloned().collect();
+            let mut dropped = Vec::new();
+            for key in keys {
+                dropped.extend(state.idle.remove(&key).unwrap_or_default());
+            }
+            state.live -= dropped.len();
+            dropped
         };
-        for version in versions {
-            self.retire(function, version);
-        }
+        // Dropping the handles ends the actors, which destroy their instances.
+        drop(dropped);
         self.shared.snapshots.remove_function(function);
     }
 

@@ -175,6 +175,17 @@ async fn versions_have_their_own_warm_instances() {
     invoke(&s.pool, &v1, json!({})).await.unwrap();
     assert_eq!(s.fake.launches(), 4);
     assert!(tail(&invoke(&s.pool, &v1, json!({})).await.unwrap()).contains("START RequestId:"));
+    // Deleted: every version's instances go, busy ones when their invocation ends.
+    let pool = s.pool.clone();
+    let busy = tokio::spawn({
+        let v2 = v2.clone();
+        async move { invoke(&pool, &v2, json!({"sleep_ms": 200})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.pool.remove_function("f");
+    busy.await.unwrap().unwrap();
+    assert_eq!(s.pool.shared.lock().live, 0, "nothing of f is kept");
+    assert!(s.pool.shared.lock().idle.is_empty());
 }
 
 #[tokio::test]
