@@ -16,8 +16,16 @@ step() { printf '\n== [%s] %s\n' "$(date +%T)" "$*"; }
 
 step "installing packages"
 ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file
-# boto3 for the API tests (tests/api/test_boto3.py), from PyPI for the python3 on PATH.
+# boto3 for the API tests (tests/api/), from PyPI for the python3 on PATH; the aws CLI (v1, from
+# PyPI) in a virtualenv of its own, so that its pinned botocore never moves boto3's.
 python3 -c 'import boto3' 2>/dev/null || python3 -m pip install --quiet boto3
+awscli="$ember_cache/awscli"
+if ! "$awscli/bin/aws" --version >/dev/null 2>&1; then
+    rm -rf "$awscli"
+    python3 -m venv "$awscli"
+    "$awscli/bin/pip" install --quiet awscli
+fi
+export EMBER_AWS_CLI="$awscli/bin/aws"
 
 step "building the guest (scripts/build-guest.sh)"
 scripts/build-guest.sh
@@ -52,7 +60,7 @@ trap 'rm -f "$runner"' EXIT
         # memory and CPU than it has (its kernel has died under heavy restore load, with a
         # page-fault loop in a vCPU thread).
         threads=2
-        case $(basename "$t") in kvm_invoke-* | kvm_snapstart-*) threads=1 ;; esac
+        case $(basename "$t") in kvm_invoke-* | kvm_snapstart-* | kvm_release-*) threads=1 ;; esac
         printf '%q --test-threads=%d\n' "$t" "$threads"
     done
 } >"$runner"

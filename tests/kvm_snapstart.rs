@@ -1,8 +1,9 @@
-//! SnapStart end to end through the agent's public API: init snapshots made from a real boot,
-//! instances restored from them, the runtime's snapshot hooks (awslambdaric's
-//! `snapshot_restore_py`), uniqueness after a restore, and what happens to a snapshot when the
-//! function changes, the agent restarts or the snapshot is damaged; provisioned concurrency and
-//! the idle-memory budget.
+//! SnapStart end to end through the agent's public API, as Lambda applies it: publishing a
+//! SnapStart version makes its init snapshot from a real boot (the version is `Pending` until
+//! then), its cold starts restore from it while `$LATEST` boots; the runtime's snapshot hooks
+//! (awslambdaric's `snapshot_restore_py`), uniqueness after a restore, and what happens to a
+//! snapshot when a new version is published, the agent restarts or the snapshot is damaged;
+//! provisioned concurrency on an alias and the idle-memory budget.
 //!
 //! Like the other KVM tests these need a KVM host that runs Linux guests; scripts/test.sh runs
 //! them in the right place, and anywhere else they fail and say why.
@@ -33,13 +34,48 @@ async fn ok(agent: &Agent, name: &str, payload: Value) -> (Value, String) {
     (r.json(), r.log_tail())
 }
 
+/// A version's snapshot directory (`name` is `function:version`).
 fn snapshot_dir(agent: &Agent, name: &str) -> PathBuf {
-    agent.data_dir.join("snapshots").join(name)
+    let (function, version) = name.split_once(':').expect("a published version");
+    agent.data_dir.join("snapshots").join(function).join(version)
 }
 
 fn snapshot_meta(agent: &Agent, name: &str) -> Option<Value> {
     let bytes = std::fs::read(snapshot_dir(agent, name).join("meta.json")).ok()?;
     Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// A version's configuration.
+async fn configuration(agent: &Agent, name: &str) -> Value {
+    let r = agent.request("GET", &format!("/2015-03-31/functions/{name}/configuration"), &[], vec![]).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    r.json()
+}
+
+/// Publishes `function`'s `$LATEST`; the SnapStart version answers `Pending`, and is waited
+/// for until it is `Active`. Returns the version's name (`function:N`).
+async fn publish(agent: &Agent, function: &str) -> String {
+    let r = agent.request("POST", &format!("/2015-03-31/functions/{function}/versions"), &[], b"{}".to_vec()).await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    assert_eq!(r.json()["State"], "Pending", "{}", body(&r));
+    wait_active(agent, &format!("{function}:{}", r.json()["Version"].as_str().unwrap())).await
+}
+
+async fn wait_active(agent: &Agent, name: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let c = configuration(agent, name).await;
+        match c["State"].as_str() {
+            Some("Active") => {
+                assert_eq!(c["SnapStart"], json!({"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}));
+                return name.to_owned();
+            }
+            Some("Pending") => {}
+            _ => panic!("{name}: {c}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} still Pending");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn now_s() -> f64 {
@@ -62,15 +98,21 @@ async fn python_snapstart_restores_unique_clones_and_keeps_init_state() {
             "python3.11",
             "handler.snap_info",
             "python.zip",
-            json!({"MemorySize": 128, "Timeout": 30, "SnapStart": {"ApplyOn": "PublishedVersions"}}),
+            json!({"MemorySize": 128, "Timeout": 30, "SnapStart": {"ApplyOn": "PublishedVersions"}, "Publish": true}),
         )
         .await;
     assert_eq!(created.status, 201, "{}", body(&created));
-    assert_eq!(created.json()["SnapStart"], json!({"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}));
+    // Publish answers the version, Pending while its snapshot is made; it cannot run yet.
+    assert_eq!((created.json()["Version"].as_str(), created.json()["State"].as_str()), (Some("1"), Some("Pending")));
+    let early = agent.invoke("snap:1", json!({})).await;
+    assert_eq!((early.status, early.header("x-amzn-errortype")), (409, Some("SnapStartNotReadyException")));
+    wait_active(&agent, "snap:1").await;
+    let meta = snapshot_meta(&agent, "snap:1").expect("the snapshot is on disk");
+    assert!(snapshot_dir(&agent, "snap:1").join("memory").is_file());
 
-    // The first cold start makes the snapshot, then restores from it.
+    // The version's cold starts restore from it.
     let sent = now_s();
-    let (first, tail) = ok(&agent, "snap", json!({})).await;
+    let (first, tail) = ok(&agent, "snap:1", json!({})).await;
     check_clock(&first, sent, now_s());
     assert!(tail.contains("Restore Duration:"), "a restored instance reports its restore: {tail}");
     assert!(!tail.contains("Init Duration:"), "{tail}");
@@ -78,12 +120,10 @@ async fn python_snapstart_restores_unique_clones_and_keeps_init_state() {
     let hook = first["after_restore"].as_f64().expect("the after-restore hook ran before the first event");
     assert!(hook <= first["time"].as_f64().unwrap());
     assert_eq!(first["tmp_mib"].as_u64().map(|m| m > 400 && m <= 512), Some(true), "/tmp is the 512 MB drive: {first}");
-    let meta = snapshot_meta(&agent, "snap").expect("the snapshot is on disk");
-    assert!(snapshot_dir(&agent, "snap").join("memory").is_file());
 
     // Two at once: the idle instance takes one, a second clone of the same snapshot the other.
     let sent = now_s();
-    let (a, b) = tokio::join!(ok(&agent, "snap", json!({"ms": 2000})), ok(&agent, "snap", json!({"ms": 2000})));
+    let (a, b) = tokio::join!(ok(&agent, "snap:1", json!({"ms": 2000})), ok(&agent, "snap:1", json!({"ms": 2000})));
     let answered = now_s();
     let answers = [first.clone(), a.0, b.0];
     assert_eq!(answers.iter().filter(|v| v["after_restore"] != first["after_restore"]).count(), 1, "{answers:?}");
@@ -106,27 +146,25 @@ async fn python_snapstart_restores_unique_clones_and_keeps_init_state() {
     // from the same snapshot rather than making another.
     agent.kill9();
     agent.spawn();
-    let (_, tail) = ok(&agent, "snap", json!({})).await;
+    let (_, tail) = ok(&agent, "snap:1", json!({})).await;
     assert!(tail.contains("Restore Duration:"), "{tail}");
-    assert_eq!(snapshot_meta(&agent, "snap").as_ref(), Some(&meta), "the snapshot was made again");
+    assert_eq!(snapshot_meta(&agent, "snap:1").as_ref(), Some(&meta), "the snapshot was made again");
 
     // A damaged snapshot: detected, removed, logged, and the function boots instead.
     agent.kill9();
-    let state = snapshot_dir(&agent, "snap").join("state");
+    let state = snapshot_dir(&agent, "snap:1").join("state");
     let mut bytes = std::fs::read(&state).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x20;
     std::fs::write(&state, bytes).unwrap();
     agent.spawn();
-    let (_, tail) = ok(&agent, "snap", json!({})).await;
+    let (_, tail) = ok(&agent, "snap:1", json!({})).await;
     assert!(tail.contains("Init Duration:"), "a damaged snapshot makes the instance boot: {tail}");
     let logs = agent.request("GET", "/2015-03-31/functions/snap/logs", &[], vec![]).await;
     let logs = body(&logs);
     assert!(logs.contains("could not be restored") && logs.contains("checksum mismatch"), "{logs}");
 
-    // A configuration change makes the snapshot stale: the next cold start makes a new one.
-    agent.kill9();
-    agent.spawn();
+    // A new configuration is a new version, with a snapshot of its own from a new init.
     let updated = agent
         .request(
             "PUT",
@@ -136,11 +174,12 @@ async fn python_snapstart_restores_unique_clones_and_keeps_init_state() {
         )
         .await;
     assert_eq!(updated.status, 200, "{}", body(&updated));
-    assert!(snapshot_meta(&agent, "snap").is_none(), "a stale snapshot is kept");
-    let (after, tail) = ok(&agent, "snap", json!({})).await;
+    let v2 = publish(&agent, "snap").await;
+    assert_eq!(v2, "snap:2");
+    let (after, tail) = ok(&agent, "snap:2", json!({})).await;
     assert!(tail.contains("Restore Duration:") && tail.contains("Memory Size: 256 MB"), "{tail}");
     assert_ne!(after["init_token"], first["init_token"], "the new snapshot comes from a new init");
-    let new_meta = snapshot_meta(&agent, "snap").unwrap();
+    let new_meta = snapshot_meta(&agent, "snap:2").unwrap();
     assert_ne!(new_meta["revision_id"], meta["revision_id"]);
 }
 
@@ -157,31 +196,41 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
         )
         .await;
     assert_eq!(created.status, 201, "{}", body(&created));
+    assert_eq!(created.json()["SnapStart"], json!({"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"}));
+    let v1 = publish(&agent, "big").await;
 
     // A runtime without hooks is snapshotted waiting for its first event.
-    let (echo, tail) = ok(&agent, "big", json!({"hello": "world"})).await;
+    let (echo, tail) = ok(&agent, &v1, json!({"hello": "world"})).await;
     assert_eq!(echo, json!({"hello": "world"}));
     assert!(tail.contains("Restore Duration:") && tail.contains("Memory Size: 2048 MB"), "{tail}");
+    // $LATEST boots.
+    let (_, tail) = ok(&agent, "big", json!({})).await;
+    assert!(tail.contains("Init Duration:") && !tail.contains("Restore Duration:"), "{tail}");
     // Two clones give different numbers from the rand crate.
     let (a, b) = tokio::join!(
-        ok(&agent, "big", json!({"random": true, "sleep_ms": 1500})),
-        ok(&agent, "big", json!({"random": true, "sleep_ms": 1500}))
+        ok(&agent, &v1, json!({"random": true, "sleep_ms": 1500})),
+        ok(&agent, &v1, json!({"random": true, "sleep_ms": 1500}))
     );
     assert_ne!(a.0["random"], b.0["random"]);
 
-    // New code makes the snapshot stale.
-    let meta = snapshot_meta(&agent, "big").expect("the snapshot is on disk");
+    // New code, a new version: its own snapshot; the first version keeps its own.
+    let meta = snapshot_meta(&agent, &v1).expect("the snapshot is on disk");
     let zip = std::fs::read(common::guest_dir().join("functions/rust.zip")).unwrap();
     use base64::Engine as _;
-    let code = json!({"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)});
+    let code = json!({"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip), "Description": "v2"});
+    let updated = agent.request("PUT", "/2015-03-31/functions/big/code", &[], serde_json::to_vec(&code).unwrap()).await;
+    assert_eq!(updated.status, 400, "Description is not a member of UpdateFunctionCode: {}", body(&updated));
+    let code = json!({"ZipFile": code["ZipFile"], "Publish": true});
     let updated = agent.request("PUT", "/2015-03-31/functions/big/code", &[], serde_json::to_vec(&code).unwrap()).await;
     assert_eq!(updated.status, 200, "{}", body(&updated));
-    assert!(snapshot_meta(&agent, "big").is_none());
-    ok(&agent, "big", json!({"again": 1})).await;
-    assert_ne!(snapshot_meta(&agent, "big").unwrap()["revision_id"], meta["revision_id"]);
+    assert_eq!(updated.json()["Version"], "2", "UpdateFunctionCode with Publish answers the new version");
+    let v2 = wait_active(&agent, "big:2").await;
+    ok(&agent, &v2, json!({"again": 1})).await;
+    assert_ne!(snapshot_meta(&agent, &v2).unwrap()["revision_id"], meta["revision_id"]);
+    assert_eq!(snapshot_meta(&agent, &v1).as_ref(), Some(&meta));
 
-    // Provisioned concurrency: two restored instances kept ready for a function never invoked;
-    // two invokes at once then pay no restore.
+    // Provisioned concurrency on an alias: two restored instances kept ready for a version
+    // never invoked; two invokes at once through the alias then pay no restore.
     let created = agent
         .create(
             "pc",
@@ -192,19 +241,25 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
         )
         .await;
     assert_eq!(created.status, 201, "{}", body(&created));
+    publish(&agent, "pc").await;
+    let alias = serde_json::to_vec(&json!({"Name": "live", "FunctionVersion": "1"})).unwrap();
+    let r = agent.request("POST", "/2015-03-31/functions/pc/aliases", &[], alias).await;
+    assert_eq!(r.status, 201, "{}", body(&r));
     let path = "/2019-09-30/functions/pc/provisioned-concurrency";
-    let missing = agent.request("GET", &format!("{path}?Qualifier=$LATEST"), &[], vec![]).await;
+    let missing = agent.request("GET", &format!("{path}?Qualifier=live"), &[], vec![]).await;
     assert_eq!(missing.status, 404, "{}", body(&missing));
     assert_eq!(missing.header("x-amzn-errortype"), Some("ProvisionedConcurrencyConfigNotFoundException"));
     let no_qualifier = agent.request("GET", path, &[], vec![]).await;
     assert_eq!(no_qualifier.status, 400, "{}", body(&no_qualifier));
     let put = serde_json::to_vec(&json!({"ProvisionedConcurrentExecutions": 2})).unwrap();
-    let set = agent.request("PUT", &format!("{path}?Qualifier=$LATEST"), &[], put).await;
+    let latest = agent.request("PUT", &format!("{path}?Qualifier=$LATEST"), &[], put.clone()).await;
+    assert_eq!(latest.status, 400, "not on $LATEST, as on Lambda: {}", body(&latest));
+    let set = agent.request("PUT", &format!("{path}?Qualifier=live"), &[], put).await;
     assert_eq!(set.status, 202, "{}", body(&set));
     assert_eq!(set.json()["RequestedProvisionedConcurrentExecutions"], 2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let got = agent.request("GET", &format!("{path}?Qualifier=$LATEST"), &[], vec![]).await;
+        let got = agent.request("GET", &format!("{path}?Qualifier=live"), &[], vec![]).await;
         assert_eq!(got.status, 200, "{}", body(&got));
         let status = got.json();
         match status["Status"].as_str() {
@@ -218,11 +273,12 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
         assert!(std::time::Instant::now() < deadline, "not ready in time: {status}");
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    let (a, b) = tokio::join!(ok(&agent, "pc", json!({"sleep_ms": 500})), ok(&agent, "pc", json!({"sleep_ms": 500})));
+    let (a, b) =
+        tokio::join!(ok(&agent, "pc:live", json!({"sleep_ms": 500})), ok(&agent, "pc:live", json!({"sleep_ms": 500})));
     for tail in [&a.1, &b.1] {
         assert!(!tail.contains("Restore Duration:") && !tail.contains("Init Duration:"), "{tail}");
     }
-    let deleted = agent.request("DELETE", &format!("{path}?Qualifier=$LATEST"), &[], vec![]).await;
+    let deleted = agent.request("DELETE", &format!("{path}?Qualifier=live"), &[], vec![]).await;
     assert_eq!(deleted.status, 204, "{}", body(&deleted));
 
     // A failing after-restore hook is the function's error, as Lambda reports it.
@@ -236,11 +292,13 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
                 "Timeout": 30,
                 "SnapStart": {"ApplyOn": "PublishedVersions"},
                 "Environment": {"Variables": {"FAIL_AFTER_RESTORE": "1"}},
+                "Publish": true,
             }),
         )
         .await;
     assert_eq!(created.status, 201, "{}", body(&created));
-    let failed = agent.invoke("hook", json!({})).await;
+    wait_active(&agent, "hook:1").await;
+    let failed = agent.invoke("hook:1", json!({})).await;
     assert_eq!(failed.status, 200, "{}", body(&failed));
     assert_eq!(failed.header("x-amz-function-error"), Some("Unhandled"));
     let tail = failed.log_tail();

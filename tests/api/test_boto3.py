@@ -340,11 +340,14 @@ def test_errors(lam, python_zip, existing, run_invokes):
     step("SnapStart and provisioned concurrency: shapes and errors")
     expect_error("InvalidParameterValueException", 400, lam.update_function_configuration, FunctionName=existing, SnapStart={"ApplyOn": "Always"})
     c = lam.update_function_configuration(FunctionName=existing, SnapStart={"ApplyOn": "PublishedVersions"})
-    check(c["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}, f"SnapStart: {c.get('SnapStart')}")
+    # SnapStart applies to published versions: $LATEST shows it off.
+    check(c["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"}, f"SnapStart: {c.get('SnapStart')}")
     c = lam.update_function_configuration(FunctionName=existing, SnapStart={"ApplyOn": "None"})
     check(c["SnapStart"] == {"ApplyOn": "None", "OptimizationStatus": "Off"}, f"SnapStart: {c.get('SnapStart')}")
     expect_error("ProvisionedConcurrencyConfigNotFoundException", 404, lam.get_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST")
     expect_error("ProvisionedConcurrencyConfigNotFoundException", 404, lam.delete_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST")
+    msg = expect_error("InvalidParameterValueException", 400, lam.put_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
+    check("unpublished" in msg, f"provisioned concurrency on $LATEST: {msg}")
     expect_error("ResourceNotFoundException", 404, lam.put_provisioned_concurrency_config, FunctionName=missing, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
     expect_error("ResourceNotFoundException", 404, lam.put_provisioned_concurrency_config, FunctionName=existing, Qualifier="1", ProvisionedConcurrentExecutions=1)
 

@@ -52,9 +52,15 @@ impl Agent {
     /// Starts an agent in a fresh directory named `name` under the temporary directory (a local
     /// filesystem: Unix sockets cannot live on the emulated host's shares).
     pub fn start(name: &str, extra: &[&str]) -> Agent {
+        Self::start_with(name, extra, |_| {})
+    }
+
+    /// Starts an agent whose data dir `prepare` has filled first.
+    pub fn start_with(name: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Agent {
         let root = std::env::temp_dir().join(format!("ember-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        prepare(&root.join("data"));
         let mut agent = Agent {
             child: Command::new("true").spawn().unwrap(),
             socket: root.join("ember.sock"),

@@ -47,8 +47,8 @@ pub fn run(conn: &mut Connection, code_dir: &Path) -> Result<Vec<String>, StoreE
 }
 
 /// The schema of the agents before versions (what they created on open), kept as it was: it
-/// is what migration 2 starts from.
-pub(crate) const SCHEMA_1: &str = "
+/// is what migration 2 starts from (and what tests build old data dirs with).
+pub const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
     name          TEXT PRIMARY KEY NOT NULL,
     runtime       TEXT NOT NULL,

@@ -33,8 +33,11 @@ def echo(event, context):
 
 
 def context_info(event, context):
-    """Returns what the runtime was told about this invocation and function."""
+    """Returns what the runtime was told about this invocation and function, and the content of
+    /var/task/marker.txt (None without one), which tells one version's code from another's."""
+    marker = os.path.join(os.environ.get("LAMBDA_TASK_ROOT", "/var/task"), "marker.txt")
     return {
+        "marker": open(marker).read() if os.path.exists(marker) else None,
         "aws_request_id": context.aws_request_id,
         "function_name": context.function_name,
         "memory_limit_in_mb": context.memory_limit_in_mb,
@@ -42,6 +45,17 @@ def context_info(event, context):
         "invoked_function_arn": context.invoked_function_arn,
         "env": {key: os.environ.get(key) for key in ENV_KEYS},
     }
+
+
+def layer_info(event, context):
+    """What the function's layers give it: `mylib.VALUE` (a module under /opt/python) and the
+    output of `tool` found on PATH (a layer's bin/, run through the shell)."""
+    import subprocess
+
+    import mylib
+
+    tool = subprocess.run("tool", shell=True, capture_output=True, text=True)
+    return {"mylib": mylib.VALUE, "tool": tool.stdout.strip(), "tool_status": tool.returncode, "stderr": tool.stderr}
 
 
 def fail(event, context):
