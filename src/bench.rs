@@ -337,9 +337,12 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
     let (rtts, _) = round_trips(&vm, &mut s, runs)?;
     Ok(format!(
         "invoke warm_split in_instance_us p50={} outside_us p50={}\n\
+         invoke qualified alias_warm_us p50={} latest_warm_us p50={}\n\
          invoke cold_ms p50={} warm_us p50={} p99={} rps_c1={} rps_c8={} vsock_rtt_us={}\n",
         median(&r.in_instance_us),
         median(&r.outside_us),
+        median(&r.alias_warm_us),
+        median(&r.latest_warm_us),
         median(&r.cold_ms),
         median(&r.warm_us),
         percentile(&r.warm_us, 99),
@@ -360,6 +363,10 @@ struct InvokeRuns {
     in_instance_us: Vec<u64>,
     /// The rest: the client, HTTP on the Unix socket and the agent.
     outside_us: Vec<u64>,
+    /// Warm invokes through an alias that splits between two versions...
+    alias_warm_us: Vec<u64>,
+    /// ...and, interleaved with them, of the same function's `$LATEST`.
+    latest_warm_us: Vec<u64>,
 }
 
 /// The memory budget `bench restore` fills with idle restored instances, in KiB.
@@ -411,7 +418,7 @@ fn restore_in(dir: &Path, runs: usize, cold_runs: usize, density_max: u32) -> Re
         let (provided, _, zip) = &functions[0];
         // Snapshot creation at 1024 MiB, as the agent timed it.
         restore_runs(&mut conn, provided, "bootstrap", zip, 1024, 1, 0).await?;
-        let meta = std::fs::read(a.join("data/snapshots/snap-1024/meta.json")).map_err(io("read meta.json"))?;
+        let meta = std::fs::read(a.join("data/snapshots/snap-1024/1/meta.json")).map_err(io("read meta.json"))?;
         let meta: serde_json::Value = serde_json::from_slice(&meta).map_err(|e| Error::Io("meta.json", e.into()))?;
         let snapshot_ms = meta["snapshot_ms"].as_u64().unwrap_or(0);
         let big = restore_runs(&mut conn, provided, "bootstrap", zip, 2048, runs, 0).await?;
@@ -484,9 +491,9 @@ async fn restore_runs(
 
     let name = format!("snap-{tag}");
     conn.call("POST", "/2015-03-31/functions", &create(&name, true)).await?;
-    let path = format!("/2015-03-31/functions/{name}/invocations");
-    // The first invoke makes the snapshot.
-    conn.call("POST", &path, &event).await?;
+    // Publishing makes the snapshot; the version's cold starts restore it.
+    let version = publish_active(conn, &name).await?;
+    let path = format!("/2015-03-31/functions/{name}:{version}/invocations");
     let mut attempts = 0;
     while result.invoke_ms.len() < runs {
         attempts += 1;
@@ -548,9 +555,9 @@ async fn density_runs(dir: &Path, agent_pid: u32, zip: &[u8], max: u32) -> Resul
     }))
     .expect("serializes");
     conn.call("POST", "/2015-03-31/functions", &create).await?;
-    // Make the snapshot first, so that every provisioned instance is a restore.
-    conn.call("POST", "/2015-03-31/functions/dense/invocations", b"{}").await?;
-    let path = "/2019-09-30/functions/dense/provisioned-concurrency?Qualifier=$LATEST";
+    // Publishing makes the snapshot, so that every provisioned instance is a restore.
+    let version = publish_active(&mut conn, "dense").await?;
+    let path = &format!("/2019-09-30/functions/dense/provisioned-concurrency?Qualifier={version}");
     let put = serde_json::to_vec(&serde_json::json!({ "ProvisionedConcurrentExecutions": max })).expect("serializes");
     conn.call("PUT", path, &put).await?;
     // Wait for it, stopping early once the instances use up the budget.
@@ -651,6 +658,31 @@ impl AgentConn {
     }
 }
 
+/// Publishes `function`'s `$LATEST` and waits until the version is `Active` (a SnapStart
+/// version is `Pending` while its snapshot is made). Returns the version's number.
+async fn publish_active(conn: &mut AgentConn, function: &str) -> Result<String, Error> {
+    let parse = |body: Vec<u8>| -> Result<serde_json::Value, Error> {
+        serde_json::from_slice(&body).map_err(|e| Error::Io("a version's configuration", e.into()))
+    };
+    let published = parse(conn.call("POST", &format!("/2015-03-31/functions/{function}/versions"), b"{}").await?)?;
+    let version = published["Version"].as_str().unwrap_or_default().to_owned();
+    let path = format!("/2015-03-31/functions/{function}/configuration?Qualifier={version}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let config = parse(conn.call("GET", &path, b"").await?)?;
+        match config["State"].as_str() {
+            Some("Active") => return Ok(version),
+            Some("Pending") if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => {
+                return Err(Error::Run {
+                    run: 0,
+                    detail: format!("{function}:{version} did not become Active: {config}"),
+                })
+            }
+        }
+    }
+}
+
 async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -> Result<InvokeRuns, Error> {
     use base64::Engine as _;
     let mut conn = AgentConn::open(socket).await?;
@@ -706,6 +738,34 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         outside_us.push(total.saturating_sub(inside));
     }
 
+    // The same function through a weighted alias (versions 1 and 2, half each: the alias
+    // lookup, the weighted pick and the version's own instances) and as $LATEST, interleaved so
+    // that both see the same host.
+    publish_active(&mut conn, "warm").await?;
+    let env = serde_json::to_vec(&serde_json::json!({ "Environment": { "Variables": { "BENCH": "2" } } }))
+        .expect("serializes");
+    conn.call("PUT", "/2015-03-31/functions/warm/configuration", &env).await?;
+    publish_active(&mut conn, "warm").await?;
+    let alias = serde_json::to_vec(&serde_json::json!({
+        "Name": "live", "FunctionVersion": "1", "RoutingConfig": { "AdditionalVersionWeights": { "2": 0.5 } },
+    }))
+    .expect("serializes");
+    conn.call("POST", "/2015-03-31/functions/warm/aliases", &alias).await?;
+    let aliased = "/2015-03-31/functions/warm:live/invocations";
+    for _ in 0..runs.min(100) {
+        conn.call("POST", aliased, &event).await?;
+        conn.call("POST", path, &event).await?;
+    }
+    let (mut alias_warm_us, mut latest_warm_us) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let t = Instant::now();
+        conn.call("POST", aliased, &event).await?;
+        alias_warm_us.push(t.elapsed().as_micros() as u64);
+        let t = Instant::now();
+        conn.call("POST", path, &event).await?;
+        latest_warm_us.push(t.elapsed().as_micros() as u64);
+    }
+
     // Eight clients: first bring up eight instances (eight overlapping slow invokes), then
     // count the warm invokes they finish in a fixed window.
     let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
@@ -745,7 +805,16 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
     }
     let rps_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
-    Ok(InvokeRuns { cold_ms: cold, warm_us: warm, rps_c1, rps_c8, in_instance_us, outside_us })
+    Ok(InvokeRuns {
+        cold_ms: cold,
+        warm_us: warm,
+        rps_c1,
+        rps_c8,
+        in_instance_us,
+        outside_us,
+        alias_warm_us,
+        latest_warm_us,
+    })
 }
 
 #[cfg(test)]
