@@ -7,7 +7,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::{self, max_items, only_query, query_param, HttpResponse};
+use super::body::{self, max_items, query_param, HttpResponse};
 use super::error::ApiError;
 use super::{members, shapes, Req};
 use crate::agent::functions::validate;
@@ -57,7 +57,6 @@ pub fn get(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
 
 /// ListAliases (`FunctionVersion`: those routing to that version).
 pub fn list(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Marker", "MaxItems", "FunctionVersion"], "ListAliases")?;
     let function = req.unqualified("ListAliases")?;
     let version = query_param(req.query, "FunctionVersion").map(|v| validate::alias_version(&v)).transpose()?;
     let marker = query_param(req.query, "Marker");

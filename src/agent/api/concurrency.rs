@@ -59,7 +59,6 @@ pub async fn delete_reserved(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpRes
 
 /// PutProvisionedConcurrencyConfig (202).
 pub async fn put_provisioned(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Qualifier"], "PutProvisionedConcurrencyConfig")?;
     let r = req.function()?;
     members::check(&req.body, members::PUT_PROVISIONED, "PutProvisionedConcurrencyConfig")?;
     let input: ProvisionedInput = body::shape(req.body)?;
@@ -96,7 +95,6 @@ pub fn get_provisioned(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse,
 
 /// DeleteProvisionedConcurrencyConfig (204).
 pub async fn delete_provisioned(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Qualifier"], "DeleteProvisionedConcurrencyConfig")?;
     agent.control.remove_provisioned(&req.function()?).await?;
     Ok(body::empty(StatusCode::NO_CONTENT))
 }

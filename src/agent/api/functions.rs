@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::{self, max_items, only_query, query_param, HttpResponse};
+use super::body::{self, max_items, query_param, HttpResponse};
 use super::error::ApiError;
 use super::members;
 use super::shapes;
@@ -165,7 +165,6 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
 
 /// ListFunctions.
 pub fn list(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Marker", "MaxItems", "FunctionVersion"], "ListFunctions")?;
     let all = match query_param(req.query, "FunctionVersion").as_deref() {
         None => false,
         Some("ALL") => true,
@@ -187,7 +186,6 @@ pub fn list(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> 
 
 /// GetFunction.
 pub fn get(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Qualifier"], "GetFunction")?;
     let r = req.function()?;
     let shown = agent.control.get(&r)?;
     let meta = agent.control.meta(&r.name)?;
@@ -212,14 +210,12 @@ pub fn get(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
 
 /// GetFunctionConfiguration.
 pub fn get_configuration(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Qualifier"], "GetFunctionConfiguration")?;
     let shown = agent.control.get(&req.function()?)?;
     Ok(body::json(StatusCode::OK, &shapes::configuration(&shown.config, &shown.arn)))
 }
 
 /// DeleteFunction (204): the function, or with a version qualifier that version.
 pub async fn delete(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Qualifier"], "DeleteFunction")?;
     agent.control.delete(&req.function()?).await?;
     Ok(body::empty(StatusCode::NO_CONTENT))
 }

@@ -13,7 +13,7 @@ use hyper::{Response, StatusCode};
 use serde::de::IgnoredAny;
 use serde_json::json;
 
-use super::body::{self, content_length, header, only_query, query_param, HttpResponse};
+use super::body::{self, content_length, header, query_param, HttpResponse};
 use super::error::ApiError;
 use super::routes::Op;
 use crate::agent::ids::FunctionRef;
@@ -50,10 +50,8 @@ where
     B::Error: Display,
 {
     let kind = if op == Op::InvokeAsync {
-        only_query(query, &[], "InvokeAsync")?;
         InvocationType::Event
     } else {
-        only_query(query, &["Qualifier"], "Invoke")?;
         for unsupported in ["x-amz-tenant-id", "x-amz-durable-execution-name"] {
             if headers.contains_key(unsupported) {
                 return Err(ApiError::invalid(format!(

@@ -96,7 +96,6 @@ fn filters(query: Option<&str>) -> (Option<String>, Option<String>, Option<Strin
 
 /// ListLayerVersions, newest first.
 pub fn list_versions(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems"], "ListLayerVersions")?;
     let name = validate::layer_name(&req.params[0])?;
     let (runtime, arch, marker) = filters(req.query);
     let page = agent.control.list_layer_versions(

@@ -205,6 +205,7 @@ where
         }
     };
     let query = parts.uri.query();
+    body::only_query(query, op.query(), &format!("{op:?}"))?;
     if matches!(op, Op::Invoke | Op::InvokeAsync) {
         return invoke::invoke(agent, op, &params[0], query, &parts.headers, body, request_id).await;
     }

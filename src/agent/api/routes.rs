@@ -49,6 +49,31 @@ pub enum Op {
     ListTags,
 }
 
+impl Op {
+    /// The query parameters the operation takes; any other is refused by name.
+    pub fn query(self) -> &'static [&'static str] {
+        const PAGE: &[&str] = &["Marker", "MaxItems"];
+        match self {
+            Op::ListFunctions => &["Marker", "MaxItems", "FunctionVersion"],
+            Op::GetFunction
+            | Op::GetFunctionConfiguration
+            | Op::DeleteFunction
+            | Op::Invoke
+            | Op::GetFunctionCodeZip
+            | Op::PutProvisionedConcurrencyConfig
+            | Op::DeleteProvisionedConcurrencyConfig => &["Qualifier"],
+            Op::GetFunctionLogs => &["bytes"],
+            Op::ListVersionsByFunction => PAGE,
+            Op::ListAliases => &["Marker", "MaxItems", "FunctionVersion"],
+            Op::ListLayerVersions => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems"],
+            Op::Layers => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems", "find", "Arn"],
+            Op::GetProvisionedConcurrencyConfig => &["Qualifier", "List", "Marker", "MaxItems"],
+            Op::UntagResource => &["tagKeys"],
+            _ => &[],
+        }
+    }
+}
+
 /// Path segments: literals, and `{}` for a parameter.
 type Pattern = &'static [&'static str];
 

@@ -7,7 +7,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::{self, only_query, query_params, HttpResponse};
+use super::body::{self, query_params, HttpResponse};
 use super::error::ApiError;
 use super::{members, Req};
 use crate::agent::functions::validate;
@@ -31,7 +31,6 @@ pub async fn tag(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiEr
 
 /// UntagResource (204), `?tagKeys=...` repeated.
 pub async fn untag(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["tagKeys"], "UntagResource")?;
     let keys = query_params(req.query, "tagKeys");
     if keys.is_empty() {
         return Err(ApiError::invalid("TagKeys are required."));

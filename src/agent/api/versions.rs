@@ -6,7 +6,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::{self, max_items, only_query, query_param, HttpResponse};
+use super::body::{self, max_items, query_param, HttpResponse};
 use super::error::ApiError;
 use super::{members, shapes, Req};
 use crate::agent::functions::validate;
@@ -35,7 +35,6 @@ pub async fn publish(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, A
 
 /// ListVersionsByFunction: `$LATEST` first, then the published versions.
 pub fn list(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
-    only_query(req.query, &["Marker", "MaxItems"], "ListVersionsByFunction")?;
     let name = req.unqualified("ListVersionsByFunction")?;
     let marker = query_param(req.query, "Marker");
     let page = agent.control.list_versions(&name, marker.as_deref(), max_items(req.query)?)?;

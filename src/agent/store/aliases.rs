@@ -242,19 +242,18 @@ impl Store {
         Ok(Arc::new(alias))
     }
 
-    /// Deletes an alias and its provisioned concurrency. Returns whether it existed, and
-    /// whether it had provisioned concurrency.
-    pub fn delete_alias(&self, function: &str, name: &str) -> Result<(bool, bool), StoreError> {
+    /// Deletes an alias and its provisioned concurrency; one that does not exist is not an
+    /// error.
+    pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction()?;
         if !tx.prepare_cached("SELECT 1 FROM functions WHERE name = ?1")?.exists([function])? {
             return Err(function_not_found(function));
         }
-        let existed = tx.execute("DELETE FROM aliases WHERE function = ?1 AND name = ?2", params![function, name])? > 0;
-        let provisioned =
-            tx.execute("DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2", params![function, name])? > 0;
+        tx.execute("DELETE FROM aliases WHERE function = ?1 AND name = ?2", params![function, name])?;
+        tx.execute("DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2", params![function, name])?;
         tx.commit()?;
         self.invalidate(function);
-        Ok((existed, provisioned))
+        Ok(())
     }
 }

@@ -231,15 +231,6 @@ pub struct Page<T> {
     pub next_marker: Option<String>,
 }
 
-/// What [`Store::delete_function`] removed.
-#[derive(Debug, Clone)]
-pub struct Deleted {
-    /// Every version it had, `$LATEST` included.
-    pub versions: Vec<Version>,
-    /// The qualifiers (versions and aliases) that had provisioned concurrency.
-    pub provisioned: Vec<String>,
-}
-
 const VERSION_COLUMNS: &str = "function, version, runtime, handler, role, description, memory_mib, timeout_s, \
      ephemeral_mib, environment, code_hex, code_b64, code_size, code_unzipped, layers, opt_hex, revision_id, \
      last_modified, snap_start, state, state_reason, state_reason_code";
@@ -605,32 +596,22 @@ impl Store {
 
     /// Deletes a function: every version, alias, setting and tag, and the code nothing else
     /// uses.
-    pub fn delete_function(&self, name: &str) -> Result<Deleted, StoreError> {
-        let (deleted, stems) = {
+    pub fn delete_function(&self, name: &str) -> Result<(), StoreError> {
+        let stems = {
             let mut conn = lock(&self.writer);
             let tx = conn.transaction()?;
             if !tx.prepare_cached("SELECT 1 FROM functions WHERE name = ?1")?.exists([name])? {
                 return Err(function_not_found(name));
             }
-            let mut versions = Vec::new();
             let mut stems = Vec::new();
             {
-                let mut stmt =
-                    tx.prepare_cached("SELECT version, code_hex, opt_hex FROM versions WHERE function = ?1")?;
-                let rows = stmt.query_map([name], |r| {
-                    Ok((Version::from_stored(r.get(0)?), r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-                })?;
+                let mut stmt = tx.prepare_cached("SELECT code_hex, opt_hex FROM versions WHERE function = ?1")?;
+                let rows = stmt.query_map([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
                 for row in rows {
-                    let (version, code, opt) = row?;
-                    versions.push(version);
+                    let (code, opt) = row?;
                     stems.extend([code, opt]);
                 }
             }
-            let provisioned = {
-                let mut stmt = tx.prepare_cached("SELECT qualifier FROM provisioned WHERE function = ?1")?;
-                let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
             for table in ["versions", "aliases", "provisioned"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE function = ?1"), [name])?;
             }
@@ -639,19 +620,18 @@ impl Store {
             self.invalidate(name);
             stems.sort();
             stems.dedup();
-            (Deleted { versions, provisioned }, stems)
+            stems
         };
-        self.collect(&stems)?;
-        Ok(deleted)
+        self.collect(&stems)
     }
 
     /// Deletes one published version (refused while an alias routes to it) and its
-    /// provisioned concurrency. Returns whether it had provisioned concurrency.
-    pub fn delete_version(&self, name: &str, version: Version) -> Result<bool, StoreError> {
+    /// provisioned concurrency.
+    pub fn delete_version(&self, name: &str, version: Version) -> Result<(), StoreError> {
         if version.is_latest() {
             return Err(StoreError::Invalid("$LATEST version cannot be deleted without deleting the function.".into()));
         }
-        let (stems, had_provisioned) = {
+        let stems = {
             let mut conn = lock(&self.writer);
             let tx = conn.transaction()?;
             let found: Option<(String, String)> = tx
@@ -675,17 +655,16 @@ impl Store {
                     users.join(", ")
                 )));
             }
-            let had_provisioned = tx.execute(
+            tx.execute(
                 "DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2",
                 params![name, version.to_string()],
-            )? > 0;
+            )?;
             tx.execute("DELETE FROM versions WHERE function = ?1 AND version = ?2", params![name, version.stored()])?;
             tx.commit()?;
             self.invalidate(name);
-            (vec![code, opt], had_provisioned)
+            vec![code, opt]
         };
-        self.collect(&stems)?;
-        Ok(had_provisioned)
+        self.collect(&stems)
     }
 
     /// Adds (or replaces) tags on a function; at most [`limits::MAX_TAGS`] in all.
@@ -1016,7 +995,7 @@ mod tests {
         store
             .update_alias("f", "live", AliasPatch { weights: Some(BTreeMap::new()), ..Default::default() }, None)
             .unwrap();
-        assert!(!store.delete_version("f", Version::published(2)).unwrap());
+        store.delete_version("f", Version::published(2)).unwrap();
         assert!(matches!(store.get("f", Version::published(2)), Err(StoreError::NotFound(_))));
         assert!(matches!(store.delete_version("f", Version::LATEST), Err(StoreError::Invalid(_))));
         assert!(matches!(store.delete_version("f", Version::published(9)), Err(StoreError::NotFound(_))));
@@ -1033,8 +1012,8 @@ mod tests {
         let failed = store.get("f", v4.version).unwrap();
         assert_eq!((failed.state, failed.state_reason_code.as_deref()), (State::Failed, Some("FunctionError")));
 
-        let deleted = store.delete_function("f").unwrap();
-        assert_eq!(deleted.versions.len(), 4);
+        assert_eq!(store.list_versions("f", None, 50).unwrap().items.len(), 4);
+        store.delete_function("f").unwrap();
         assert!(blobs(&dir).is_empty());
         drop(store);
         fs::remove_dir_all(&dir).unwrap();

@@ -190,11 +190,6 @@ impl Store {
         Ok(store)
     }
 
-    /// The data dir.
-    pub fn data_dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// What the migrations applied when the store opened did that an operator should know
     /// (one line each).
     pub fn migration_notes(&self) -> &[String] {
