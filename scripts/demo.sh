@@ -3,7 +3,8 @@
 # this machine has no hardware KVM), deploy a sample Python function (examples/python-hello,
 # run by awslambdaric) and a sample provided.al2023 function (a Rust `bootstrap` built with the
 # lambda_runtime crate), invoke each cold and then warm through the `ember` CLI, and show their
-# results and REPORT lines.
+# results and REPORT lines; then the release workflow: publish a version of the Rust function,
+# point an alias at it and invoke through the alias.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,5 +47,10 @@ for f in hello-python echo-rust; do
 done
 echo; echo "== the REPORT lines"
 for f in hello-python echo-rust; do "\$exe" logs --function-name "\$f" | grep '^REPORT'; done
+echo; echo "== a release: version 1 of echo-rust, the alias live on it"
+show publish-version --function-name echo-rust --description "first release" | grep -E '"(Version|Description|CodeSha256)"'
+show create-alias --function-name echo-rust --name live --function-version 1
+show invoke --function-name echo-rust --qualifier live --payload '{"via": "alias live"}'
+show list-versions-by-function --function-name echo-rust | grep '"Version"'
 INNER
 ember_on_kvm_host bash "$work/demo-inner.sh"

@@ -61,7 +61,8 @@ trap 'rm -f "$runner"' EXIT
         # page-fault loop in a vCPU thread).
         threads=2
         case $(basename "$t") in kvm_invoke-* | kvm_snapstart-* | kvm_release-*) threads=1 ;; esac
-        printf '%q --test-threads=%d\n' "$t" "$threads"
+        # A hung test fails after 25 minutes (the slowest binary takes ~6 here), with a dump.
+        printf '%q 1500 %q --test-threads=%d\n' "$ember_repo/scripts/run-bounded.sh" "$t" "$threads"
     done
 } >"$runner"
 ember_on_kvm_host bash "$runner"

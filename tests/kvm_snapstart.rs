@@ -213,7 +213,9 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
     );
     assert_ne!(a.0["random"], b.0["random"]);
 
-    // New code, a new version: its own snapshot; the first version keeps its own.
+    // A new version: its own snapshot; the first version keeps its own. The same zip again
+    // with nothing else changed publishes nothing new (Lambda answers the last version); a new
+    // environment with it does.
     let meta = snapshot_meta(&agent, &v1).expect("the snapshot is on disk");
     let zip = std::fs::read(common::guest_dir().join("functions/rust.zip")).unwrap();
     use base64::Engine as _;
@@ -221,6 +223,13 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
     let updated = agent.request("PUT", "/2015-03-31/functions/big/code", &[], serde_json::to_vec(&code).unwrap()).await;
     assert_eq!(updated.status, 400, "Description is not a member of UpdateFunctionCode: {}", body(&updated));
     let code = json!({"ZipFile": code["ZipFile"], "Publish": true});
+    let updated = agent.request("PUT", "/2015-03-31/functions/big/code", &[], serde_json::to_vec(&code).unwrap()).await;
+    assert_eq!(updated.status, 200, "{}", body(&updated));
+    assert_eq!(updated.json()["Version"], "1", "nothing changed: the last version");
+    let env = json!({"Environment": {"Variables": {"RELEASE": "2"}}});
+    let updated =
+        agent.request("PUT", "/2015-03-31/functions/big/configuration", &[], serde_json::to_vec(&env).unwrap()).await;
+    assert_eq!(updated.status, 200, "{}", body(&updated));
     let updated = agent.request("PUT", "/2015-03-31/functions/big/code", &[], serde_json::to_vec(&code).unwrap()).await;
     assert_eq!(updated.status, 200, "{}", body(&updated));
     assert_eq!(updated.json()["Version"], "2", "UpdateFunctionCode with Publish answers the new version");

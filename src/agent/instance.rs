@@ -64,6 +64,10 @@ pub enum Error {
     Protocol(String),
 }
 
+/// How long a VMM may take to pause its VM and write a snapshot (a 1 GiB one takes ~1 s in
+/// the emulated host; the memory file is written sparse).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How much one read from the runtime channel takes at most.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -483,14 +487,20 @@ impl Instance {
         let result = match self.control.get_mut().write_all(&line).await {
             Ok(()) => {
                 let mut answer = String::new();
-                match self.control.read_line(&mut answer).await {
-                    Ok(n) if n > 0 => match serde_json::from_str::<VmmExit>(&answer) {
+                // A VMM that never answers (its vCPUs never stop, say) must not hold up the
+                // publish, nor the version's cold starts, for ever.
+                match tokio::time::timeout(SNAPSHOT_TIMEOUT, self.control.read_line(&mut answer)).await {
+                    Ok(Ok(n)) if n > 0 => match serde_json::from_str::<VmmExit>(&answer) {
                         Ok(exit) if exit.outcome == "snapshotted" => Ok(exit.message),
                         Ok(exit) => Err(Error::VmEnded(exit.message)),
                         Err(e) => Err(Error::Protocol(format!("the VMM sent a bad answer: {e}"))),
                     },
-                    Ok(_) => Err(Error::VmEnded("the VMM process died while snapshotting".into())),
-                    Err(e) => Err(Error::Host(format!("the VMM's control socket failed: {e}"))),
+                    Ok(Ok(_)) => Err(Error::VmEnded("the VMM process died while snapshotting".into())),
+                    Ok(Err(e)) => Err(Error::Host(format!("the VMM's control socket failed: {e}"))),
+                    Err(_) => Err(Error::Host(format!(
+                        "the VMM did not write its snapshot within {} s",
+                        SNAPSHOT_TIMEOUT.as_secs()
+                    ))),
                 }
             }
             Err(e) => Err(Error::Host(format!("send the snapshot request: {e}"))),

@@ -154,6 +154,16 @@ impl Drop for Agent {
 
 /// One HTTP/1.1 request over a Unix socket.
 pub async fn request(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+    // No request of the tests takes this long, even a Python cold start in the emulated host:
+    // an agent that does not answer fails the test, with what it was asked.
+    let limit = Duration::from_secs(600);
+    match tokio::time::timeout(limit, request_once(socket, method, path, headers, body)).await {
+        Ok(response) => response,
+        Err(_) => panic!("the agent did not answer {method} {path} within {} s", limit.as_secs()),
+    }
+}
+
+async fn request_once(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
     let stream = tokio::net::UnixStream::connect(socket).await.expect("connect to the agent");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# scripts/run-bounded.sh SECS CMD [ARGS...]: runs CMD, and if it is still running after SECS
+# seconds, prints what the host's Ember processes are doing (each process and thread, its state
+# and kernel wait channel, the agent's kernel stacks where readable) and kills it, exiting 124.
+# scripts/test.sh runs each KVM test binary under it, so that a test that hangs fails CI with
+# the clues to why, instead of running into CI's own limit.
+set -u
+limit=${1:?usage: run-bounded.sh SECS CMD [ARGS...]}
+shift
+"$@" &
+pid=$!
+deadline=$((SECONDS + limit))
+while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "run-bounded: $(basename "$1") still running after ${limit} s; the host's state:"
+        cat /proc/loadavg
+        ps -eo pid,ppid,stat,etime,time,wchan:32,args | grep -E 'ember|kvm_|PID' | grep -v grep
+        for agent in $(pgrep -f 'ember serve'); do
+            for task in /proc/"$agent"/task/*; do
+                echo "agent $agent thread ${task##*/} $(cat "$task/comm") state=$(cut -d' ' -f3 "$task/stat") wchan=$(cat "$task/wchan")"
+                head -n 12 "$task/stack" 2>/dev/null | sed 's/^/    /'
+            done
+        done
+        kill -9 "$pid" 2>/dev/null
+        pkill -9 -f 'ember (serve|vmm)' 2>/dev/null
+        wait "$pid" 2>/dev/null
+        exit 124
+    fi
+    sleep 2
+done
+wait "$pid"
