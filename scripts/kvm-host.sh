@@ -238,7 +238,8 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/ember-l1.XXXXXX") || die "mktemp failed"
 qpid=
 cleanup() {
     [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
-    rm -rf "$tmp"
+    [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
+    rm -rf "$tmp" "${heartbeat:-}"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -299,6 +300,7 @@ mkdir -p "$tmp/run/ember"
     done
 } >"$tmp/run/ember/config"
 
+heartbeat=$l1_dir/heartbeat.$nonce
 env_names=(PATH HOME USER LOGNAME LANG LANGUAGE LC_ALL LC_CTYPE LC_MESSAGES TZ CI NO_COLOR
     CLICOLOR CLICOLOR_FORCE)
 [ "$out_tty" = 1 ] && env_names+=(TERM COLORTERM)
@@ -322,6 +324,10 @@ done < <(compgen -e | grep -E '^(EMBER_|RUST_|CARGO_TERM_)')
         # Forwarded connections arrive at eth0's address: relay them to loopback.
         echo "python3 $(q "$here/l1/tcp-forward.py") 10.0.2.15 ${fwd_ports[*]} &"
     fi
+    # The watchdog's heartbeat (see below), from a timer of L1's own.
+    # (touch, not a write: the modification time reaches this side at once, data through
+    # the share's cache may not).
+    echo "(while :; do touch $(q "$heartbeat"); sleep 10; done) </dev/null >/dev/null 2>&1 &"
     printf 'exec'
     for a in "$@"; do printf ' %s' "$(q "$a")"; done
     echo
@@ -365,6 +371,7 @@ qemu=(qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max
     -kernel "$kernel" -initrd "$tmp/initrd" -append "$append"
     -chardev "file,id=ttyS0,path=$tmp/ttyS0" -serial chardev:ttyS0
     -chardev "file,id=ttyS1,path=$tmp/ttyS1" -device isa-serial,chardev=ttyS1,index=1
+    -monitor "unix:$tmp/monitor,server=on,wait=off"
     "${fsdev_args[@]}" "${net_args[@]}")
 [ -n "$verbose" ] && echo "kvm-host: ${qemu[*]}" >&2
 
@@ -391,6 +398,59 @@ err_pid=$!
 
 timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null &
 qpid=$!
+
+# A stalled L1. Seen here a few times: with the command waiting on timers, L1 halts and
+# never wakes again (QEMU at 0% CPU, no timer in L1 firing, not even the tests' own
+# watchdogs). L1 touches a heartbeat file on the cache share every 10 s from a timer of its
+# own; when its modification time has not changed for EMBER_L1_STALL_S (300) seconds, the watchdog shows L1's CPU and
+# APIC state from QEMU's monitor and sends L1 an NMI (which wakes a halted CPU); if the
+# heartbeat still does not move, it kills L1.
+monitor() { # CMD: one command to QEMU's monitor; its answer on stdout
+    python3 - "$tmp/monitor" "$1" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+time.sleep(1)
+out = b""
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+        if len(chunk) < 65536:
+            break
+except OSError:
+    pass
+sys.stdout.write(out.decode(errors="replace"))
+PY
+}
+stall_s=${EMBER_L1_STALL_S:-300}
+(
+    last= kicked=
+    while sleep "$stall_s"; do
+        beat=$(stat -c %Y "$heartbeat" 2>/dev/null)
+        if [ -z "$beat" ] || [ "$beat" != "$last" ]; then
+            [ -n "$kicked" ] && echo "kvm-host: L1 is making progress again" >&2
+            last=$beat kicked=
+            continue
+        fi
+        if [ -n "$kicked" ]; then
+            echo "kvm-host: error: L1 still makes no progress after an NMI; killing it" >&2
+            kill "$qpid" 2>/dev/null
+            exit 0
+        fi
+        echo "kvm-host: L1's heartbeat has not moved for ${stall_s} s: stalled; its state:" >&2
+        { monitor "info registers"; monitor "info lapic"; } 2>&1 | tr -d '\r' |
+            grep -E '^(RIP|RAX|RSP|CR0|EFL|LVTT|Timer|ISR|IRR|APR|SPIV)' >&2
+        echo "kvm-host: sending L1 an NMI" >&2
+        monitor nmi >/dev/null 2>&1
+        kicked=1
+    done
+) &
+watchdog=$!
 wait "$qpid"
 qrc=$?
 qpid=

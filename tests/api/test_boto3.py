@@ -17,80 +17,27 @@ checks pass, 1 at the first that fails.
 
 import argparse
 import base64
-import hashlib
-import io
 import json
 import re
 import sys
 import time
 import uuid
-import zipfile
 from datetime import datetime
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROLE = "arn:aws:iam::000000000000:role/ember"
+from lambda_checks import ROLE, check, checks, expect_error, lambda_client, message, sha256_b64, with_extra_file
+
 ARN_RE = r"^arn:aws:lambda:[a-z0-9-]+:000000000000:function:{}$"
-CHECKS = 0
-
-
-def check(cond, what):
-    """Counts a check; fails the run with `what` if `cond` is false."""
-    global CHECKS
-    CHECKS += 1
-    if not cond:
-        raise AssertionError(what)
 
 
 def step(what):
     print(f"boto3: {what}", flush=True)
 
 
-def lambda_client(endpoint):
-    return boto3.client(
-        "lambda",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDEMBERTEST",
-        aws_secret_access_key="ember-test-secret",
-        config=Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            read_timeout=600,
-            connect_timeout=10,
-            parameter_validation=False,
-        ),
-    )
-
-
-def sha256_b64(data):
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def with_extra_file(zip_bytes, name, content):
-    """The zip with one more file: new code with a new CodeSha256."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            dst.writestr(info, src.read(info.filename))
-        dst.writestr(name, content)
-    return out.getvalue()
-
-
-def expect_error(code, status, fn, **kwargs):
-    """Calls fn(**kwargs), which must fail with error `code` and HTTP `status`."""
-    try:
-        fn(**kwargs)
-    except ClientError as e:
-        got = e.response["Error"]["Code"]
-        check(got == code, f"{fn.__name__}: expected {code}, got {got}: {e}")
-        got_status = e.response["ResponseMetadata"]["HTTPStatusCode"]
-        check(got_status == status, f"{fn.__name__}: expected HTTP {status} for {code}, got {got_status}")
-        check(e.response["Error"].get("Message"), f"{fn.__name__}: {code} has no message")
-        check(e.response["ResponseMetadata"].get("RequestId"), f"{fn.__name__}: {code} has no request id")
-        return e.response["Error"]["Message"]
-    raise AssertionError(f"{fn.__name__}({kwargs.get('FunctionName')}): expected {code}, but it succeeded")
+def message_of_error(code, status, fn, **kwargs):
+    """The message of the error `fn(**kwargs)` must fail with."""
+    return message(expect_error(code, status, fn, **kwargs))
 
 
 def check_config(c, name, runtime, handler, code, memory=128, timeout=3, env=None, ephemeral=512):
@@ -149,7 +96,7 @@ def test_python(lam, name, zip_bytes, run_invokes):
     revision = r["RevisionId"]
 
     step("create_function with the same name: ResourceConflictException")
-    msg = expect_error(
+    msg = message_of_error(
         "ResourceConflictException",
         409,
         lam.create_function,
@@ -308,7 +255,7 @@ def test_list(lam, names):
 def test_errors(lam, python_zip, existing, run_invokes):
     missing = f"boto3-missing-{uuid.uuid4().hex[:8]}"
     step("unknown functions: ResourceNotFoundException")
-    msg = expect_error("ResourceNotFoundException", 404, lam.get_function, FunctionName=missing)
+    msg = message_of_error("ResourceNotFoundException", 404, lam.get_function, FunctionName=missing)
     check(re.match(r"^Function not found: arn:aws:lambda:[a-z0-9-]+:000000000000:function:" + missing + "$", msg), msg)
     expect_error("ResourceNotFoundException", 404, lam.get_function_configuration, FunctionName=missing)
     expect_error("ResourceNotFoundException", 404, lam.invoke, FunctionName=missing, Payload=b"{}")
@@ -332,7 +279,7 @@ def test_errors(lam, python_zip, existing, run_invokes):
         ({"Code": {"ZipFile": b"this is not a zip"}}, "Could not unzip"),
         ({"FunctionName": "bad name!"}, "functionName"),
     ]:
-        msg = expect_error("InvalidParameterValueException", 400, lam.create_function, **{**base, **change})
+        msg = message_of_error("InvalidParameterValueException", 400, lam.create_function, **{**base, **change})
         check(needle in msg, f"{change}: message {msg!r} lacks {needle!r}")
     expect_error("InvalidParameterValueException", 400, lam.update_function_configuration, FunctionName=existing, MemorySize=64)
     expect_error("ResourceNotFoundException", 404, lam.get_function, FunctionName=missing)  # none of those created it
@@ -346,7 +293,7 @@ def test_errors(lam, python_zip, existing, run_invokes):
     check(c["SnapStart"] == {"ApplyOn": "None", "OptimizationStatus": "Off"}, f"SnapStart: {c.get('SnapStart')}")
     expect_error("ProvisionedConcurrencyConfigNotFoundException", 404, lam.get_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST")
     expect_error("ProvisionedConcurrencyConfigNotFoundException", 404, lam.delete_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST")
-    msg = expect_error("InvalidParameterValueException", 400, lam.put_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
+    msg = message_of_error("InvalidParameterValueException", 400, lam.put_provisioned_concurrency_config, FunctionName=existing, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
     check("unpublished" in msg, f"provisioned concurrency on $LATEST: {msg}")
     expect_error("ResourceNotFoundException", 404, lam.put_provisioned_concurrency_config, FunctionName=missing, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
     expect_error("ResourceNotFoundException", 404, lam.put_provisioned_concurrency_config, FunctionName=existing, Qualifier="1", ProvisionedConcurrentExecutions=1)
@@ -393,7 +340,7 @@ def main():
             except ClientError:
                 pass
         raise
-    print(f"boto3: all {CHECKS} checks passed{' (invocations skipped)' if not run_invokes else ''}")
+    print(f"boto3: all {checks()} checks passed{' (invocations skipped)' if not run_invokes else ''}")
     return 0
 
 

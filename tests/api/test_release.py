@@ -23,7 +23,6 @@ everything. --no-invoke skips what needs a microVM. Exits 0 when all checks pass
 
 import argparse
 import base64
-import hashlib
 import io
 import json
 import os
@@ -34,42 +33,18 @@ import threading
 import time
 import zipfile
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROLE = "arn:aws:iam::000000000000:role/ember"
-CHECKS = 0
+from lambda_checks import ROLE, check, checks, expect_error, lambda_client, message, sha256_b64, with_extra_file
+
 PY, LAYERED, RS, SNAP, SNAP_FAIL, PC, CLI = (
     "rel-py", "rel-layers", "rel-rs", "rel-snap", "rel-snapfail", "rel-pc", "rel-cli",
 )
 LAYERS = ("rel-layer-a", "rel-layer-b")
 
 
-def check(cond, what):
-    global CHECKS
-    CHECKS += 1
-    if not cond:
-        raise AssertionError(what)
-
-
 def step(what):
     print(f"release: {what}", flush=True)
-
-
-def client(endpoint):
-    return boto3.client(
-        "lambda",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDEMBERTEST",
-        aws_secret_access_key="ember-test-secret",
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=600, connect_timeout=10),
-    )
-
-
-def sha256_b64(data):
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def make_zip(files):
@@ -83,30 +58,6 @@ def make_zip(files):
             info.external_attr = (0o100000 | mode) << 16
             z.writestr(info, content)
     return out.getvalue()
-
-
-def with_file(zip_bytes, name, content):
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            dst.writestr(info, src.read(info.filename))
-        dst.writestr(name, content)
-    return out.getvalue()
-
-
-def expect_error(code, status, fn, **kwargs):
-    try:
-        fn(**kwargs)
-    except ClientError as e:
-        got = e.response["Error"]["Code"]
-        check(got == code, f"{fn.__name__}: expected {code}, got {got}: {e}")
-        check(e.response["ResponseMetadata"]["HTTPStatusCode"] == status, f"{fn.__name__}: {code} is not HTTP {status}")
-        return e
-    raise AssertionError(f"{fn.__name__}({kwargs.get('FunctionName')}): expected {code}, but it succeeded")
-
-
-def message(e):
-    return e.response["Error"].get("Message", "")
 
 
 def invoke(lam, name, event=None, **kwargs):
@@ -158,7 +109,7 @@ def versions_and_aliases(lam, python_zip, run):
     c = create(lam, PY, "python3.11", "handler.context_info", python_zip,
                Environment={"Variables": {"MY_VAR": "one"}}, Publish=True, Tags={"team": "release"})
     check(c["Version"] == "1" and c["FunctionArn"].endswith(f":{PY}:1"), f"create with Publish: {c['Version']} {c['FunctionArn']}")
-    zip2 = with_file(python_zip, "marker.txt", "two")
+    zip2 = with_extra_file(python_zip, "marker.txt", "two")
     u = lam.update_function_code(FunctionName=PY, ZipFile=zip2)
     u = lam.update_function_configuration(FunctionName=PY, Environment={"Variables": {"MY_VAR": "two"}})
     e = expect_error("InvalidParameterValueException", 400, lam.publish_version, FunctionName=PY, CodeSha256=sha256_b64(python_zip))
@@ -476,7 +427,7 @@ def main():
     python_zip = open(args.python_zip, "rb").read()
     rust_zip = open(args.rust_zip, "rb").read()
     run = not args.no_invoke
-    lam = client(args.endpoint)
+    lam = lambda_client(args.endpoint)
     if args.phase == "setup":
         versions_and_aliases(lam, python_zip, run)
         layers(lam, python_zip, run)
@@ -489,7 +440,7 @@ def main():
             aws_cli(args.aws, args.endpoint, rust_zip, run)
     else:
         after_restart(lam, run)
-    print(f"release: all {CHECKS} checks passed ({args.phase}){' (invocations skipped)' if not run else ''}")
+    print(f"release: all {checks()} checks passed ({args.phase}){' (invocations skipped)' if not run else ''}")
     return 0
 
 

@@ -18,10 +18,10 @@ use super::logs::Logs;
 use super::pool::provisioned::split;
 use super::pool::{Pool, ProvisionedStatus};
 use super::store::concurrency::{HostLimits, Usage};
-use super::store::functions::{Page, Published};
+use super::store::functions::Published;
 use super::store::{
     Alias, AliasPatch, ConfigPatch, FunctionConfig, FunctionMeta, LayerVersion, NewAlias, NewFunction, NewLayerVersion,
-    State, Store, StoreError,
+    Page, State, Store, StoreError,
 };
 
 /// Why a control-plane request was refused or failed.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
-use super::{check_revision, from_json, function_not_found, lock, version_not_found, Store, StoreError};
+use super::{check_revision, from_json, function_not_found, lock, version_not_found, Page, Store, StoreError};
 use crate::agent::ids::{self, random_uuid, Version};
 use crate::agent::limits;
 
@@ -155,7 +155,7 @@ impl Store {
         version: Option<Version>,
         marker: Option<&str>,
         max_items: usize,
-    ) -> Result<super::functions::Page<Arc<Alias>>, StoreError> {
+    ) -> Result<Page<Arc<Alias>>, StoreError> {
         if !self.exists(function)? {
             return Err(function_not_found(function));
         }
@@ -165,23 +165,8 @@ impl Store {
             "SELECT {COLUMNS} FROM aliases WHERE function = ?1 AND name > ?2 ORDER BY name"
         ))?;
         let rows = stmt.query_map(params![function, marker.unwrap_or("")], alias_from_row)?;
-        let mut items = Vec::new();
-        for row in rows {
-            let alias = row?;
-            if version.is_none_or(|v| alias.versions().any(|a| a == v)) {
-                items.push(Arc::new(alias));
-                if items.len() > limit {
-                    break;
-                }
-            }
-        }
-        let next_marker = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|a| a.name.clone())
-        } else {
-            None
-        };
-        Ok(super::functions::Page { items, next_marker })
+        let routes_to = |a: &Alias| version.is_none_or(|v| a.versions().any(|x| x == v));
+        Page::collect(rows, limit, |_, a| routes_to(a), |a| a.name.clone())
     }
 
     /// Creates an alias; the function and the versions it routes to must exist.

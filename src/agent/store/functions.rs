@@ -15,7 +15,9 @@ use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use super::code::Pinned;
 use super::layers::LayerRef;
-use super::{check_revision, from_json, function_not_found, lock, map_json, version_not_found, Store, StoreError};
+use super::{
+    check_revision, from_json, function_not_found, lock, map_json, version_not_found, Page, Store, StoreError,
+};
 use crate::agent::codezip::{self, CodeError};
 use crate::agent::ids::{self, random_uuid, Version};
 use crate::agent::limits;
@@ -222,15 +224,6 @@ pub struct Published {
     pub created: bool,
 }
 
-/// One page of a list.
-#[derive(Debug, Clone, Default)]
-pub struct Page<T> {
-    /// The items, in order.
-    pub items: Vec<T>,
-    /// The marker of the next page, if there is one.
-    pub next_marker: Option<String>,
-}
-
 const VERSION_COLUMNS: &str = "function, version, runtime, handler, role, description, memory_mib, timeout_s, \
      ephemeral_mib, environment, code_hex, code_b64, code_size, code_unzipped, layers, opt_hex, revision_id, \
      last_modified, snap_start, state, state_reason, state_reason_code";
@@ -312,21 +305,21 @@ impl Store {
             "SELECT {VERSION_COLUMNS} FROM versions WHERE (function > ?1 OR (function = ?1 AND version > ?2)) \
              {filter} ORDER BY function, version LIMIT ?3"
         ))?;
-        let mut items = stmt
-            .query_map(params![after_name, after_version, limit as i64 + 1], |row| {
-                config_from_row(&self.code_dir, row)
-            })?
-            .map(|r| r.map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_marker = if items.len() > limit {
-            items.truncate(limit);
-            items
-                .last()
-                .map(|f| if all_versions { format!("{}:{}", f.name, f.version.stored()) } else { f.name.clone() })
-        } else {
-            None
-        };
-        Ok(Page { items, next_marker })
+        let rows = stmt.query_map(params![after_name, after_version, limit as i64 + 1], |row| {
+            config_from_row(&self.code_dir, row)
+        })?;
+        Page::collect(
+            rows,
+            limit,
+            |_, _| true,
+            |f| {
+                if all_versions {
+                    format!("{}:{}", f.name, f.version.stored())
+                } else {
+                    f.name.clone()
+                }
+            },
+        )
     }
 
     /// A function's versions, `$LATEST` first, after `marker` (a stored version number).
@@ -348,17 +341,9 @@ impl Store {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VERSION_COLUMNS} FROM versions WHERE function = ?1 AND version > ?2 ORDER BY version LIMIT ?3"
         ))?;
-        let mut items = stmt
-            .query_map(params![name, after, limit as i64 + 1], |row| config_from_row(&self.code_dir, row))?
-            .map(|r| r.map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_marker = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|f| f.version.stored().to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next_marker })
+        let rows =
+            stmt.query_map(params![name, after, limit as i64 + 1], |row| config_from_row(&self.code_dir, row))?;
+        Page::collect(rows, limit, |_, _| true, |f| f.version.stored().to_string())
     }
 
     /// Every version in `Pending` state (their preparation was cut short by a restart).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{from_json, lock, Store, StoreError};
+use super::{from_json, lock, Page, Store, StoreError};
 use crate::agent::ids::{self, layer_version_arn};
 use crate::agent::limits;
 
@@ -208,7 +208,7 @@ impl Store {
         architecture: Option<&str>,
         marker: Option<&str>,
         max_items: usize,
-    ) -> Result<super::functions::Page<Arc<LayerVersion>>, StoreError> {
+    ) -> Result<Page<Arc<LayerVersion>>, StoreError> {
         let limit = max_items.clamp(1, limits::MAX_PAGE);
         let before: u32 = match marker {
             None => u32::MAX,
@@ -219,23 +219,7 @@ impl Store {
             "SELECT {COLUMNS} FROM layers WHERE name = ?1 AND version < ?2 ORDER BY version DESC"
         ))?;
         let rows = stmt.query_map(params![name, before], layer_from_row)?;
-        let mut items = Vec::new();
-        for row in rows {
-            let layer = row?;
-            if compatible(&layer, runtime, architecture) {
-                items.push(Arc::new(layer));
-                if items.len() > limit {
-                    break;
-                }
-            }
-        }
-        let next_marker = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|l| l.version.to_string())
-        } else {
-            None
-        };
-        Ok(super::functions::Page { items, next_marker })
+        Page::collect(rows, limit, |_, l| compatible(l, runtime, architecture), |l| l.version.to_string())
     }
 
     /// Every layer with its newest version (compatible with `runtime` and `architecture` if
@@ -246,30 +230,17 @@ impl Store {
         architecture: Option<&str>,
         marker: Option<&str>,
         max_items: usize,
-    ) -> Result<super::functions::Page<Arc<LayerVersion>>, StoreError> {
+    ) -> Result<Page<Arc<LayerVersion>>, StoreError> {
         let limit = max_items.clamp(1, limits::MAX_PAGE);
         let conn = lock(&self.reader);
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM layers WHERE name > ?1 ORDER BY name, version DESC"))?;
         let rows = stmt.query_map([marker.unwrap_or("")], layer_from_row)?;
-        let mut items: Vec<Arc<LayerVersion>> = Vec::new();
-        for row in rows {
-            let layer = row?;
-            if items.last().is_some_and(|l| l.name == layer.name) || !compatible(&layer, runtime, architecture) {
-                continue;
-            }
-            items.push(Arc::new(layer));
-            if items.len() > limit {
-                break;
-            }
-        }
-        let next_marker = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|l| l.name.clone())
-        } else {
-            None
+        // Rows come newest first within a name: the first compatible one of each name is kept.
+        let newest = |kept: &[Arc<LayerVersion>], l: &LayerVersion| {
+            kept.last().is_none_or(|last| last.name != l.name) && compatible(l, runtime, architecture)
         };
-        Ok(super::functions::Page { items, next_marker })
+        Page::collect(rows, limit, newest, |l| l.name.clone())
     }
 
     /// Deletes a layer version. The functions that use it keep working: their merged /opt

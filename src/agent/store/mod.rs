@@ -203,6 +203,45 @@ impl Store {
     }
 }
 
+/// One page of a list.
+#[derive(Debug, Clone, Default)]
+pub struct Page<T> {
+    /// The items, in order.
+    pub items: Vec<T>,
+    /// The marker of the next page, if there is one.
+    pub next_marker: Option<String>,
+}
+
+impl<T> Page<Arc<T>> {
+    /// The page of `rows` that `keep` lets through (it sees what was kept before): at most
+    /// `limit` items, and, if there is one more, the marker of the next page, made by `marker`
+    /// from the page's last item.
+    fn collect(
+        rows: impl Iterator<Item = rusqlite::Result<T>>,
+        limit: usize,
+        mut keep: impl FnMut(&[Arc<T>], &T) -> bool,
+        marker: impl Fn(&T) -> String,
+    ) -> Result<Self, StoreError> {
+        let mut items = Vec::new();
+        for row in rows {
+            let item = row?;
+            if keep(&items, &item) {
+                items.push(Arc::new(item));
+                if items.len() > limit {
+                    break;
+                }
+            }
+        }
+        let next_marker = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| marker(i))
+        } else {
+            None
+        };
+        Ok(Page { items, next_marker })
+    }
+}
+
 /// The JSON of a string map, as stored.
 fn map_json(map: &BTreeMap<String, String>) -> String {
     serde_json::to_string(map).expect("a string map serializes")

@@ -1,0 +1,82 @@
+"""What Ember's boto3 scripts share (tests/api/test_boto3.py, tests/api/test_release.py): a
+counted check, a boto3 Lambda client for a local endpoint, zips and their CodeSha256, and the
+check of an expected error."""
+
+import base64
+import hashlib
+import io
+import zipfile
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ROLE = "arn:aws:iam::000000000000:role/ember"
+_checks = 0
+
+
+def check(cond, what):
+    """Counts a check; fails the run with `what` if `cond` is false."""
+    global _checks
+    _checks += 1
+    if not cond:
+        raise AssertionError(what)
+
+
+def checks():
+    """How many checks have passed."""
+    return _checks
+
+
+def lambda_client(endpoint):
+    """boto3's Lambda client for `endpoint`: dummy credentials, region us-east-1, no retries,
+    boto3's own parameter validation off so that the agent's is what is tested."""
+    return boto3.client(
+        "lambda",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEMBERTEST",
+        aws_secret_access_key="ember-test-secret",
+        config=Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            read_timeout=600,
+            connect_timeout=10,
+            parameter_validation=False,
+        ),
+    )
+
+
+def sha256_b64(data):
+    """Lambda's CodeSha256 of a zip."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def with_extra_file(zip_bytes, name, content):
+    """The zip with one more file: new code with a new CodeSha256."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info.filename))
+        dst.writestr(name, content)
+    return out.getvalue()
+
+
+def expect_error(code, status, fn, **kwargs):
+    """Calls fn(**kwargs), which must fail with error `code` and HTTP `status`, with a message
+    and a request id; returns the ClientError."""
+    try:
+        fn(**kwargs)
+    except ClientError as e:
+        got = e.response["Error"]["Code"]
+        check(got == code, f"{fn.__name__}: expected {code}, got {got}: {e}")
+        got_status = e.response["ResponseMetadata"]["HTTPStatusCode"]
+        check(got_status == status, f"{fn.__name__}: expected HTTP {status} for {code}, got {got_status}")
+        check(e.response["Error"].get("Message"), f"{fn.__name__}: {code} has no message")
+        check(e.response["ResponseMetadata"].get("RequestId"), f"{fn.__name__}: {code} has no request id")
+        return e
+    raise AssertionError(f"{fn.__name__}({kwargs.get('FunctionName')}): expected {code}, but it succeeded")
+
+
+def message(e):
+    """A ClientError's message."""
+    return e.response["Error"].get("Message", "")
