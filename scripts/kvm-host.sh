@@ -240,6 +240,7 @@ cleanup() {
     [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
     [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
     rm -rf "$tmp" "${heartbeat:-}"
+    rm -f "$l1_dir/exit.$nonce".*
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -285,6 +286,10 @@ mkdir -p "$tmp/run/ember"
     echo "rw_cache=${EMBER_L1_RW_CACHE:-loose}"
     echo "out_tty=$out_tty"
     echo "verbose=${verbose:-0}"
+    # Where L1 leaves its exit status as an empty file's name (exit.<nonce>.<status>): a
+    # file's creation reaches this side through the share at once, while the serial line
+    # has been seen to drop characters under load, the marker's too.
+    echo "exit_dir=$(q "/newroot$(realpath "$l1_dir")")"
     echo "bus=$bus"
     echo "net=$([ ${#fwd_ports[@]} -gt 0 ] && echo 1 || echo 0)"
     echo "kdir=$(q "$(realpath "$kdir")")"
@@ -462,6 +467,12 @@ wait "$out_pid"
 out_rc=$?
 wait "$err_pid"
 
+exit_files=("$l1_dir/exit.$nonce".*)
+if [ -e "${exit_files[0]}" ]; then
+    rc=${exit_files[0]##*.}
+    [[ $rc =~ ^[0-9]+$ ]] || die "bad exit status file from L1: ${exit_files[0]}"
+    exit "$rc"
+fi
 if [ -s "$tmp/rc" ]; then
     rc=$(head -1 "$tmp/rc")
     [[ $rc =~ ^[0-9]+$ ]] || die "bad exit marker from L1: $rc"
