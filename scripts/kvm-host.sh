@@ -240,7 +240,7 @@ cleanup() {
     [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
     [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
     rm -rf "$tmp" "${heartbeat:-}"
-    rm -f "$l1_dir/exit.$nonce".*
+    [ -n "${nonce:-}" ] && rm -f "$l1_dir/exit.$nonce".*
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -401,7 +401,9 @@ out_pid=$!
 cat <"$tmp/ttyS1" >&2 &
 err_pid=$!
 
-timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null &
+# QEMU, and the timeout around it, die with this script even when it is SIGKILLed (no trap runs
+# then): each gets SIGKILL when its parent ends.
+setpriv --pdeathsig KILL -- timeout -k 10 "$timeout_s" setpriv --pdeathsig KILL -- "${qemu[@]}" </dev/null &
 qpid=$!
 
 # A stalled L1. Seen here a few times: with the command waiting on timers, L1 halts and
@@ -436,6 +438,8 @@ stall_s=${EMBER_L1_STALL_S:-300}
 (
     last= kicked=
     while sleep "$stall_s"; do
+        # This script was SIGKILLed (its trap could not stop us): nothing left to watch.
+        kill -0 $$ 2>/dev/null || exit 0
         beat=$(stat -c %Y "$heartbeat" 2>/dev/null)
         if [ -z "$beat" ] || [ "$beat" != "$last" ]; then
             [ -n "$kicked" ] && echo "kvm-host: L1 is making progress again" >&2
