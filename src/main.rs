@@ -145,6 +145,18 @@ struct ServeArgs {
     /// `<DIR>/<instance id>.console`, for debugging; the files are not removed.
     #[arg(long, value_name = "DIR")]
     console_dir: Option<PathBuf>,
+    /// Seconds before the first and the second retry of an asynchronous invocation that failed
+    /// (Lambda waits about 60 and 120); shorter waits are for tests, nothing else changes.
+    #[arg(long, value_name = "A,B", default_value = "60,120", value_parser = parse_retry_delays)]
+    async_retry_delays_s: [Duration; 2],
+}
+
+/// `A,B` in seconds.
+fn parse_retry_delays(s: &str) -> Result<[Duration; 2], String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [a, b] = parts.as_slice() else { return Err(format!("expected two numbers of seconds, A,B: {s}")) };
+    let secs = |x: &str| x.trim().parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{x}: {e}"));
+    Ok([secs(a)?, secs(b)?])
 }
 
 #[derive(Subcommand)]
@@ -352,6 +364,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         vmm_binary,
         cpu_shares: true,
         min_unreserved: args.min_unreserved,
+        async_retry_delays: args.async_retry_delays_s,
         socket: args.socket,
         data_dir: args.data_dir,
         listen: args.listen,

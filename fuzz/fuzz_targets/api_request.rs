@@ -47,7 +47,10 @@ fn fixture() -> &'static Fixture {
             let pool = pool::Pool::new(config, logs.clone(), snapshots, launcher);
             let limits = store::concurrency::HostLimits { concurrent: 8, min_unreserved: 1 };
             let control = functions::Control::new(store.clone(), pool.clone(), logs.clone(), limits);
-            Arc::new(Agent { control, invoker: invoke::Invoker::new(store, pool), logs })
+            let invoker = invoke::Invoker::new(store.clone(), pool.clone());
+            let delays = invoke::retry::DEFAULT_RETRY_DELAYS;
+            let queue = invoke::queue::AsyncQueue::start(store, invoker.clone(), pool, delays).unwrap();
+            Arc::new(Agent { control, invoker, queue, logs })
         });
         Fixture { runtime, agent }
     })

@@ -279,6 +279,11 @@ pub fn lambda_time(t: SystemTime) -> String {
     )
 }
 
+/// Now, in ms since the Unix epoch (the asynchronous queue's clock, stored with its events).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
 /// Now, as Lambda writes `LastModified`.
 pub fn now() -> String {
     lambda_time(SystemTime::now())

@@ -24,6 +24,10 @@ pub const MAX_VCPUS: u32 = 6;
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
 /// The largest asynchronous (`Event`) invocation payload (1 MB).
 pub const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
+/// `MaximumRetryAttempts` of an asynchronous invocation.
+pub const ASYNC_RETRIES: RangeInclusive<u32> = 0..=2;
+/// `MaximumEventAgeInSeconds` of an asynchronous invocation.
+pub const ASYNC_EVENT_AGE_S: RangeInclusive<u32> = 60..=21_600;
 /// The largest response a function may return.
 pub const MAX_RESPONSE_BYTES: usize = MAX_SYNC_PAYLOAD;
 

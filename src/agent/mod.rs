@@ -4,7 +4,8 @@
 //! - [`api`]: HTTP only: routing, decoding requests, Lambda's JSON shapes and errors.
 //! - [`functions`]: the control plane's use cases (create, update, publish, delete functions,
 //!   aliases, layers, tags, concurrency), and [`functions::validate`]: Lambda's limits.
-//! - [`invoke`]: the invoke path: a reference to the version that runs (alias weights), the pool.
+//! - [`invoke`]: the invoke path: a reference to the version that runs (alias weights), the pool;
+//!   [`invoke::queue`]: asynchronous invocations (durable queue, retries, destinations).
 //! - [`store`]: durable state: SQLite (schema versions and migrations) and code by content.
 //! - [`pool`]: instances per function version: cold start, restore, warm reuse, concurrency
 //!   (reserved, unreserved, provisioned), SnapStart, keep-alive, eviction; [`pool::launch`]
@@ -38,6 +39,8 @@ pub struct Agent {
     pub control: functions::Control,
     /// The invoke path.
     pub invoker: invoke::Invoker,
+    /// Asynchronous invocations.
+    pub queue: invoke::queue::AsyncQueue,
     /// The functions' logs.
     pub logs: logs::Logs,
 }
@@ -62,6 +65,8 @@ pub struct ServeOptions {
     /// The concurrency reservations must leave to the functions without one (default: a
     /// tenth of `max_instances`).
     pub min_unreserved: Option<u32>,
+    /// The waits before the first and second retry of an asynchronous invocation.
+    pub async_retry_delays: [std::time::Duration; 2],
 }
 
 /// Errors starting the agent.
@@ -183,7 +188,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let control = functions::Control::new(store.clone(), pool.clone(), logs.clone(), host);
     // Reservations, provisioned concurrency and SnapStart preparations outlive the agent.
     control.start().map_err(|e| ServeError::Store(e.to_string()))?;
-    let agent = Arc::new(Agent { control, invoker: invoke::Invoker::new(store, pool), logs });
+    let invoker = invoke::Invoker::new(store.clone(), pool.clone());
+    // Events accepted before a restart (or a crash) run now.
+    let queue = invoke::queue::AsyncQueue::start(store, invoker.clone(), pool, options.async_retry_delays)
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    let agent = Arc::new(Agent { control, invoker, queue, logs });
 
     match std::fs::remove_file(&options.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

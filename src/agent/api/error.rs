@@ -138,6 +138,20 @@ impl From<invoke::Error> for ApiError {
     }
 }
 
+impl From<invoke::queue::QueueError> for ApiError {
+    fn from(e: invoke::queue::QueueError) -> Self {
+        match e {
+            invoke::queue::QueueError::Store(_) => ApiError::service(e.to_string()),
+        }
+    }
+}
+
+impl From<invoke::destinations::DestinationError> for ApiError {
+    fn from(e: invoke::destinations::DestinationError) -> Self {
+        ApiError::invalid(e.to_string())
+    }
+}
+
 impl From<RefError> for ApiError {
     fn from(e: RefError) -> Self {
         match e {

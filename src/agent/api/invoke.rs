@@ -16,9 +16,10 @@ use serde_json::json;
 use super::body::{self, content_length, header, query_param, HttpResponse};
 use super::error::ApiError;
 use super::routes::Op;
-use crate::agent::ids::FunctionRef;
+use crate::agent::ids::{self, FunctionRef};
 use crate::agent::limits::{MAX_ASYNC_PAYLOAD, MAX_SYNC_PAYLOAD};
 use crate::agent::pool::InvokeRequest;
+use crate::agent::store::queue::NewEvent;
 use crate::agent::Agent;
 
 /// How much of an oversized payload is read and dropped so that the client sees the 413.
@@ -101,7 +102,15 @@ where
     match kind {
         InvocationType::DryRun => Ok(body::empty(StatusCode::NO_CONTENT)),
         InvocationType::Event => {
-            agent.invoker.invoke_async(request);
+            let event = NewEvent {
+                request_id: request.request_id,
+                function: r.name,
+                qualifier: r.qualifier.map(|q| q.to_string()),
+                payload: request.payload.to_vec(),
+                client_context: request.client_context,
+                accepted_ms: ids::unix_ms(),
+            };
+            agent.queue.accept(event).await?;
             Ok(if op == Op::InvokeAsync {
                 body::json(StatusCode::ACCEPTED, &json!({ "Status": 202 }))
             } else {

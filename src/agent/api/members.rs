@@ -186,6 +186,15 @@ pub const PUBLISH_LAYER_VERSION: &[(&str, Rule)] = &[
     ("CompatibleArchitectures", Supported),
 ];
 
+const DESTINATION: Rule = Struct(&[("Destination", Supported)]);
+
+/// Put/UpdateFunctionEventInvokeConfig's members.
+pub const EVENT_INVOKE_CONFIG: &[(&str, Rule)] = &[
+    ("MaximumRetryAttempts", Supported),
+    ("MaximumEventAgeInSeconds", Supported),
+    ("DestinationConfig", Struct(&[("OnSuccess", DESTINATION), ("OnFailure", DESTINATION)])),
+];
+
 /// PutFunctionConcurrency's members.
 pub const PUT_FUNCTION_CONCURRENCY: &[(&str, Rule)] = &[("ReservedConcurrentExecutions", Supported)];
 

@@ -13,7 +13,8 @@
 //! | [`concurrency`] | Put/Get/DeleteFunctionConcurrency; Put/Get/Delete/ListProvisionedConcurrencyConfig(s) |
 //! | [`tags`] | TagResource, UntagResource, ListTags |
 //! | [`account`] | GetAccountSettings |
-//! | [`invoke`] | Invoke, InvokeAsync |
+//! | [`event_configs`] | Put/Get/Update/DeleteFunctionEventInvokeConfig, ListFunctionEventInvokeConfigs |
+//! | [`invoke`] | Invoke, InvokeAsync (`Event` invocations go to the durable queue) |
 //!
 //! A function is named as Lambda accepts it (name, `name:qualifier`, partial or full ARN,
 //! percent-encoded or not), with the `Qualifier` parameter where the operation takes one.
@@ -29,6 +30,7 @@ pub mod aliases;
 pub mod body;
 pub mod concurrency;
 pub mod error;
+pub mod event_configs;
 pub mod functions;
 pub mod invoke;
 pub mod layers;
@@ -176,7 +178,9 @@ fn body_of(op: Op) -> Option<bool> {
         | Op::UpdateAlias
         | Op::PutFunctionConcurrency
         | Op::PutProvisionedConcurrencyConfig
-        | Op::TagResource => Some(false),
+        | Op::TagResource
+        | Op::PutFunctionEventInvokeConfig
+        | Op::UpdateFunctionEventInvokeConfig => Some(false),
         _ => None,
     }
 }
@@ -247,6 +251,11 @@ where
         Op::TagResource => tags::tag(agent, req).await,
         Op::UntagResource => tags::untag(agent, req).await,
         Op::ListTags => tags::list(agent, req),
+        Op::PutFunctionEventInvokeConfig => event_configs::put(agent, req).await,
+        Op::UpdateFunctionEventInvokeConfig => event_configs::update(agent, req).await,
+        Op::GetFunctionEventInvokeConfig => event_configs::get(agent, req),
+        Op::DeleteFunctionEventInvokeConfig => event_configs::delete(agent, req).await,
+        Op::ListFunctionEventInvokeConfigs => event_configs::list(agent, req),
         Op::Invoke | Op::InvokeAsync => unreachable!("routed above"),
     }
 }

@@ -47,6 +47,11 @@ pub enum Op {
     TagResource,
     UntagResource,
     ListTags,
+    PutFunctionEventInvokeConfig,
+    UpdateFunctionEventInvokeConfig,
+    GetFunctionEventInvokeConfig,
+    DeleteFunctionEventInvokeConfig,
+    ListFunctionEventInvokeConfigs,
 }
 
 impl Op {
@@ -61,9 +66,13 @@ impl Op {
             | Op::Invoke
             | Op::GetFunctionCodeZip
             | Op::PutProvisionedConcurrencyConfig
-            | Op::DeleteProvisionedConcurrencyConfig => &["Qualifier"],
+            | Op::DeleteProvisionedConcurrencyConfig
+            | Op::PutFunctionEventInvokeConfig
+            | Op::UpdateFunctionEventInvokeConfig
+            | Op::GetFunctionEventInvokeConfig
+            | Op::DeleteFunctionEventInvokeConfig => &["Qualifier"],
             Op::GetFunctionLogs => &["bytes"],
-            Op::ListVersionsByFunction => PAGE,
+            Op::ListVersionsByFunction | Op::ListFunctionEventInvokeConfigs => PAGE,
             Op::ListAliases => &["Marker", "MaxItems", "FunctionVersion"],
             Op::ListLayerVersions => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems"],
             Op::Layers => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems", "find", "Arn"],
@@ -119,16 +128,17 @@ const ROUTES: &[(Method, Pattern, Op)] = &[
     (Method::POST, &["2017-03-31", "tags", P], Op::TagResource),
     (Method::DELETE, &["2017-03-31", "tags", P], Op::UntagResource),
     (Method::GET, &["2017-03-31", "tags", P], Op::ListTags),
+    (Method::PUT, &["2019-09-25", "functions", P, "event-invoke-config"], Op::PutFunctionEventInvokeConfig),
+    (Method::POST, &["2019-09-25", "functions", P, "event-invoke-config"], Op::UpdateFunctionEventInvokeConfig),
+    (Method::GET, &["2019-09-25", "functions", P, "event-invoke-config"], Op::GetFunctionEventInvokeConfig),
+    (Method::DELETE, &["2019-09-25", "functions", P, "event-invoke-config"], Op::DeleteFunctionEventInvokeConfig),
+    (Method::GET, &["2019-09-25", "functions", P, "event-invoke-config", "list"], Op::ListFunctionEventInvokeConfigs),
 ];
 
 /// Operations of Lambda's API this host does not implement (yet), by the first segments of
 /// their paths, so that a client is told which, rather than of an unknown route.
 const NOT_IMPLEMENTED: &[(Pattern, &str)] = &[
     (&["2015-03-31", "event-source-mappings"], "event source mappings"),
-    (
-        &["2019-09-25", "functions", P, "event-invoke-config"],
-        "event invoke configs (asynchronous retries and destinations)",
-    ),
     (&["2021-10-31", "functions", P, "url"], "function URLs"),
     (&["2021-10-31", "functions", P, "urls"], "function URLs"),
     (&["2015-03-31", "functions", P, "policy"], "resource-based policies"),
@@ -256,7 +266,11 @@ mod tests {
         );
         assert_eq!(
             op(Method::PUT, "/2019-09-25/functions/f/event-invoke-config"),
-            Routed::NotImplemented("event invoke configs (asynchronous retries and destinations)")
+            Routed::Op(Op::PutFunctionEventInvokeConfig, vec!["f".into()])
+        );
+        assert_eq!(
+            op(Method::GET, "/2019-09-25/functions/f/event-invoke-config/list"),
+            Routed::Op(Op::ListFunctionEventInvokeConfigs, vec!["f".into()])
         );
     }
 }

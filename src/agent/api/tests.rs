@@ -10,6 +10,8 @@ use serde_json::json;
 use super::*;
 use crate::agent::codezip::tests::{make_zip, temp_dir, Entry};
 use crate::agent::functions::Control;
+use crate::agent::invoke::queue::AsyncQueue;
+use crate::agent::invoke::retry::DEFAULT_RETRY_DELAYS;
 use crate::agent::invoke::Invoker;
 use crate::agent::logs::Logs;
 use crate::agent::pool::tests::Fake;
@@ -29,7 +31,8 @@ impl Drop for TestAgent {
     }
 }
 
-/// An agent on a temporary data dir whose instances are the fake launcher's.
+/// An agent on a temporary data dir whose instances are the fake launcher's (in a Tokio
+/// runtime: its queue starts tasks).
 pub(crate) fn test_agent() -> TestAgent {
     let dir = temp_dir("api");
     let store = Arc::new(Store::open(&dir).unwrap());
@@ -43,7 +46,9 @@ pub(crate) fn test_agent() -> TestAgent {
     );
     let limits = HostLimits { concurrent: 10, min_unreserved: 1 };
     let control = Control::new(store.clone(), pool.clone(), logs.clone(), limits);
-    let agent = Agent { control, invoker: Invoker::new(store, pool), logs };
+    let invoker = Invoker::new(store.clone(), pool.clone());
+    let queue = AsyncQueue::start(store, invoker.clone(), pool, DEFAULT_RETRY_DELAYS).unwrap();
+    let agent = Agent { control, invoker, queue, logs };
     TestAgent { agent: Arc::new(agent), dir }
 }
 
@@ -594,4 +599,103 @@ async fn serves_a_unix_socket() {
     assert_eq!(response.headers()["x-amzn-errortype"], "ResourceNotFoundException");
     assert!(response.headers().contains_key("x-amzn-requestid"));
     server.abort();
+}
+
+#[tokio::test]
+async fn event_invoke_configs() {
+    let t = test_agent();
+    create(&t, "f", json!({ "Publish": true })).await;
+    let base = "/2019-09-25/functions/f/event-invoke-config";
+    let a = call(&t, "GET", base, &[], "").await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"));
+    assert!(a.json()["message"].as_str().unwrap().contains("doesn't have an EventInvokeConfig"));
+    let a = call(&t, "POST", base, &[], r#"{"MaximumRetryAttempts": 1}"#).await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"), "update needs a config");
+
+    let collector = ids::function_arn("collector");
+    let put = json!({
+        "MaximumRetryAttempts": 1,
+        "DestinationConfig": { "OnFailure": { "Destination": collector } },
+    });
+    let a = call(&t, "PUT", base, &[], put.to_string()).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let c = a.json();
+    assert_eq!(c["FunctionArn"], ids::qualified_arn("f", "$LATEST"));
+    assert_eq!(c["MaximumRetryAttempts"], 1);
+    assert!(c.get("MaximumEventAgeInSeconds").is_none());
+    assert_eq!(c["DestinationConfig"], json!({ "OnSuccess": {}, "OnFailure": { "Destination": collector } }));
+    assert!(c["LastModified"].as_f64().unwrap() > 1.7e9);
+    assert_eq!(call(&t, "GET", base, &[], "").await.json(), c);
+
+    // Update changes only what it names; an empty destination removes one.
+    let update = json!({ "MaximumEventAgeInSeconds": 60, "DestinationConfig": { "OnFailure": {} } });
+    let a = call(&t, "POST", base, &[], update.to_string()).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        (a.json()["MaximumRetryAttempts"].as_u64(), a.json()["MaximumEventAgeInSeconds"].as_u64()),
+        (Some(1), Some(60))
+    );
+    assert_eq!(a.json()["DestinationConfig"], json!({ "OnSuccess": {}, "OnFailure": {} }));
+
+    // Per qualifier; listed by qualifier.
+    let a = call(&t, "PUT", &format!("{base}?Qualifier=1"), &[], "{}").await;
+    assert_eq!(a.json()["FunctionArn"], ids::qualified_arn("f", "1"));
+    let a = call(&t, "PUT", &format!("{base}?Qualifier=7"), &[], "{}").await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"));
+    let a = call(&t, "GET", &format!("{base}/list?MaxItems=1"), &[], "").await;
+    assert_eq!(a.json()["FunctionEventInvokeConfigs"].as_array().unwrap().len(), 1);
+    let marker = a.json()["NextMarker"].as_str().unwrap().to_string();
+    let a = call(&t, "GET", &format!("{base}/list?Marker={}", marker.replace('$', "%24")), &[], "").await;
+    assert_eq!(a.json()["FunctionEventInvokeConfigs"][0]["FunctionArn"], ids::qualified_arn("f", "1"));
+
+    // Refusals, with Lambda's wording, and nothing written.
+    for (body, says) in [
+        (json!({ "MaximumRetryAttempts": 3 }), "less than or equal to 2"),
+        (json!({ "MaximumEventAgeInSeconds": 59 }), "greater than or equal to 60"),
+        (json!({ "DestinationConfig": { "OnSuccess": { "Destination": "nope" } } }), "is invalid"),
+        (
+            json!({ "DestinationConfig": { "OnSuccess": { "Destination": "arn:aws:sqs:us-east-1:000000000000:q" } } }),
+            "message broker",
+        ),
+        (json!({ "Other": 1 }), "Other"),
+    ] {
+        let a = call(&t, "PUT", base, &[], body.to_string()).await;
+        assert_eq!((a.status, a.error_type()), (400, "InvalidParameterValueException"), "{body}");
+        assert!(a.json()["message"].as_str().unwrap().contains(says), "{}", a.text());
+    }
+    assert_eq!(call(&t, "GET", base, &[], "").await.json()["MaximumEventAgeInSeconds"], 60);
+
+    let a = call(&t, "DELETE", base, &[], "").await;
+    assert_eq!(a.status, 204);
+    let a = call(&t, "DELETE", base, &[], "").await;
+    assert_eq!(a.status, 404);
+    let a = call(&t, "GET", "/2019-09-25/functions/nope/event-invoke-config/list", &[], "").await;
+    assert_eq!(a.status, 404);
+}
+
+#[tokio::test]
+async fn an_event_invoke_is_accepted_then_runs_with_its_request_id() {
+    let t = test_agent();
+    create(&t, "f", json!({})).await;
+    let a =
+        call(&t, "POST", "/2015-03-31/functions/f/invocations", &[("x-amz-invocation-type", "Event")], r#"{"k":1}"#)
+            .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    assert!(a.body.is_empty());
+    let id = a.header("x-amzn-requestid").unwrap().to_string();
+    let a = call(&t, "POST", "/2014-11-13/functions/f/invoke-async", &[], "{}").await;
+    assert_eq!((a.status, a.json()["Status"].as_u64()), (202, Some(202)));
+    for _ in 0..500 {
+        if t.agent.queue.backlog() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.agent.queue.backlog(), 0);
+    let log = call(&t, "GET", "/2015-03-31/functions/f/logs", &[], "").await.text();
+    assert!(log.contains(&format!("START RequestId: {id}")), "{log}");
+    // Over the asynchronous limit: 413, nothing queued.
+    let big = format!("\"{}\"", "x".repeat(crate::agent::limits::MAX_ASYNC_PAYLOAD));
+    let a = call(&t, "POST", "/2015-03-31/functions/f/invocations", &[("x-amz-invocation-type", "Event")], big).await;
+    assert_eq!((a.status, a.error_type()), (413, "RequestTooLargeException"));
 }

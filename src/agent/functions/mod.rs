@@ -8,6 +8,7 @@
 //! `Failed`) when the pool is done; versions still `Pending` when the agent starts (it died
 //! meanwhile) are prepared again by [`Control::start`].
 
+pub mod event_configs;
 pub mod validate;
 
 use std::collections::BTreeMap;

@@ -349,6 +349,21 @@ pub fn weights(primary: Version, weights: &BTreeMap<String, f64>) -> Result<BTre
     Ok(out)
 }
 
+/// `MaximumRetryAttempts`: 0 to 2.
+pub fn max_retries(n: i64) -> Result<u32, Error> {
+    in_range(n, "maximumRetryAttempts", limits::ASYNC_RETRIES)
+}
+
+/// `MaximumEventAgeInSeconds`: 60 to 21600.
+pub fn max_event_age(s: i64) -> Result<u32, Error> {
+    in_range(s, "maximumEventAgeInSeconds", limits::ASYNC_EVENT_AGE_S)
+}
+
+/// A destination's ARN: a function (a queue once this host has a broker).
+pub fn destination(arn: &str) -> Result<(), Error> {
+    crate::agent::invoke::destinations::parse(arn).map(|_| ()).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 /// `ReservedConcurrentExecutions`: 0 up.
 pub fn reserved(n: i64) -> Result<u32, Error> {
     if n < 0 {

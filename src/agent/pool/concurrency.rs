@@ -60,6 +60,12 @@ impl Accounting {
         self.host
     }
 
+    /// The most `function` may use at once: its reservation, or else the unreserved
+    /// concurrency (which it shares).
+    pub fn share(&self, function: &str) -> u32 {
+        self.reserved.get(function).copied().unwrap_or_else(|| self.unreserved())
+    }
+
     /// What `function` uses now.
     pub fn in_use(&self, function: &str) -> u32 {
         self.in_use.get(function).copied().unwrap_or(0)

@@ -274,6 +274,11 @@ impl Pool {
         (state.accounting.host(), state.accounting.unreserved())
     }
 
+    /// The most instances `function` may use at once (see [`concurrency::Accounting::share`]).
+    pub fn share(&self, function: &str) -> u32 {
+        self.shared.lock().accounting.share(function)
+    }
+
     /// Sets (or with `None` removes) a function's reserved concurrency.
     pub fn set_reserved(&self, function: &str, reserved: Option<u32>) {
         self.shared.lock().accounting.set_reserved(function, reserved);

@@ -14,14 +14,23 @@ use super::*;
 use crate::agent::instance::Owner;
 use crate::agent::snapshots::Fingerprint;
 
+/// One event a fake instance ran: its function, request id and payload.
+pub(crate) type Ran = (String, String, Value);
+
 /// A launcher that starts no VM, and what it was asked to do.
 #[derive(Default)]
 pub(crate) struct Fake {
     launches: Mutex<Vec<(String, Version, Start)>>,
     snapshots: AtomicUsize,
+    ran: Arc<Mutex<Vec<Ran>>>,
 }
 
 impl Fake {
+    /// Every event its instances ran, in order.
+    pub(crate) fn ran(&self) -> Vec<Ran> {
+        self.ran.lock().unwrap().clone()
+    }
+
     pub(crate) fn launches(&self) -> usize {
         self.launches.lock().unwrap().len()
     }
@@ -52,7 +61,7 @@ impl Launcher for Fake {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
             let (handle, jobs) = Handle::detached(&ids::random_hex());
-            tokio::spawn(actor(handle.id.clone(), jobs, owner));
+            tokio::spawn(actor(handle.id.clone(), f.name.clone(), jobs, owner, self.ran.clone()));
             Ok(Launched {
                 handle,
                 init_duration: Duration::from_millis(5),
@@ -85,10 +94,18 @@ impl Launcher for Fake {
     }
 }
 
-/// An instance that echoes each event, sleeping `sleep_ms` first; `{"crash": true}` breaks it.
-async fn actor(id: String, mut jobs: tokio::sync::mpsc::Receiver<Job>, owner: Arc<dyn Owner>) {
+/// An instance that echoes each event, sleeping `sleep_ms` first; `{"crash": true}` breaks it,
+/// `{"fail": true}` makes it answer a function error.
+async fn actor(
+    id: String,
+    function: String,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+    owner: Arc<dyn Owner>,
+    ran: Arc<Mutex<Vec<Ran>>>,
+) {
     while let Some(job) = jobs.recv().await {
         let event: Value = serde_json::from_slice(&job.payload).unwrap_or_default();
+        ran.lock().unwrap().push((function.clone(), job.invoke.request_id.clone(), event.clone()));
         if let Some(ms) = event["sleep_ms"].as_u64() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
@@ -99,7 +116,12 @@ async fn actor(id: String, mut jobs: tokio::sync::mpsc::Receiver<Job>, owner: Ar
             let _ = reply.send(JobDone { result, log, reusable: false });
             return;
         }
-        let result = JobResult::Response { body: serde_json::to_vec(&event).unwrap(), memory_used_mib: 1 };
+        let result = if event["fail"] == true {
+            let body = br#"{"errorMessage":"failed on purpose","errorType":"Exception"}"#.to_vec();
+            JobResult::Error { error_type: Some("Exception".into()), body, memory_used_mib: 1 }
+        } else {
+            JobResult::Response { body: serde_json::to_vec(&event).unwrap(), memory_used_mib: 1 }
+        };
         let _ = reply.send(JobDone { result, log, reusable: true });
     }
 }

@@ -237,6 +237,7 @@ impl Store {
         }
         tx.execute("DELETE FROM aliases WHERE function = ?1 AND name = ?2", params![function, name])?;
         tx.execute("DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2", params![function, name])?;
+        super::queue::delete_for(&tx, function, Some(name))?;
         tx.commit()?;
         self.invalidate(function);
         Ok(())

@@ -600,6 +600,7 @@ impl Store {
             for table in ["versions", "aliases", "provisioned"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE function = ?1"), [name])?;
             }
+            super::queue::delete_for(&tx, name, None)?;
             tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
             tx.commit()?;
             self.invalidate(name);
@@ -645,6 +646,7 @@ impl Store {
                 params![name, version.to_string()],
             )?;
             tx.execute("DELETE FROM versions WHERE function = ?1 AND version = ?2", params![name, version.stored()])?;
+            super::queue::delete_for(&tx, name, Some(&version.to_string()))?;
             tx.commit()?;
             self.invalidate(name);
             vec![code, opt]

@@ -4,7 +4,8 @@
 //! `PRAGMA user_version` holds the schema version. Data dirs written before it was kept are
 //! version 0 (whatever the first agents made of them); migration 1 brings those, and empty
 //! databases, to the last schema that had only `$LATEST`; migration 2 adds versions, aliases,
-//! layers, tags and reserved concurrency. A migration may leave notes for the agent's log,
+//! layers, tags and reserved concurrency; migration 3 the asynchronous event queue and the
+//! event invoke configs. A migration may leave notes for the agent's log,
 //! for changes of behaviour an operator should know about.
 
 use std::path::Path;
@@ -16,7 +17,7 @@ use crate::agent::codezip;
 use crate::agent::ids::{self, random_uuid};
 
 /// The schema version this code writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
 /// One step: what it does and how.
 struct Migration {
@@ -24,7 +25,8 @@ struct Migration {
     apply: fn(&Transaction<'_>, &Path, &mut Vec<String>) -> Result<(), StoreError>,
 }
 
-const MIGRATIONS: [Migration; 2] = [Migration { to: 1, apply: to_1 }, Migration { to: 2, apply: to_2 }];
+const MIGRATIONS: [Migration; 3] =
+    [Migration { to: 1, apply: to_1 }, Migration { to: 2, apply: to_2 }, Migration { to: 3, apply: to_3 }];
 
 /// Brings the database up to [`CURRENT`]; `code_dir` holds the blobs a migration may read.
 /// Returns the migrations' notes.
@@ -224,6 +226,42 @@ fn to_2(tx: &Transaction<'_>, code_dir: &Path, notes: &mut Vec<String>) -> Resul
         ));
     }
     tx.execute_batch("DROP TABLE functions_1; DROP TABLE provisioned_1;")?;
+    Ok(())
+}
+
+/// The tables version 3 adds.
+const SCHEMA_3: &str = "
+CREATE TABLE async_events (
+    seq               INTEGER PRIMARY KEY,
+    request_id        TEXT NOT NULL UNIQUE,
+    function          TEXT NOT NULL,
+    qualifier         TEXT,
+    payload           BLOB NOT NULL,
+    client_context    TEXT,
+    accepted_ms       INTEGER NOT NULL,
+    due_ms            INTEGER NOT NULL,
+    attempts          INTEGER NOT NULL,
+    throttles         INTEGER NOT NULL,
+    last_response     BLOB,
+    last_error        TEXT,
+    last_version      TEXT
+);
+CREATE INDEX async_events_function ON async_events (function, qualifier);
+CREATE TABLE event_invoke_configs (
+    function          TEXT NOT NULL,
+    qualifier         TEXT NOT NULL,
+    max_retries       INTEGER,
+    max_age_s         INTEGER,
+    on_success        TEXT,
+    on_failure        TEXT,
+    last_modified_ms  INTEGER NOT NULL,
+    PRIMARY KEY (function, qualifier)
+) WITHOUT ROWID;
+";
+
+/// Version 3: the asynchronous event queue and event invoke configs (new tables only).
+fn to_3(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
+    tx.execute_batch(SCHEMA_3)?;
     Ok(())
 }
 

@@ -14,7 +14,8 @@
 //! `functions` and `versions` ([`functions`]: every version's frozen configuration, `$LATEST`
 //! included, and per-function settings: reserved concurrency, tags, the next version number),
 //! `aliases` ([`aliases`]), `layers` and `layer_names` ([`layers`]), `provisioned`
-//! ([`concurrency`]); blobs are [`code`]'s.
+//! ([`concurrency`]), `async_events` and `event_invoke_configs` ([`queue`]); blobs are
+//! [`code`]'s.
 //!
 //! Writes are all-or-nothing. Blobs are written under temporary names, fsynced and renamed into
 //! place before the row that refers to them is committed; a blob that no row refers to is
@@ -33,6 +34,7 @@ pub mod concurrency;
 pub mod functions;
 pub mod layers;
 pub mod migrate;
+pub mod queue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};

@@ -1,6 +1,13 @@
 //! The invoke path: from a function reference to the version that runs (an alias picks one
 //! of its versions by weight), checked that it can run, then the pool. Hot: store reads come
 //! from its cache, nothing blocks.
+//!
+//! Asynchronous invocations go through [`queue`] (durable, retried by [`retry`]'s rules, their
+//! outcomes sent to [`destinations`]).
+
+pub mod destinations;
+pub mod queue;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -89,18 +96,6 @@ impl Invoker {
             Ok(result) => Ok(result?),
             Err(e) => Err(Error::Pool(PoolError::Host(format!("the invocation's task failed: {e}")))),
         }
-    }
-
-    /// Runs an `Event` invocation in the background; what it produced goes to the
-    /// function's log only.
-    pub fn invoke_async(&self, req: InvokeRequest) {
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let name = format!("{}:{}", req.function.name, req.function.version);
-            if let Err(e) = pool.invoke(req).await {
-                eprintln!("ember: asynchronous invocation of {name} failed: {e}");
-            }
-        });
     }
 }
 
