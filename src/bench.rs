@@ -817,6 +817,128 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     })
 }
 
+/// `ember bench events`: asynchronous invokes through a real agent, on the provided runtime's
+/// echo at one whole vCPU's share: the time to accept an event (committed before the 202) one
+/// client at a time, accepts per second with one client and with eight (commits are grouped),
+/// and the time from acceptance to the function's start on a warm instance (the event's START
+/// line in the function's log, polled).
+pub fn events(runs: usize) -> Result<String, Error> {
+    if runs == 0 {
+        return Err(Error::NoRuns);
+    }
+    let dir = std::env::temp_dir().join(format!("ember-bench-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io("create temp dir"))?;
+    let result = (|| {
+        let zip = read_function_zip("rust.zip")?;
+        let mut agent = spawn_agent(&dir, &[])?;
+        let result = bench_runtime()?.block_on(event_runs(&dir.join("ember.sock"), &zip, runs));
+        let _ = agent.kill();
+        let _ = agent.wait();
+        result
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = result?;
+    Ok(format!(
+        "events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={}\n",
+        median(&r.accept_us),
+        percentile(&r.accept_us, 99),
+        r.accepts_c1,
+        r.accepts_c8,
+        median(&r.start_ms),
+    ))
+}
+
+/// What `bench events` measured.
+struct EventRuns {
+    accept_us: Vec<u64>,
+    accepts_c1: u64,
+    accepts_c8: u64,
+    start_ms: Vec<u64>,
+}
+
+/// The request id of an answer.
+fn request_id(headers: &hyper::HeaderMap) -> String {
+    headers.get("x-amzn-requestid").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+async fn event_runs(socket: &Path, zip: &[u8], runs: usize) -> Result<EventRuns, Error> {
+    use base64::Engine as _;
+    let mut conn = AgentConn::open(socket).await?;
+    let create = serde_json::to_vec(&serde_json::json!({
+        "FunctionName": "sink", "Runtime": "provided.al2023", "Handler": "bootstrap",
+        "Role": "arn:aws:iam::000000000000:role/bench",
+        "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
+        "Timeout": 60, "MemorySize": 1769,
+    }))
+    .expect("serializes");
+    conn.call("POST", "/2015-03-31/functions", &create).await?;
+    let path = "/2015-03-31/functions/sink/invocations";
+    let event = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
+    // A warm instance first.
+    conn.call("POST", path, &event).await?;
+    let async_header = &[("X-Amz-Invocation-Type", "Event")];
+
+    // From acceptance to the function's start, one event at a time on the idle warm instance.
+    let logs = "/2015-03-31/functions/sink/logs?bytes=65536";
+    let mut start_ms = Vec::new();
+    for _ in 0..runs.min(20) {
+        let (headers, _) = conn.call_with("POST", path, async_header, &event).await?;
+        let accepted = Instant::now();
+        let start = format!("START RequestId: {}", request_id(&headers));
+        let deadline = accepted + Duration::from_secs(60);
+        loop {
+            let log = conn.call("GET", logs, b"").await?;
+            if String::from_utf8_lossy(&log).contains(&start) {
+                start_ms.push(accepted.elapsed().as_millis() as u64);
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Run { run: 0, detail: "an accepted event did not start in 60 s".into() });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    // Accepts one at a time: each is committed (fsync) before its 202.
+    let mut accept_us = Vec::with_capacity(runs);
+    let started = Instant::now();
+    for _ in 0..runs {
+        let t = Instant::now();
+        conn.call_with("POST", path, async_header, &event).await?;
+        accept_us.push(t.elapsed().as_micros() as u64);
+    }
+    let accepts_c1 = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
+
+    // Eight clients accepting for a fixed window.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(AgentConn::open(socket).await?);
+    }
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let event = event.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < window {
+                    c.call_with("POST", path, &[("X-Amz-Invocation-Type", "Event")], &event).await?;
+                    n += 1;
+                }
+                Ok::<u64, Error>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
+    }
+    let accepts_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
+    Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,6 +966,7 @@ mod tests {
         assert!(matches!(boot(0, 128), Err(Error::NoRuns)));
         assert!(matches!(vsock(0), Err(Error::NoRuns)));
         assert!(matches!(invoke(0, 1), Err(Error::NoRuns)));
+        assert!(matches!(events(0), Err(Error::NoRuns)));
     }
 
     #[test]

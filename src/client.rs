@@ -39,6 +39,8 @@ const LAYERS_API: &str = "2018-10-31";
 const CONCURRENCY_API: &str = "2017-10-31";
 /// The API version in the path of GetFunctionConcurrency.
 const GET_CONCURRENCY_API: &str = "2019-09-30";
+/// The API version in the paths of event invoke configs.
+const EVENT_CONFIG_API: &str = "2019-09-25";
 /// GetAccountSettings.
 const ACCOUNT_SETTINGS_PATH: &str = "/2016-08-19/account-settings/";
 /// The most a list call's `MaxItems` may ask for (Lambda's limit).
@@ -98,6 +100,13 @@ pub enum ClientCommand {
     DeleteFunctionConcurrency(NameArgs),
     /// Show the host's limits and usage (GetAccountSettings).
     GetAccountSettings(Connect),
+    /// Set how a function's asynchronous invocations are retried and where their outcomes go
+    /// (PutFunctionEventInvokeConfig).
+    PutFunctionEventInvokeConfig(EventConfigArgs),
+    /// Show a function's event invoke config (GetFunctionEventInvokeConfig).
+    GetFunctionEventInvokeConfig(QualifiedArgs),
+    /// Remove a function's event invoke config (DeleteFunctionEventInvokeConfig).
+    DeleteFunctionEventInvokeConfig(QualifiedArgs),
 }
 
 /// Subcommands that take a function name.
@@ -441,6 +450,22 @@ pub struct PutConcurrencyArgs {
     reserved_concurrent_executions: i64,
 }
 
+/// `put-function-event-invoke-config`.
+#[derive(clap::Args, Debug)]
+pub struct EventConfigArgs {
+    #[command(flatten)]
+    function: QualifiedArgs,
+    /// Retries of a function error (0-2, default 2).
+    #[arg(long, allow_negative_numbers = true)]
+    maximum_retry_attempts: Option<i64>,
+    /// How old an event may grow before it is dropped (60-21600 s, default 21600).
+    #[arg(long, allow_negative_numbers = true)]
+    maximum_event_age_in_seconds: Option<i64>,
+    /// Where outcomes go, as JSON: `{"OnSuccess":{"Destination":ARN},"OnFailure":{"Destination":ARN}}`.
+    #[arg(long, value_name = "JSON")]
+    destination_config: Option<String>,
+}
+
 /// A failed call: what is printed, `<Type>: <message>`.
 #[derive(Debug)]
 struct Failure {
@@ -634,7 +659,30 @@ fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
             (&a.connect, send(ApiRequest::new(Method::DELETE, path)))
         }
         C::GetAccountSettings(connect) => (connect, send(ApiRequest::new(Method::GET, ACCOUNT_SETTINGS_PATH))),
+        C::PutFunctionEventInvokeConfig(a) => {
+            let mut body = json!({});
+            set(&mut body, "MaximumRetryAttempts", a.maximum_retry_attempts.map(Value::from));
+            set(&mut body, "MaximumEventAgeInSeconds", a.maximum_event_age_in_seconds.map(Value::from));
+            if let Some(text) = &a.destination_config {
+                let config: Value = serde_json::from_str(text)
+                    .map_err(|e| Failure::invalid(format!("--destination-config is not JSON: {e}")))?;
+                body["DestinationConfig"] = config;
+            }
+            (&a.function.function.connect, send(ApiRequest::json(Method::PUT, event_config_path(&a.function), body)))
+        }
+        C::GetFunctionEventInvokeConfig(a) => {
+            (&a.function.connect, send(ApiRequest::new(Method::GET, event_config_path(a))))
+        }
+        C::DeleteFunctionEventInvokeConfig(a) => {
+            (&a.function.connect, send(ApiRequest::new(Method::DELETE, event_config_path(a))))
+        }
     })
+}
+
+/// The event invoke config's path of a function and qualifier.
+fn event_config_path(a: &QualifiedArgs) -> String {
+    let path = format!("{}/event-invoke-config", function_path(EVENT_CONFIG_API, &a.function.function_name));
+    with_query(path, &[("Qualifier", a.qualifier.as_deref())])
 }
 
 fn create_function(args: &CreateArgs) -> Result<ApiRequest, Failure> {
@@ -1492,6 +1540,42 @@ mod tests {
         assert_eq!((method, path.as_str()), (Method::DELETE, "/2017-10-31/functions/f/concurrency"));
         let (method, path, body) = sent(&["get-account-settings"]);
         assert_eq!((method, path.as_str(), body), (Method::GET, "/2016-08-19/account-settings/", Value::Null));
+    }
+
+    #[test]
+    fn event_invoke_configs() {
+        let dest = r#"{"OnFailure":{"Destination":"arn:aws:lambda:us-east-1:000000000000:function:c"}}"#;
+        let (method, path, body) = sent(&[
+            "put-function-event-invoke-config",
+            "--function-name",
+            "f",
+            "--qualifier",
+            "live",
+            "--maximum-retry-attempts",
+            "1",
+            "--maximum-event-age-in-seconds",
+            "60",
+            "--destination-config",
+            dest,
+        ]);
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PUT, "/2019-09-25/functions/f/event-invoke-config?Qualifier=live")
+        );
+        assert_eq!(
+            body,
+            json!({
+                "MaximumRetryAttempts": 1,
+                "MaximumEventAgeInSeconds": 60,
+                "DestinationConfig": serde_json::from_str::<Value>(dest).unwrap(),
+            })
+        );
+        let bad = action(&["put-function-event-invoke-config", "--function-name", "f", "--destination-config", "{"]);
+        assert!(matches!(bad, Err(f) if f.kind == "InvalidArgument"));
+        let (method, path, _) = sent(&["get-function-event-invoke-config", "--function-name", "f"]);
+        assert_eq!((method, path.as_str()), (Method::GET, "/2019-09-25/functions/f/event-invoke-config"));
+        let (method, path, _) = sent(&["delete-function-event-invoke-config", "--function-name", "f"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2019-09-25/functions/f/event-invoke-config"));
     }
 
     /// Runs `list_all` against pages of numbers (`pages[i]` is the page at marker `i`).

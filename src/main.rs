@@ -201,6 +201,13 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         density_max: u32,
     },
+    /// Asynchronous invokes through a real agent: accept latency (durable), accepts per second
+    /// with 1 and 8 clients, and acceptance to the function's start on a warm instance.
+    Events {
+        /// Accepts timed one at a time.
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+    },
     /// The host peer of `bench vsock`: echoes every connection on a Unix socket.
     #[command(hide = true)]
     EchoPeer {
@@ -406,6 +413,7 @@ fn main() -> ExitCode {
                 Bench::Vsock { runs } => ember::bench::vsock(runs),
                 Bench::Invoke { runs, cold_runs } => ember::bench::invoke(runs, cold_runs),
                 Bench::Restore { runs, cold_runs, density_max } => ember::bench::restore(runs, cold_runs, density_max),
+                Bench::Events { runs } => ember::bench::events(runs),
                 Bench::EchoPeer { socket } => ember::bench::echo_peer(&socket).map(|()| String::new()),
             };
             match report {

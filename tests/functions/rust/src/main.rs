@@ -5,6 +5,10 @@
 //! - `{"sleep_ms": n}`: sleeps n milliseconds, then echoes the event;
 //! - `{"random": true}`: answers `{"random": <a u64 from the rand crate's thread RNG>}`;
 //! - anything else: echoes the event.
+//!
+//! With `LOG_EVENTS` in its environment it first prints `event <request id> <event JSON>` (one
+//! line), so that tests of asynchronous invocations read what each attempt received from the
+//! function's log.
 
 use std::fmt;
 use std::time::Duration;
@@ -31,6 +35,9 @@ impl From<TestError> for Diagnostic {
 }
 
 async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
+    if std::env::var_os("LOG_EVENTS").is_some() {
+        println!("event {} {}", event.context.request_id, event.payload);
+    }
     let payload = event.payload;
     if payload.get("fail") == Some(&Value::Bool(true)) {
         return Err(TestError);
