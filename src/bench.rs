@@ -821,7 +821,8 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
 /// echo at one whole vCPU's share: the time to accept an event (committed before the 202) one
 /// client at a time, accepts per second with one client and with eight (commits are grouped),
 /// and the time from acceptance to the function's start on a warm instance (the event's START
-/// line in the function's log, polled).
+/// line in the function's log, polled). Accepts are timed while the function's one instance is
+/// busy, so that the queue only grows and what is timed is the accept path alone.
 pub fn events(runs: usize) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
@@ -869,7 +870,7 @@ async fn event_runs(socket: &Path, zip: &[u8], runs: usize) -> Result<EventRuns,
         "FunctionName": "sink", "Runtime": "provided.al2023", "Handler": "bootstrap",
         "Role": "arn:aws:iam::000000000000:role/bench",
         "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
-        "Timeout": 60, "MemorySize": 1769,
+        "Timeout": 300, "MemorySize": 1769,
     }))
     .expect("serializes");
     conn.call("POST", "/2015-03-31/functions", &create).await?;
@@ -899,6 +900,13 @@ async fn event_runs(socket: &Path, zip: &[u8], runs: usize) -> Result<EventRuns,
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+
+    // The accept path alone: the function's one instance (reserved concurrency 1) is kept
+    // busy by a long event, so the events accepted below only queue (no VM starts, no attempt,
+    // no write but theirs) until the agent is stopped.
+    conn.call("PUT", "/2017-10-31/functions/sink/concurrency", br#"{"ReservedConcurrentExecutions": 1}"#).await?;
+    let busy = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 250_000 })).expect("serializes");
+    conn.call_with("POST", path, async_header, &busy).await?;
 
     // Accepts one at a time: each is committed (fsync) before its 202.
     let mut accept_us = Vec::with_capacity(runs);

@@ -41,6 +41,8 @@ const CONCURRENCY_API: &str = "2017-10-31";
 const GET_CONCURRENCY_API: &str = "2019-09-30";
 /// The API version in the paths of event invoke configs.
 const EVENT_CONFIG_API: &str = "2019-09-25";
+/// The API version in the paths of function URL configs.
+const URL_API: &str = "2021-10-31";
 /// GetAccountSettings.
 const ACCOUNT_SETTINGS_PATH: &str = "/2016-08-19/account-settings/";
 /// The most a list call's `MaxItems` may ask for (Lambda's limit).
@@ -107,6 +109,18 @@ pub enum ClientCommand {
     GetFunctionEventInvokeConfig(QualifiedArgs),
     /// Remove a function's event invoke config (DeleteFunctionEventInvokeConfig).
     DeleteFunctionEventInvokeConfig(QualifiedArgs),
+    /// Give a function (or alias) a URL (CreateFunctionUrlConfig).
+    CreateFunctionUrlConfig(UrlConfigArgs),
+    /// Show a function's URL (GetFunctionUrlConfig).
+    GetFunctionUrlConfig(QualifiedArgs),
+    /// Remove a function's URL (DeleteFunctionUrlConfig).
+    DeleteFunctionUrlConfig(QualifiedArgs),
+    /// Add a statement to a function's resource-based policy (AddPermission).
+    AddPermission(AddPermissionArgs),
+    /// Remove a statement from a function's policy (RemovePermission).
+    RemovePermission(RemovePermissionArgs),
+    /// Show a function's resource-based policy (GetPolicy).
+    GetPolicy(QualifiedArgs),
 }
 
 /// Subcommands that take a function name.
@@ -466,6 +480,54 @@ pub struct EventConfigArgs {
     destination_config: Option<String>,
 }
 
+/// `create-function-url-config`.
+#[derive(clap::Args, Debug)]
+pub struct UrlConfigArgs {
+    #[command(flatten)]
+    function: QualifiedArgs,
+    /// Who may call the URL: NONE (anyone the function's policy lets in).
+    #[arg(long)]
+    auth_type: String,
+    /// CORS, as JSON: `{"AllowOrigins":["*"],"AllowMethods":["GET"],...}`.
+    #[arg(long, value_name = "JSON")]
+    cors: Option<String>,
+}
+
+/// `add-permission`.
+#[derive(clap::Args, Debug)]
+pub struct AddPermissionArgs {
+    #[command(flatten)]
+    function: QualifiedArgs,
+    /// The statement's id.
+    #[arg(long)]
+    statement_id: String,
+    /// What is allowed, e.g. lambda:InvokeFunctionUrl.
+    #[arg(long)]
+    action: String,
+    /// Who: `*`, a service principal, an account id or an IAM ARN.
+    #[arg(long)]
+    principal: String,
+    /// Only for URLs of this auth type (NONE or AWS_IAM).
+    #[arg(long)]
+    function_url_auth_type: Option<String>,
+    /// Only for calls on behalf of this resource.
+    #[arg(long)]
+    source_arn: Option<String>,
+    /// Only for calls on behalf of this account.
+    #[arg(long)]
+    source_account: Option<String>,
+}
+
+/// `remove-permission`.
+#[derive(clap::Args, Debug)]
+pub struct RemovePermissionArgs {
+    #[command(flatten)]
+    function: QualifiedArgs,
+    /// The statement's id.
+    #[arg(long)]
+    statement_id: String,
+}
+
 /// A failed call: what is printed, `<Type>: <message>`.
 #[derive(Debug)]
 struct Failure {
@@ -676,7 +738,38 @@ fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
         C::DeleteFunctionEventInvokeConfig(a) => {
             (&a.function.connect, send(ApiRequest::new(Method::DELETE, event_config_path(a))))
         }
+        C::CreateFunctionUrlConfig(a) => {
+            let mut body = json!({ "AuthType": a.auth_type });
+            if let Some(text) = &a.cors {
+                body["Cors"] =
+                    serde_json::from_str(text).map_err(|e| Failure::invalid(format!("--cors is not JSON: {e}")))?;
+            }
+            (&a.function.function.connect, send(ApiRequest::json(Method::POST, url_path(&a.function), body)))
+        }
+        C::GetFunctionUrlConfig(a) => (&a.function.connect, send(ApiRequest::new(Method::GET, url_path(a)))),
+        C::DeleteFunctionUrlConfig(a) => (&a.function.connect, send(ApiRequest::new(Method::DELETE, url_path(a)))),
+        C::AddPermission(a) => {
+            let mut body = json!({ "StatementId": a.statement_id, "Action": a.action, "Principal": a.principal });
+            set(&mut body, "FunctionUrlAuthType", a.function_url_auth_type.as_deref().map(Value::from));
+            set(&mut body, "SourceArn", a.source_arn.as_deref().map(Value::from));
+            set(&mut body, "SourceAccount", a.source_account.as_deref().map(Value::from));
+            (&a.function.function.connect, send(ApiRequest::json(Method::POST, a.function.path("/policy"), body)))
+        }
+        C::RemovePermission(a) => {
+            let path = with_query(
+                format!("{}/policy/{}", a.function.function.path(), encode(&a.statement_id)),
+                &[("Qualifier", a.function.qualifier.as_deref())],
+            );
+            (&a.function.function.connect, send(ApiRequest::new(Method::DELETE, path)))
+        }
+        C::GetPolicy(a) => (&a.function.connect, send(ApiRequest::new(Method::GET, a.path("/policy")))),
     })
+}
+
+/// The URL config's path of a function and qualifier.
+fn url_path(a: &QualifiedArgs) -> String {
+    let path = format!("{}/url", function_path(URL_API, &a.function.function_name));
+    with_query(path, &[("Qualifier", a.qualifier.as_deref())])
 }
 
 /// The event invoke config's path of a function and qualifier.
@@ -1576,6 +1669,45 @@ mod tests {
         assert_eq!((method, path.as_str()), (Method::GET, "/2019-09-25/functions/f/event-invoke-config"));
         let (method, path, _) = sent(&["delete-function-event-invoke-config", "--function-name", "f"]);
         assert_eq!((method, path.as_str()), (Method::DELETE, "/2019-09-25/functions/f/event-invoke-config"));
+    }
+
+    #[test]
+    fn urls_and_permissions() {
+        let (method, path, body) = sent(&[
+            "create-function-url-config",
+            "--function-name",
+            "f",
+            "--auth-type",
+            "NONE",
+            "--cors",
+            r#"{"AllowOrigins":["*"]}"#,
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/2021-10-31/functions/f/url"));
+        assert_eq!(body, json!({ "AuthType": "NONE", "Cors": { "AllowOrigins": ["*"] } }));
+        let (method, path, _) = sent(&["get-function-url-config", "--function-name", "f", "--qualifier", "live"]);
+        assert_eq!((method, path.as_str()), (Method::GET, "/2021-10-31/functions/f/url?Qualifier=live"));
+        let (method, path, body) = sent(&[
+            "add-permission",
+            "--function-name",
+            "f",
+            "--statement-id",
+            "url",
+            "--action",
+            "lambda:InvokeFunctionUrl",
+            "--principal",
+            "*",
+            "--function-url-auth-type",
+            "NONE",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/2015-03-31/functions/f/policy"));
+        assert_eq!(
+            body,
+            json!({ "StatementId": "url", "Action": "lambda:InvokeFunctionUrl", "Principal": "*", "FunctionUrlAuthType": "NONE" })
+        );
+        let (method, path, _) = sent(&["remove-permission", "--function-name", "f", "--statement-id", "url"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2015-03-31/functions/f/policy/url"));
+        let (method, path, _) = sent(&["get-policy", "--function-name", "f"]);
+        assert_eq!((method, path.as_str()), (Method::GET, "/2015-03-31/functions/f/policy"));
     }
 
     /// Runs `list_all` against pages of numbers (`pages[i]` is the page at marker `i`).

@@ -115,6 +115,10 @@ struct ServeArgs {
     /// Also serve on this loopback TCP address (for AWS SDKs and the aws CLI).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Serve function URLs on this address (routed by `Host: <url-id>.lambda-url.<region>.on.aws`
+    /// or by a `/<url-id>/` path prefix); who may call them is up to each function's policy.
+    #[arg(long, value_name = "ADDR:PORT")]
+    url_listen: Option<std::net::SocketAddr>,
     /// Where instances keep their sockets [default: a directory under $TMPDIR named by the data dir].
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -375,6 +379,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         socket: args.socket,
         data_dir: args.data_dir,
         listen: args.listen,
+        url_listen: args.url_listen,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -279,6 +279,22 @@ pub fn lambda_time(t: SystemTime) -> String {
     )
 }
 
+/// A time as API Gateway and function URL events write `requestContext.time`:
+/// `03/Dec/2026:07:45:00 +0000` (UTC).
+pub fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month as usize - 1) % 12],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Now, in ms since the Unix epoch (the asynchronous queue's clock, stored with its events).
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64

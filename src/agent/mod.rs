@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub data_dir: std::path::PathBuf,
     /// Also serve on this loopback TCP address.
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve function URLs on this address.
+    pub url_listen: Option<std::net::SocketAddr>,
     /// How instances are scheduled.
     pub pool: pool::PoolConfig,
     /// How instances are run.
@@ -216,13 +218,27 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let on_unix = api::serve_unix(agent.clone(), unix);
-    match tcp {
-        Some(tcp) => {
-            tokio::join!(on_unix, api::serve_tcp(agent, tcp));
+    let urls = match options.url_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(io_err(format!("listen on {addr}")))?;
+            eprintln!("ember: serving function URLs on http://{}", l.local_addr().map_err(io_err("local address"))?);
+            Some(l)
         }
-        None => on_unix.await,
-    }
+        None => None,
+    };
+    let on_tcp = async {
+        match tcp {
+            Some(tcp) => api::serve_tcp(agent.clone(), tcp).await,
+            None => std::future::pending().await,
+        }
+    };
+    let on_urls = async {
+        match urls {
+            Some(l) => api::urls::serve(agent.clone(), l).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::join!(api::serve_unix(agent.clone(), unix), on_tcp, on_urls);
     Ok(())
 }
 

@@ -195,6 +195,37 @@ pub const EVENT_INVOKE_CONFIG: &[(&str, Rule)] = &[
     ("DestinationConfig", Struct(&[("OnSuccess", DESTINATION), ("OnFailure", DESTINATION)])),
 ];
 
+/// Create/UpdateFunctionUrlConfig's members.
+pub const FUNCTION_URL_CONFIG: &[(&str, Rule)] = &[
+    ("AuthType", Supported),
+    (
+        "Cors",
+        Struct(&[
+            ("AllowCredentials", Supported),
+            ("AllowHeaders", Supported),
+            ("AllowMethods", Supported),
+            ("AllowOrigins", Supported),
+            ("ExposeHeaders", Supported),
+            ("MaxAge", Supported),
+        ]),
+    ),
+    ("InvokeMode", Supported),
+];
+
+/// AddPermission's members.
+pub const ADD_PERMISSION: &[(&str, Rule)] = &[
+    ("StatementId", Supported),
+    ("Action", Supported),
+    ("Principal", Supported),
+    ("SourceArn", Supported),
+    ("SourceAccount", Supported),
+    ("FunctionUrlAuthType", Supported),
+    ("RevisionId", Supported),
+    ("EventSourceToken", Unimplemented(unset)),
+    ("PrincipalOrgID", Unimplemented(unset)),
+    ("InvokedViaFunctionUrl", Unimplemented(unset)),
+];
+
 /// PutFunctionConcurrency's members.
 pub const PUT_FUNCTION_CONCURRENCY: &[(&str, Rule)] = &[("ReservedConcurrentExecutions", Supported)];
 

@@ -15,6 +15,11 @@
 //! | [`account`] | GetAccountSettings |
 //! | [`event_configs`] | Put/Get/Update/DeleteFunctionEventInvokeConfig, ListFunctionEventInvokeConfigs |
 //! | [`invoke`] | Invoke, InvokeAsync (`Event` invocations go to the durable queue) |
+//! | [`url_configs`] | Create/Get/Update/DeleteFunctionUrlConfig, ListFunctionUrlConfigs |
+//! | [`policy`] | AddPermission, RemovePermission, GetPolicy |
+//!
+//! Function URLs themselves are served on a listener of their own ([`urls`], with the
+//! payload format 2.0 mapping in [`url_event`]).
 //!
 //! A function is named as Lambda accepts it (name, `name:qualifier`, partial or full ARN,
 //! percent-encoded or not), with the `Qualifier` parameter where the operation takes one.
@@ -35,9 +40,13 @@ pub mod functions;
 pub mod invoke;
 pub mod layers;
 pub mod members;
+pub mod policy;
 pub mod routes;
 pub mod shapes;
 pub mod tags;
+pub mod url_configs;
+pub mod url_event;
+pub mod urls;
 pub mod versions;
 
 use std::convert::Infallible;
@@ -180,7 +189,10 @@ fn body_of(op: Op) -> Option<bool> {
         | Op::PutProvisionedConcurrencyConfig
         | Op::TagResource
         | Op::PutFunctionEventInvokeConfig
-        | Op::UpdateFunctionEventInvokeConfig => Some(false),
+        | Op::UpdateFunctionEventInvokeConfig
+        | Op::CreateFunctionUrlConfig
+        | Op::UpdateFunctionUrlConfig
+        | Op::AddPermission => Some(false),
         _ => None,
     }
 }
@@ -256,6 +268,14 @@ where
         Op::GetFunctionEventInvokeConfig => event_configs::get(agent, req),
         Op::DeleteFunctionEventInvokeConfig => event_configs::delete(agent, req).await,
         Op::ListFunctionEventInvokeConfigs => event_configs::list(agent, req),
+        Op::CreateFunctionUrlConfig => url_configs::create(agent, req).await,
+        Op::GetFunctionUrlConfig => url_configs::get(agent, req),
+        Op::UpdateFunctionUrlConfig => url_configs::update(agent, req).await,
+        Op::DeleteFunctionUrlConfig => url_configs::delete(agent, req).await,
+        Op::ListFunctionUrlConfigs => url_configs::list(agent, req),
+        Op::AddPermission => policy::add(agent, req).await,
+        Op::RemovePermission => policy::remove(agent, req).await,
+        Op::GetPolicy => policy::get(agent, req),
         Op::Invoke | Op::InvokeAsync => unreachable!("routed above"),
     }
 }

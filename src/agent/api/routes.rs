@@ -52,6 +52,14 @@ pub enum Op {
     GetFunctionEventInvokeConfig,
     DeleteFunctionEventInvokeConfig,
     ListFunctionEventInvokeConfigs,
+    CreateFunctionUrlConfig,
+    GetFunctionUrlConfig,
+    UpdateFunctionUrlConfig,
+    DeleteFunctionUrlConfig,
+    ListFunctionUrlConfigs,
+    AddPermission,
+    RemovePermission,
+    GetPolicy,
 }
 
 impl Op {
@@ -70,9 +78,16 @@ impl Op {
             | Op::PutFunctionEventInvokeConfig
             | Op::UpdateFunctionEventInvokeConfig
             | Op::GetFunctionEventInvokeConfig
-            | Op::DeleteFunctionEventInvokeConfig => &["Qualifier"],
+            | Op::DeleteFunctionEventInvokeConfig
+            | Op::CreateFunctionUrlConfig
+            | Op::GetFunctionUrlConfig
+            | Op::UpdateFunctionUrlConfig
+            | Op::DeleteFunctionUrlConfig
+            | Op::AddPermission
+            | Op::GetPolicy => &["Qualifier"],
+            Op::RemovePermission => &["Qualifier", "RevisionId"],
             Op::GetFunctionLogs => &["bytes"],
-            Op::ListVersionsByFunction | Op::ListFunctionEventInvokeConfigs => PAGE,
+            Op::ListVersionsByFunction | Op::ListFunctionEventInvokeConfigs | Op::ListFunctionUrlConfigs => PAGE,
             Op::ListAliases => &["Marker", "MaxItems", "FunctionVersion"],
             Op::ListLayerVersions => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems"],
             Op::Layers => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems", "find", "Arn"],
@@ -133,15 +148,20 @@ const ROUTES: &[(Method, Pattern, Op)] = &[
     (Method::GET, &["2019-09-25", "functions", P, "event-invoke-config"], Op::GetFunctionEventInvokeConfig),
     (Method::DELETE, &["2019-09-25", "functions", P, "event-invoke-config"], Op::DeleteFunctionEventInvokeConfig),
     (Method::GET, &["2019-09-25", "functions", P, "event-invoke-config", "list"], Op::ListFunctionEventInvokeConfigs),
+    (Method::POST, &["2021-10-31", "functions", P, "url"], Op::CreateFunctionUrlConfig),
+    (Method::GET, &["2021-10-31", "functions", P, "url"], Op::GetFunctionUrlConfig),
+    (Method::PUT, &["2021-10-31", "functions", P, "url"], Op::UpdateFunctionUrlConfig),
+    (Method::DELETE, &["2021-10-31", "functions", P, "url"], Op::DeleteFunctionUrlConfig),
+    (Method::GET, &["2021-10-31", "functions", P, "urls"], Op::ListFunctionUrlConfigs),
+    (Method::POST, &["2015-03-31", "functions", P, "policy"], Op::AddPermission),
+    (Method::GET, &["2015-03-31", "functions", P, "policy"], Op::GetPolicy),
+    (Method::DELETE, &["2015-03-31", "functions", P, "policy", P], Op::RemovePermission),
 ];
 
 /// Operations of Lambda's API this host does not implement (yet), by the first segments of
 /// their paths, so that a client is told which, rather than of an unknown route.
 const NOT_IMPLEMENTED: &[(Pattern, &str)] = &[
     (&["2015-03-31", "event-source-mappings"], "event source mappings"),
-    (&["2021-10-31", "functions", P, "url"], "function URLs"),
-    (&["2021-10-31", "functions", P, "urls"], "function URLs"),
-    (&["2015-03-31", "functions", P, "policy"], "resource-based policies"),
     (&["2018-10-31", "layers", P, "versions", P, "policy"], "layer permissions"),
     (&["2020-04-22", "code-signing-configs"], "code signing"),
     (&["2020-06-30", "functions", P, "code-signing-config"], "code signing"),

@@ -554,8 +554,8 @@ async fn unknown_and_unimplemented_routes() {
         let a = call(&t, method, path, &[], "").await;
         assert_eq!((a.status, a.error_type()), (404, "UnknownOperationException"), "{method} {path}");
     }
-    let a = call(&t, "GET", "/2021-10-31/functions/f/url", &[], "").await;
-    assert!(a.json()["message"].as_str().unwrap().contains("function URLs are not supported"));
+    let a = call(&t, "GET", "/2020-04-22/code-signing-configs/", &[], "").await;
+    assert!(a.json()["message"].as_str().unwrap().contains("code signing are not supported"), "{}", a.text());
 }
 
 #[tokio::test]
@@ -698,4 +698,119 @@ async fn an_event_invoke_is_accepted_then_runs_with_its_request_id() {
     let big = format!("\"{}\"", "x".repeat(crate::agent::limits::MAX_ASYNC_PAYLOAD));
     let a = call(&t, "POST", "/2015-03-31/functions/f/invocations", &[("x-amz-invocation-type", "Event")], big).await;
     assert_eq!((a.status, a.error_type()), (413, "RequestTooLargeException"));
+}
+
+#[tokio::test]
+async fn function_urls_and_permissions() {
+    let t = test_agent();
+    create(&t, "f", json!({ "Publish": true })).await;
+    let a = call(&t, "POST", "/2015-03-31/functions/f/aliases", &[], r#"{"Name":"live","FunctionVersion":"1"}"#).await;
+    assert_eq!(a.status, 201);
+    let base = "/2021-10-31/functions/f/url";
+    let a = call(&t, "GET", base, &[], "").await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"));
+    for (body, says) in [
+        (json!({}), "AuthType is required"),
+        (json!({ "AuthType": "AWS_IAM" }), "SigV4"),
+        (json!({ "AuthType": "OPEN" }), "enum value set"),
+        (json!({ "AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM" }), "RESPONSE_STREAM"),
+        (json!({ "AuthType": "NONE", "Cors": { "MaxAge": 90000 } }), "less than or equal to 86400"),
+        (json!({ "AuthType": "NONE", "Cors": { "AllowOrigin": ["*"] } }), "AllowOrigin"),
+    ] {
+        let a = call(&t, "POST", base, &[], body.to_string()).await;
+        assert_eq!((a.status, a.error_type()), (400, "InvalidParameterValueException"), "{body}: {}", a.text());
+        assert!(a.json()["message"].as_str().unwrap().contains(says), "{}", a.text());
+    }
+    let a = call(&t, "POST", &format!("{base}?Qualifier=1"), &[], r#"{"AuthType":"NONE"}"#).await;
+    assert_eq!(a.status, 400, "no URL on a published version");
+    let cors = json!({ "AllowOrigins": ["https://a.example"], "AllowMethods": ["GET"] });
+    let a = call(&t, "POST", base, &[], json!({ "AuthType": "NONE", "Cors": cors }).to_string()).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let created = a.json();
+    let url = created["FunctionUrl"].as_str().unwrap().to_string();
+    assert!(url.starts_with("http://") && url.ends_with(".on.aws/"), "{url}");
+    assert_eq!(created["FunctionArn"], ids::function_arn("f"));
+    assert_eq!((created["AuthType"].as_str(), created["InvokeMode"].as_str()), (Some("NONE"), Some("BUFFERED")));
+    assert_eq!(created["Cors"], cors);
+    let a = call(&t, "POST", base, &[], r#"{"AuthType":"NONE"}"#).await;
+    assert_eq!((a.status, a.error_type()), (409, "ResourceConflictException"));
+    let a = call(&t, "POST", &format!("{base}?Qualifier=live"), &[], r#"{"AuthType":"NONE"}"#).await;
+    assert_eq!(a.json()["FunctionArn"], ids::qualified_arn("f", "live"));
+    let a = call(&t, "PUT", base, &[], r#"{"Cors":{}}"#).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.json().get("Cors").is_none() && a.json()["LastModifiedTime"].is_string());
+    let a = call(&t, "GET", "/2021-10-31/functions/f/urls", &[], "").await;
+    assert_eq!(a.json()["FunctionUrlConfigs"].as_array().unwrap().len(), 2);
+
+    // The URL answers only once the policy lets anyone call it.
+    let id = url.trim_start_matches("http://").split('.').next().unwrap().to_string();
+    let peer: std::net::SocketAddr = "127.0.0.1:5555".parse().unwrap();
+    let get = |path: String, cookie: bool| {
+        let mut b = Request::builder().method("GET").uri(path).header("user-agent", "test/1");
+        if cookie {
+            b = b.header("cookie", "a=1; b=2");
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let r = urls::handle(t.agent.clone(), get(format!("/{id}/p?q=1"), false), peer).await;
+    assert_eq!(r.status(), 403);
+    let policy = "/2015-03-31/functions/f/policy";
+    let a = call(&t, "GET", policy, &[], "").await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"));
+    let add = json!({
+        "StatementId": "url", "Action": "lambda:InvokeFunctionUrl", "Principal": "*", "FunctionUrlAuthType": "NONE",
+    });
+    let a = call(&t, "POST", policy, &[], add.to_string()).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let statement: Value = serde_json::from_str(a.json()["Statement"].as_str().unwrap()).unwrap();
+    assert_eq!(statement["Resource"], ids::function_arn("f"));
+    let a = call(&t, "POST", policy, &[], add.to_string()).await;
+    assert_eq!((a.status, a.error_type()), (409, "ResourceConflictException"));
+    let a = call(
+        &t,
+        "POST",
+        policy,
+        &[],
+        json!({ "StatementId": "x", "Action": "lambda:InvokeFunction", "Principal": "*", "EventSourceToken": "t" })
+            .to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 400, "unimplemented members are refused by name");
+    assert!(a.text().contains("EventSourceToken"));
+    let a = call(&t, "GET", policy, &[], "").await;
+    let doc: Value = serde_json::from_str(a.json()["Policy"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["Statement"][0]["Sid"], "url");
+    let revision = a.json()["RevisionId"].as_str().unwrap().to_string();
+
+    // By path prefix: the prefix is not in rawPath; the echo answers the event itself.
+    let r = urls::handle(t.agent.clone(), get(format!("/{id}/p?q=1&q=2"), true), peer).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-amzn-requestid"));
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((event["rawPath"].as_str(), event["rawQueryString"].as_str()), (Some("/p"), Some("q=1&q=2")));
+    assert_eq!(event["queryStringParameters"]["q"], "1,2");
+    assert_eq!(event["cookies"], json!(["a=1", "b=2"]));
+    assert_eq!(event["requestContext"]["http"]["userAgent"], "test/1");
+    // By host.
+    let req = Request::builder()
+        .uri("/x")
+        .header("host", format!("{id}.lambda-url.us-east-1.on.aws"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(urls::handle(t.agent.clone(), req, peer).await.status(), 200);
+    let r = urls::handle(t.agent.clone(), get("/0000/x".into(), false), peer).await;
+    assert_eq!(r.status(), 404);
+
+    // Removing the statement closes the URL again.
+    let a = call(&t, "DELETE", &format!("{policy}/url?RevisionId=stale"), &[], "").await;
+    assert_eq!((a.status, a.error_type()), (412, "PreconditionFailedException"));
+    let a = call(&t, "DELETE", &format!("{policy}/url?RevisionId={revision}"), &[], "").await;
+    assert_eq!(a.status, 204, "{}", a.text());
+    let r = urls::handle(t.agent.clone(), get(format!("/{id}/p"), false), peer).await;
+    assert_eq!(r.status(), 403);
+    let a = call(&t, "DELETE", base, &[], "").await;
+    assert_eq!(a.status, 204);
+    let r = urls::handle(t.agent.clone(), get(format!("/{id}/p"), false), peer).await;
+    assert_eq!(r.status(), 404);
 }

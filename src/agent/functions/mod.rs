@@ -9,6 +9,8 @@
 //! meanwhile) are prepared again by [`Control::start`].
 
 pub mod event_configs;
+pub mod policy;
+pub mod urls;
 pub mod validate;
 
 use std::collections::BTreeMap;

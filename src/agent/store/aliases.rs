@@ -236,8 +236,7 @@ impl Store {
             return Err(function_not_found(function));
         }
         tx.execute("DELETE FROM aliases WHERE function = ?1 AND name = ?2", params![function, name])?;
-        tx.execute("DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2", params![function, name])?;
-        super::queue::delete_for(&tx, function, Some(name))?;
+        super::delete_owned(&tx, function, Some(name))?;
         tx.commit()?;
         self.invalidate(function);
         Ok(())

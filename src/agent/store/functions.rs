@@ -597,10 +597,10 @@ impl Store {
                     stems.extend([code, opt]);
                 }
             }
-            for table in ["versions", "aliases", "provisioned"] {
+            for table in ["versions", "aliases"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE function = ?1"), [name])?;
             }
-            super::queue::delete_for(&tx, name, None)?;
+            super::delete_owned(&tx, name, None)?;
             tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
             tx.commit()?;
             self.invalidate(name);
@@ -641,12 +641,8 @@ impl Store {
                     users.join(", ")
                 )));
             }
-            tx.execute(
-                "DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2",
-                params![name, version.to_string()],
-            )?;
             tx.execute("DELETE FROM versions WHERE function = ?1 AND version = ?2", params![name, version.stored()])?;
-            super::queue::delete_for(&tx, name, Some(&version.to_string()))?;
+            super::delete_owned(&tx, name, Some(&version.to_string()))?;
             tx.commit()?;
             self.invalidate(name);
             vec![code, opt]

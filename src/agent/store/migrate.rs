@@ -4,8 +4,8 @@
 //! `PRAGMA user_version` holds the schema version. Data dirs written before it was kept are
 //! version 0 (whatever the first agents made of them); migration 1 brings those, and empty
 //! databases, to the last schema that had only `$LATEST`; migration 2 adds versions, aliases,
-//! layers, tags and reserved concurrency; migration 3 the asynchronous event queue and the
-//! event invoke configs. A migration may leave notes for the agent's log,
+//! layers, tags and reserved concurrency; migration 3 the asynchronous event queue, event
+//! invoke configs, function URLs and resource-based policies. A migration may leave notes for the agent's log,
 //! for changes of behaviour an operator should know about.
 
 use std::path::Path;
@@ -257,9 +257,28 @@ CREATE TABLE event_invoke_configs (
     last_modified_ms  INTEGER NOT NULL,
     PRIMARY KEY (function, qualifier)
 ) WITHOUT ROWID;
+CREATE TABLE function_urls (
+    function          TEXT NOT NULL,
+    qualifier         TEXT NOT NULL,
+    url_id            TEXT NOT NULL UNIQUE,
+    auth_type         TEXT NOT NULL,
+    cors              TEXT NOT NULL,
+    invoke_mode       TEXT NOT NULL,
+    created           TEXT NOT NULL,
+    last_modified     TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier)
+) WITHOUT ROWID;
+CREATE TABLE policy_statements (
+    function          TEXT NOT NULL,
+    qualifier         TEXT NOT NULL,
+    sid               TEXT NOT NULL,
+    statement         TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier, sid)
+) WITHOUT ROWID;
 ";
 
-/// Version 3: the asynchronous event queue and event invoke configs (new tables only).
+/// Version 3: the asynchronous event queue, event invoke configs, function URLs and
+/// resource-based policies (new tables only).
 fn to_3(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA_3)?;
     Ok(())

@@ -14,8 +14,8 @@
 //! `functions` and `versions` ([`functions`]: every version's frozen configuration, `$LATEST`
 //! included, and per-function settings: reserved concurrency, tags, the next version number),
 //! `aliases` ([`aliases`]), `layers` and `layer_names` ([`layers`]), `provisioned`
-//! ([`concurrency`]), `async_events` and `event_invoke_configs` ([`queue`]); blobs are
-//! [`code`]'s.
+//! ([`concurrency`]), `async_events` and `event_invoke_configs` ([`queue`]), `function_urls`
+//! ([`urls`]), `policy_statements` ([`policy`]); blobs are [`code`]'s.
 //!
 //! Writes are all-or-nothing. Blobs are written under temporary names, fsynced and renamed into
 //! place before the row that refers to them is committed; a blob that no row refers to is
@@ -34,7 +34,9 @@ pub mod concurrency;
 pub mod functions;
 pub mod layers;
 pub mod migrate;
+pub mod policy;
 pub mod queue;
+pub mod urls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -242,6 +244,25 @@ impl<T> Page<Arc<T>> {
         };
         Ok(Page { items, next_marker })
     }
+}
+
+/// Tables whose rows belong to one qualifier of a function (their `function` and `qualifier`
+/// columns): deleted with that version or alias, and all of a function's with it.
+const QUALIFIED_TABLES: [&str; 5] =
+    ["provisioned", "async_events", "event_invoke_configs", "function_urls", "policy_statements"];
+
+/// Deletes the rows of [`QUALIFIED_TABLES`] of one qualifier (`None`: all of the function's),
+/// inside the transaction that deletes it.
+fn delete_owned(tx: &rusqlite::Transaction<'_>, function: &str, qualifier: Option<&str>) -> Result<(), StoreError> {
+    for table in QUALIFIED_TABLES {
+        match qualifier {
+            None => tx.execute(&format!("DELETE FROM {table} WHERE function = ?1"), [function])?,
+            Some(q) => {
+                tx.execute(&format!("DELETE FROM {table} WHERE function = ?1 AND qualifier = ?2"), [function, q])?
+            }
+        };
+    }
+    Ok(())
 }
 
 /// The JSON of a string map, as stored.

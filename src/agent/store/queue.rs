@@ -9,7 +9,7 @@
 //! every write that arrived while the previous batch committed.
 //!
 //! Rows go with their function (every row), version or alias (rows of that qualifier), in the
-//! transactions that delete those.
+//! transactions that delete those (`super::delete_owned`).
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
@@ -149,25 +149,6 @@ fn config_row(r: &Row<'_>) -> rusqlite::Result<EventConfig> {
 }
 
 const CONFIG_COLUMNS: &str = "function, qualifier, max_retries, max_age_s, on_success, on_failure, last_modified_ms";
-
-/// Deletes the queued events and event invoke configs of one qualifier (`None`: all of the
-/// function's), inside a delete of that version, alias or function.
-pub(super) fn delete_for(tx: &Transaction<'_>, function: &str, qualifier: Option<&str>) -> Result<(), StoreError> {
-    match qualifier {
-        None => {
-            tx.execute("DELETE FROM async_events WHERE function = ?1", [function])?;
-            tx.execute("DELETE FROM event_invoke_configs WHERE function = ?1", [function])?;
-        }
-        Some(q) => {
-            tx.execute("DELETE FROM async_events WHERE function = ?1 AND qualifier = ?2", params![function, q])?;
-            tx.execute(
-                "DELETE FROM event_invoke_configs WHERE function = ?1 AND qualifier = ?2",
-                params![function, q],
-            )?;
-        }
-    }
-    Ok(())
-}
 
 impl Store {
     /// Applies `writes` in one transaction (one fsync): all of them or, on an error, none.
