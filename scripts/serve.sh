@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# scripts/serve.sh --port N --data-dir DIR [ember serve options...]
+# scripts/serve.sh --port N --data-dir DIR [--url-listen 127.0.0.1:M] [ember serve options...]
 # Runs the agent (`ember serve`) on a KVM host until it is stopped (Ctrl-C, SIGTERM, SIGKILL):
 # directly where this machine has hardware KVM, else inside the emulated KVM host with
 # 127.0.0.1:N forwarded to it and DIR kept on this machine's disk (so it outlives the emulated
 # host). Tools here (boto3, the aws CLI, curl, `ember --endpoint http://127.0.0.1:N`) reach the
 # agent at 127.0.0.1:N. The agent's Unix socket is <run dir>/ember.sock on the KVM host.
+# With --url-listen 127.0.0.1:M the agent serves function URLs there, and M is forwarded too
+# (curl http://127.0.0.1:M/<url-id>/... reaches them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-port= data_dir= extra=()
+port= data_dir= extra=() fwd=()
 while [ $# -gt 0 ]; do
     case $1 in
     --port) port=${2:?--port needs a value}; shift 2 ;;
     --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
+    --url-listen)
+        url=${2:?--url-listen needs ADDR:PORT}
+        extra+=(--url-listen "$url")
+        fwd+=(--fwd "${url##*:}")
+        shift 2
+        ;;
     *) extra+=("$1"); shift ;;
     esac
 done
@@ -33,4 +41,4 @@ cmd=("$exe" serve --socket /run/ember/ember.sock --data-dir "$data_dir" --listen
 if ember_have_hw_kvm; then
     exec "${cmd[@]}"
 fi
-EMBER_L1_RW="${EMBER_L1_RW:-} $data_dir" exec "$ember_repo/scripts/kvm-host.sh" --timeout 86400 --fwd "$port" -- "${cmd[@]}"
+EMBER_L1_RW="${EMBER_L1_RW:-} $data_dir" exec "$ember_repo/scripts/kvm-host.sh" --timeout 86400 --fwd "$port" "${fwd[@]}" -- "${cmd[@]}"

@@ -607,6 +607,18 @@ fn vmm_private_kib(agent_pid: u32) -> Vec<u64> {
 struct AgentConn(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>);
 
 impl AgentConn {
+    /// A connection to a TCP listener of the agent (its function URLs).
+    async fn open_tcp(addr: std::net::SocketAddr) -> Result<AgentConn, Error> {
+        let stream =
+            tokio::net::TcpStream::connect(addr).await.map_err(|e| Error::Io("connect to the URL listener", e))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::Io("HTTP handshake", std::io::Error::other(e)))?;
+        tokio::spawn(conn);
+        Ok(AgentConn(sender))
+    }
+
     async fn open(socket: &Path) -> Result<AgentConn, Error> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let stream = loop {
@@ -821,8 +833,9 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
 /// echo at one whole vCPU's share: the time to accept an event (committed before the 202) one
 /// client at a time, accepts per second with one client and with eight (commits are grouped),
 /// and the time from acceptance to the function's start on a warm instance (the event's START
-/// line in the function's log, polled). Accepts are timed while the function's one instance is
-/// busy, so that the queue only grows and what is timed is the accept path alone.
+/// line in the function's log, polled); then warm requests to the function's URL beside warm
+/// direct invokes of it. Accepts are timed while the function's one instance is busy, so that
+/// the queue only grows and what is timed is the accept path alone.
 pub fn events(runs: usize) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
@@ -832,8 +845,11 @@ pub fn events(runs: usize) -> Result<String, Error> {
     std::fs::create_dir_all(&dir).map_err(io("create temp dir"))?;
     let result = (|| {
         let zip = read_function_zip("rust.zip")?;
-        let mut agent = spawn_agent(&dir, &[])?;
-        let result = bench_runtime()?.block_on(event_runs(&dir.join("ember.sock"), &zip, runs));
+        let url_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("pick a port for the URL listener"))?;
+        let mut agent = spawn_agent(&dir, &["--url-listen", &url_addr.to_string()])?;
+        let result = bench_runtime()?.block_on(event_runs(&dir.join("ember.sock"), url_addr, &zip, runs));
         let _ = agent.kill();
         let _ = agent.wait();
         result
@@ -841,12 +857,15 @@ pub fn events(runs: usize) -> Result<String, Error> {
     let _ = std::fs::remove_dir_all(&dir);
     let r = result?;
     Ok(format!(
-        "events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={}\n",
+        "events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={} \
+         url_warm_us p50={} invoke_warm_us p50={}\n",
         median(&r.accept_us),
         percentile(&r.accept_us, 99),
         r.accepts_c1,
         r.accepts_c8,
         median(&r.start_ms),
+        median(&r.url_us),
+        median(&r.invoke_us),
     ))
 }
 
@@ -856,6 +875,10 @@ struct EventRuns {
     accepts_c1: u64,
     accepts_c8: u64,
     start_ms: Vec<u64>,
+    /// Warm requests to the function's URL (POST of the same event as the direct invokes)...
+    url_us: Vec<u64>,
+    /// ...and, interleaved with them, warm direct invokes.
+    invoke_us: Vec<u64>,
 }
 
 /// The request id of an answer.
@@ -863,7 +886,12 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
     headers.get("x-amzn-requestid").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
 }
 
-async fn event_runs(socket: &Path, zip: &[u8], runs: usize) -> Result<EventRuns, Error> {
+async fn event_runs(
+    socket: &Path,
+    url_addr: std::net::SocketAddr,
+    zip: &[u8],
+    runs: usize,
+) -> Result<EventRuns, Error> {
     use base64::Engine as _;
     let mut conn = AgentConn::open(socket).await?;
     let create = serde_json::to_vec(&serde_json::json!({
@@ -899,6 +927,30 @@ async fn event_runs(socket: &Path, zip: &[u8], runs: usize) -> Result<EventRuns,
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    // A warm function URL request beside a warm direct invoke of the same function, with the
+    // same body, interleaved so that both see the same host.
+    let url = conn.call("POST", "/2021-10-31/functions/sink/url", br#"{"AuthType": "NONE"}"#).await?;
+    let url: serde_json::Value = serde_json::from_slice(&url).map_err(|e| Error::Io("the URL config", e.into()))?;
+    let url_id = url["FunctionUrl"].as_str().unwrap_or_default().trim_start_matches("http://").split('.').next();
+    let url_path = format!("/{}/bench", url_id.unwrap_or_default());
+    let permission = br#"{"StatementId": "public", "Action": "lambda:InvokeFunctionUrl", "Principal": "*"}"#;
+    conn.call("POST", "/2015-03-31/functions/sink/policy", permission).await?;
+    let mut url_conn = AgentConn::open_tcp(url_addr).await?;
+    let json = &[("content-type", "application/json")];
+    for _ in 0..runs.min(50) {
+        url_conn.call_with("POST", &url_path, json, &event).await?;
+        conn.call("POST", path, &event).await?;
+    }
+    let (mut url_us, mut invoke_us) = (Vec::new(), Vec::new());
+    for _ in 0..runs.min(500) {
+        let t = Instant::now();
+        url_conn.call_with("POST", &url_path, json, &event).await?;
+        url_us.push(t.elapsed().as_micros() as u64);
+        let t = Instant::now();
+        conn.call("POST", path, &event).await?;
+        invoke_us.push(t.elapsed().as_micros() as u64);
     }
 
     // The accept path alone: the function's one instance (reserved concurrency 1) is kept
@@ -944,7 +996,7 @@ async fn event_runs(socket: &Path, zip: &[u8], runs: usize) -> Result<EventRuns,
         total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
     }
     let accepts_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
-    Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms })
+    Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms, url_us, invoke_us })
 }
 
 #[cfg(test)]

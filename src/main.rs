@@ -206,7 +206,8 @@ enum Bench {
         density_max: u32,
     },
     /// Asynchronous invokes through a real agent: accept latency (durable), accepts per second
-    /// with 1 and 8 clients, and acceptance to the function's start on a warm instance.
+    /// with 1 and 8 clients, acceptance to the function's start on a warm instance; and a warm
+    /// function URL request beside a warm direct invoke.
     Events {
         /// Accepts timed one at a time.
         #[arg(long, default_value_t = 1000)]

@@ -1,7 +1,8 @@
-//! Asynchronous invocations end to end on a KVM host, through unmodified boto3
+//! Event-driven invocations end to end on a KVM host. Asynchronous ones through unmodified boto3
 //! (tests/api/test_events.py): retries with the same request id, OnFailure and OnSuccess
 //! destinations with Lambda's invocation record, an event throttled past its maximum age, and
-//! 100 accepted events that all run though the agent is SIGKILLed while they do.
+//! 100 accepted events that all run though the agent is SIGKILLed while they do. Function URLs
+//! configured through boto3 and called with curl (tests/api/test_urls.py).
 //!
 //! Like the other KVM tests this needs a KVM host that runs Linux guests; scripts/test.sh runs
 //! it in the right place, and anywhere else it fails and says why.
@@ -60,4 +61,25 @@ async fn async_invokes_retry_reach_destinations_and_survive_kill9() {
     );
     agent.spawn();
     events_script(port, "after-restart", &ids);
+}
+
+/// Function URLs: configured through boto3, called with curl (tests/api/test_urls.py).
+#[test]
+fn function_urls_through_curl() {
+    require_kvm_host();
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, url_port) = (free_port(), free_port());
+    let url_listen = format!("127.0.0.1:{url_port}");
+    let mut agent = Agent::start("urls", &["--url-listen", &url_listen]);
+    agent.tcp_port = Some(port);
+    agent.kill9();
+    agent.spawn();
+    let status = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/test_urls.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(url_port.to_string())
+        .arg(common::guest_dir().join("functions/rust.zip"))
+        .status()
+        .expect("run python3 tests/api/test_urls.py");
+    assert!(status.success(), "the function URL checks failed: {status}");
 }

@@ -4,6 +4,9 @@
 //!   reports the Rust type name of the error) and errorMessage `boom`;
 //! - `{"sleep_ms": n}`: sleeps n milliseconds, then echoes the event;
 //! - `{"random": true}`: answers `{"random": <a u64 from the rand crate's thread RNG>}`;
+//! - a function URL event (payload format 2.0) for path `/fail`: fails as `{"fail": true}`;
+//!   for path `/respond`: answers the JSON of the request's body (so a client chooses the
+//!   status, headers and cookies it gets back);
 //! - anything else: echoes the event.
 //!
 //! With `LOG_EVENTS` in its environment it first prints `event <request id> <event JSON>` (one
@@ -41,6 +44,14 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
     let payload = event.payload;
     if payload.get("fail") == Some(&Value::Bool(true)) {
         return Err(TestError);
+    }
+    match payload.get("rawPath").and_then(Value::as_str) {
+        Some("/fail") => return Err(TestError),
+        Some("/respond") => {
+            let body = payload.get("body").and_then(Value::as_str).unwrap_or("null");
+            return Ok(serde_json::from_str(body).unwrap_or(Value::Null));
+        }
+        _ => {}
     }
     if payload.get("random") == Some(&Value::Bool(true)) {
         return Ok(serde_json::json!({ "random": rand::random::<u64>() }));
