@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # scripts/bench.sh NAME [ARGS...]: runs `ember bench NAME ARGS...` on a KVM host (the emulated
-# one where this machine has no hardware KVM) and passes its output through.
+# one where this machine has no hardware KVM) and passes its output through. For `events` the
+# agent's data dir is on this machine's disk (target/bench-events), so that accepts pay a real
+# fsync.
 # For `boot` it also runs the peer (scripts/bench-peer.sh: QEMU -M microvm on the same kernel,
 # image and KVM, in the same host run) and prints the ratio last:
 #   boot ratio_vs_qemu=<ember p50 / qemu p50>
@@ -39,6 +41,13 @@ args() {
         args "$@"
         printf 'EMBER_BENCH_PEER_INNER=1 %q --kernel "$stage/vmlinux" --rootfs "$stage/rootfs.ext4"' \
             "$ember_repo/scripts/bench-peer.sh"
+        args "$@"
+    elif [ "$name" = events ]; then
+        # The agent's store on this machine's disk (a read-write share of the repository), not
+        # the emulated host's tmpfs /tmp, where an fsync costs nothing and grouping commits
+        # could show nothing.
+        mkdir -p "$ember_repo/target/bench-events"
+        printf '%q bench events --data-dir %q' "$exe" "$ember_repo/target/bench-events"
         args "$@"
     else
         printf '%q bench %q' "$exe" "$name"

@@ -304,13 +304,12 @@ pub fn invoke(runs: usize, cold_runs: usize) -> Result<String, Error> {
 /// Starts `ember serve` with its data in `dir`, plus `extra` arguments.
 fn spawn_agent(dir: &Path, extra: &[&str]) -> Result<std::process::Child, Error> {
     let exe = std::env::current_exe().map_err(io("current_exe"))?;
-    Command::new(exe)
-        .arg("serve")
-        .arg("--socket")
-        .arg(dir.join("ember.sock"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--run-dir")
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve").arg("--socket").arg(dir.join("ember.sock"));
+    if !extra.contains(&"--data-dir") {
+        cmd.arg("--data-dir").arg(dir.join("data"));
+    }
+    cmd.arg("--run-dir")
         .arg(dir.join("run"))
         .args(["--init-timeout-s", "120"])
         .args(extra)
@@ -829,32 +828,39 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     })
 }
 
-/// `ember bench events`: asynchronous invokes through a real agent, on the provided runtime's
+/// `ember bench events`: asynchronous invokes through a real agent (its data dir under
+/// `data_dir` when given: on a real disk, so that the fsync an accept waits for is the disk's), on the provided runtime's
 /// echo at one whole vCPU's share: the time to accept an event (committed before the 202) one
 /// client at a time, accepts per second with one client and with eight (commits are grouped),
 /// and the time from acceptance to the function's start on a warm instance (the event's START
 /// line in the function's log, polled); then warm requests to the function's URL beside warm
 /// direct invokes of it. Accepts are timed while the function's one instance is busy, so that
 /// the queue only grows and what is timed is the accept path alone.
-pub fn events(runs: usize) -> Result<String, Error> {
+pub fn events(runs: usize, data_dir: Option<&Path>) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
     }
     let dir = std::env::temp_dir().join(format!("ember-bench-events-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io("create temp dir"))?;
+    let data = match data_dir {
+        Some(d) => d.join(format!("ember-bench-events-{}", std::process::id())),
+        None => dir.join("data"),
+    };
     let result = (|| {
         let zip = read_function_zip("rust.zip")?;
         let url_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(io("pick a port for the URL listener"))?;
-        let mut agent = spawn_agent(&dir, &["--url-listen", &url_addr.to_string()])?;
+        let data_arg = data.to_string_lossy().into_owned();
+        let mut agent = spawn_agent(&dir, &["--url-listen", &url_addr.to_string(), "--data-dir", &data_arg])?;
         let result = bench_runtime()?.block_on(event_runs(&dir.join("ember.sock"), url_addr, &zip, runs));
         let _ = agent.kill();
         let _ = agent.wait();
         result
     })();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
     let r = result?;
     Ok(format!(
         "events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={} \
@@ -1026,7 +1032,7 @@ mod tests {
         assert!(matches!(boot(0, 128), Err(Error::NoRuns)));
         assert!(matches!(vsock(0), Err(Error::NoRuns)));
         assert!(matches!(invoke(0, 1), Err(Error::NoRuns)));
-        assert!(matches!(events(0), Err(Error::NoRuns)));
+        assert!(matches!(events(0, None), Err(Error::NoRuns)));
     }
 
     #[test]

@@ -212,6 +212,10 @@ enum Bench {
         /// Accepts timed one at a time.
         #[arg(long, default_value_t = 1000)]
         runs: usize,
+        /// Where the agent's data dir goes [default: under $TMPDIR]: a directory on a real
+        /// disk, so that the fsync each accept waits for is the disk's (a tmpfs has none).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// The host peer of `bench vsock`: echoes every connection on a Unix socket.
     #[command(hide = true)]
@@ -419,7 +423,7 @@ fn main() -> ExitCode {
                 Bench::Vsock { runs } => ember::bench::vsock(runs),
                 Bench::Invoke { runs, cold_runs } => ember::bench::invoke(runs, cold_runs),
                 Bench::Restore { runs, cold_runs, density_max } => ember::bench::restore(runs, cold_runs, density_max),
-                Bench::Events { runs } => ember::bench::events(runs),
+                Bench::Events { runs, data_dir } => ember::bench::events(runs, data_dir.as_deref()),
                 Bench::EchoPeer { socket } => ember::bench::echo_peer(&socket).map(|()| String::new()),
             };
             match report {

@@ -2,7 +2,8 @@
 //! (tests/api/test_events.py): retries with the same request id, OnFailure and OnSuccess
 //! destinations with Lambda's invocation record, an event throttled past its maximum age, and
 //! 100 accepted events that all run though the agent is SIGKILLed while they do. Function URLs
-//! configured through boto3 and called with curl (tests/api/test_urls.py).
+//! configured through boto3 and called with curl (tests/api/test_urls.py). Schedules through
+//! boto3's scheduler client (tests/api/test_schedules.py).
 //!
 //! Like the other KVM tests this needs a KVM host that runs Linux guests; scripts/test.sh runs
 //! it in the right place, and anywhere else it fails and says why.
@@ -82,4 +83,22 @@ fn function_urls_through_curl() {
         .status()
         .expect("run python3 tests/api/test_urls.py");
     assert!(status.success(), "the function URL checks failed: {status}");
+}
+
+/// Schedules through boto3's `scheduler` client (tests/api/test_schedules.py).
+#[test]
+fn schedules_through_the_scheduler_client() {
+    require_kvm_host();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut agent = Agent::start("schedules", &[]);
+    agent.tcp_port = Some(port);
+    agent.kill9();
+    agent.spawn();
+    let status = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/test_schedules.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(common::guest_dir().join("functions/rust.zip"))
+        .status()
+        .expect("run python3 tests/api/test_schedules.py");
+    assert!(status.success(), "the schedule checks failed: {status}");
 }

@@ -49,8 +49,9 @@ fn fixture() -> &'static Fixture {
             let control = functions::Control::new(store.clone(), pool.clone(), logs.clone(), limits);
             let invoker = invoke::Invoker::new(store.clone(), pool.clone());
             let delays = invoke::retry::DEFAULT_RETRY_DELAYS;
-            let queue = invoke::queue::AsyncQueue::start(store, invoker.clone(), pool, delays).unwrap();
-            Arc::new(Agent { control, invoker, queue, logs })
+            let queue = invoke::queue::AsyncQueue::start(store.clone(), invoker.clone(), pool, delays).unwrap();
+            let scheduler = ember::agent::triggers::schedule::Scheduler::start(store, queue.clone()).unwrap();
+            Arc::new(Agent { control, invoker, queue, scheduler, logs })
         });
         Fixture { runtime, agent }
     })

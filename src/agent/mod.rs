@@ -6,6 +6,8 @@
 //!   aliases, layers, tags, concurrency), and [`functions::validate`]: Lambda's limits.
 //! - [`invoke`]: the invoke path: a reference to the version that runs (alias weights), the pool;
 //!   [`invoke::queue`]: asynchronous invocations (durable queue, retries, destinations).
+//! - [`triggers`]: schedules (EventBridge Scheduler's API and expressions), which queue
+//!   asynchronous events.
 //! - [`store`]: durable state: SQLite (schema versions and migrations) and code by content.
 //! - [`pool`]: instances per function version: cold start, restore, warm reuse, concurrency
 //!   (reserved, unreserved, provisioned), SnapStart, keep-alive, eviction; [`pool::launch`]
@@ -28,6 +30,7 @@ pub mod logs;
 pub mod pool;
 pub mod snapshots;
 pub mod store;
+pub mod triggers;
 
 pub use api::ApiError;
 
@@ -41,6 +44,8 @@ pub struct Agent {
     pub invoker: invoke::Invoker,
     /// Asynchronous invocations.
     pub queue: invoke::queue::AsyncQueue,
+    /// Schedules.
+    pub scheduler: triggers::schedule::Scheduler,
     /// The functions' logs.
     pub logs: logs::Logs,
 }
@@ -192,9 +197,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     control.start().map_err(|e| ServeError::Store(e.to_string()))?;
     let invoker = invoke::Invoker::new(store.clone(), pool.clone());
     // Events accepted before a restart (or a crash) run now.
-    let queue = invoke::queue::AsyncQueue::start(store, invoker.clone(), pool, options.async_retry_delays)
+    let queue = invoke::queue::AsyncQueue::start(store.clone(), invoker.clone(), pool, options.async_retry_delays)
         .map_err(|e| ServeError::Store(e.to_string()))?;
-    let agent = Arc::new(Agent { control, invoker, queue, logs });
+    let scheduler =
+        triggers::schedule::Scheduler::start(store, queue.clone()).map_err(|e| ServeError::Store(e.to_string()))?;
+    let agent = Arc::new(Agent { control, invoker, queue, scheduler, logs });
 
     match std::fs::remove_file(&options.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -8,6 +8,7 @@ use crate::agent::ids::RefError;
 use crate::agent::invoke;
 use crate::agent::pool::PoolError;
 use crate::agent::store::StoreError;
+use crate::agent::triggers::schedule::ScheduleError;
 
 /// An error answered to an API client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +57,11 @@ impl ApiError {
     /// 413 `RequestTooLargeException`.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(413, "RequestTooLargeException", message)
+    }
+
+    /// 400 `ValidationException` (EventBridge Scheduler's).
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(400, "ValidationException", message)
     }
 
     /// 500 `ServiceException`: our fault, not the caller's.
@@ -149,6 +155,18 @@ impl From<invoke::queue::QueueError> for ApiError {
 impl From<invoke::destinations::DestinationError> for ApiError {
     fn from(e: invoke::destinations::DestinationError) -> Self {
         ApiError::invalid(e.to_string())
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::Validation(m) => ApiError::validation(m),
+            ScheduleError::NotFound(m) | ScheduleError::Store(StoreError::NotFound(m)) => ApiError::not_found(m),
+            ScheduleError::Store(StoreError::Exists(m)) => ApiError::new(409, "ConflictException", m),
+            ScheduleError::Store(StoreError::Invalid(m)) => ApiError::validation(m),
+            other => ApiError::new(500, "InternalServerException", other.to_string()),
+        }
     }
 }
 

@@ -212,6 +212,36 @@ pub const FUNCTION_URL_CONFIG: &[(&str, Rule)] = &[
     ("InvokeMode", Supported),
 ];
 
+/// Create/UpdateSchedule's members (EventBridge Scheduler's).
+pub const SCHEDULE: &[(&str, Rule)] = &[
+    ("ActionAfterCompletion", Supported),
+    ("ClientToken", Supported),
+    ("Description", Supported),
+    ("EndDate", Supported),
+    ("FlexibleTimeWindow", Struct(&[("Mode", Supported), ("MaximumWindowInMinutes", Supported)])),
+    ("GroupName", Supported),
+    ("KmsKeyArn", Unimplemented(unset)),
+    ("ScheduleExpression", Supported),
+    ("ScheduleExpressionTimezone", Supported),
+    ("StartDate", Supported),
+    ("State", Supported),
+    (
+        "Target",
+        Struct(&[
+            ("Arn", Supported),
+            ("RoleArn", Supported),
+            ("Input", Supported),
+            ("RetryPolicy", Struct(&[("MaximumEventAgeInSeconds", Supported), ("MaximumRetryAttempts", Supported)])),
+            ("DeadLetterConfig", Unimplemented(unset)),
+            ("EcsParameters", Unimplemented(unset)),
+            ("EventBridgeParameters", Unimplemented(unset)),
+            ("KinesisParameters", Unimplemented(unset)),
+            ("SageMakerPipelineParameters", Unimplemented(unset)),
+            ("SqsParameters", Unimplemented(unset)),
+        ]),
+    ),
+];
+
 /// AddPermission's members.
 pub const ADD_PERMISSION: &[(&str, Rule)] = &[
     ("StatementId", Supported),

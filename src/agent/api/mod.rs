@@ -17,6 +17,7 @@
 //! | [`invoke`] | Invoke, InvokeAsync (`Event` invocations go to the durable queue) |
 //! | [`url_configs`] | Create/Get/Update/DeleteFunctionUrlConfig, ListFunctionUrlConfigs |
 //! | [`policy`] | AddPermission, RemovePermission, GetPolicy |
+//! | [`schedules`] | EventBridge Scheduler's Create/Get/Update/DeleteSchedule, ListSchedules |
 //!
 //! Function URLs themselves are served on a listener of their own ([`urls`], with the
 //! payload format 2.0 mapping in [`url_event`]).
@@ -42,6 +43,7 @@ pub mod layers;
 pub mod members;
 pub mod policy;
 pub mod routes;
+pub mod schedules;
 pub mod shapes;
 pub mod tags;
 pub mod url_configs;
@@ -192,7 +194,9 @@ fn body_of(op: Op) -> Option<bool> {
         | Op::UpdateFunctionEventInvokeConfig
         | Op::CreateFunctionUrlConfig
         | Op::UpdateFunctionUrlConfig
-        | Op::AddPermission => Some(false),
+        | Op::AddPermission
+        | Op::CreateSchedule
+        | Op::UpdateSchedule => Some(false),
         _ => None,
     }
 }
@@ -276,6 +280,11 @@ where
         Op::AddPermission => policy::add(agent, req).await,
         Op::RemovePermission => policy::remove(agent, req).await,
         Op::GetPolicy => policy::get(agent, req),
+        Op::CreateSchedule => schedules::create(agent, req).await,
+        Op::GetSchedule => schedules::get(agent, req),
+        Op::UpdateSchedule => schedules::update(agent, req).await,
+        Op::DeleteSchedule => schedules::delete(agent, req).await,
+        Op::ListSchedules => schedules::list(agent, req),
         Op::Invoke | Op::InvokeAsync => unreachable!("routed above"),
     }
 }

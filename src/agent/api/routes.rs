@@ -60,6 +60,11 @@ pub enum Op {
     AddPermission,
     RemovePermission,
     GetPolicy,
+    CreateSchedule,
+    GetSchedule,
+    UpdateSchedule,
+    DeleteSchedule,
+    ListSchedules,
 }
 
 impl Op {
@@ -86,6 +91,9 @@ impl Op {
             | Op::AddPermission
             | Op::GetPolicy => &["Qualifier"],
             Op::RemovePermission => &["Qualifier", "RevisionId"],
+            Op::GetSchedule => &["groupName"],
+            Op::DeleteSchedule => &["groupName", "clientToken"],
+            Op::ListSchedules => &["ScheduleGroup", "NamePrefix", "State", "MaxResults", "NextToken"],
             Op::GetFunctionLogs => &["bytes"],
             Op::ListVersionsByFunction | Op::ListFunctionEventInvokeConfigs | Op::ListFunctionUrlConfigs => PAGE,
             Op::ListAliases => &["Marker", "MaxItems", "FunctionVersion"],
@@ -156,6 +164,11 @@ const ROUTES: &[(Method, Pattern, Op)] = &[
     (Method::POST, &["2015-03-31", "functions", P, "policy"], Op::AddPermission),
     (Method::GET, &["2015-03-31", "functions", P, "policy"], Op::GetPolicy),
     (Method::DELETE, &["2015-03-31", "functions", P, "policy", P], Op::RemovePermission),
+    (Method::POST, &["schedules", P], Op::CreateSchedule),
+    (Method::GET, &["schedules", P], Op::GetSchedule),
+    (Method::PUT, &["schedules", P], Op::UpdateSchedule),
+    (Method::DELETE, &["schedules", P], Op::DeleteSchedule),
+    (Method::GET, &["schedules"], Op::ListSchedules),
 ];
 
 /// Operations of Lambda's API this host does not implement (yet), by the first segments of

@@ -177,6 +177,32 @@ impl AsyncQueue {
         }
     }
 
+    /// Makes a schedule's run due at `due_ms` (if it still is): queues `event` and moves the
+    /// schedule to `next_ms`, or deletes it, in one transaction. Returns whether an event was
+    /// queued.
+    pub async fn fire_schedule(
+        &self,
+        schedule: &str,
+        due_ms: u64,
+        event: Option<NewEvent>,
+        next_ms: Option<u64>,
+        delete: bool,
+    ) -> Result<bool, QueueError> {
+        let write = QueueWrite::Fire { schedule: schedule.to_owned(), due_ms, event, next_ms, delete };
+        match self.inner.write(write).await {
+            Ok(Written::Fired(queued)) => {
+                let ran = queued.is_some();
+                if let Some(q) = queued {
+                    lock(&self.inner.state).add(q);
+                    self.inner.wake.notify_one();
+                }
+                Ok(ran)
+            }
+            Ok(other) => Err(QueueError::Store(format!("unexpected write result {other:?}"))),
+            Err(e) => Err(QueueError::Store(e)),
+        }
+    }
+
     /// Events queued and in flight, by function (for tests and the bench).
     pub fn backlog(&self) -> usize {
         lock(&self.inner.state).functions.values().map(|f| f.due.len() + f.in_flight as usize).sum()

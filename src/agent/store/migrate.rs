@@ -5,7 +5,7 @@
 //! version 0 (whatever the first agents made of them); migration 1 brings those, and empty
 //! databases, to the last schema that had only `$LATEST`; migration 2 adds versions, aliases,
 //! layers, tags and reserved concurrency; migration 3 the asynchronous event queue, event
-//! invoke configs, function URLs and resource-based policies. A migration may leave notes for the agent's log,
+//! invoke configs, function URLs, resource-based policies and schedules. A migration may leave notes for the agent's log,
 //! for changes of behaviour an operator should know about.
 
 use std::path::Path;
@@ -275,10 +275,27 @@ CREATE TABLE policy_statements (
     statement         TEXT NOT NULL,
     PRIMARY KEY (function, qualifier, sid)
 ) WITHOUT ROWID;
+CREATE TABLE schedules (
+    name              TEXT PRIMARY KEY NOT NULL,
+    grp               TEXT NOT NULL,
+    expression        TEXT NOT NULL,
+    timezone          TEXT,
+    target            TEXT NOT NULL,
+    flexible          TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    start_ms          INTEGER,
+    end_ms            INTEGER,
+    description       TEXT NOT NULL,
+    after_completion  TEXT NOT NULL,
+    client_token      TEXT,
+    created_ms        INTEGER NOT NULL,
+    modified_ms       INTEGER NOT NULL,
+    next_ms           INTEGER
+) WITHOUT ROWID;
 ";
 
-/// Version 3: the asynchronous event queue, event invoke configs, function URLs and
-/// resource-based policies (new tables only).
+/// Version 3: the asynchronous event queue, event invoke configs, function URLs,
+/// resource-based policies and schedules (new tables only).
 fn to_3(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA_3)?;
     Ok(())

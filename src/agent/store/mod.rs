@@ -15,7 +15,8 @@
 //! included, and per-function settings: reserved concurrency, tags, the next version number),
 //! `aliases` ([`aliases`]), `layers` and `layer_names` ([`layers`]), `provisioned`
 //! ([`concurrency`]), `async_events` and `event_invoke_configs` ([`queue`]), `function_urls`
-//! ([`urls`]), `policy_statements` ([`policy`]); blobs are [`code`]'s.
+//! ([`urls`]), `policy_statements` ([`policy`]), `schedules` ([`schedules`]); blobs are
+//! [`code`]'s.
 //!
 //! Writes are all-or-nothing. Blobs are written under temporary names, fsynced and renamed into
 //! place before the row that refers to them is committed; a blob that no row refers to is
@@ -36,6 +37,7 @@ pub mod layers;
 pub mod migrate;
 pub mod policy;
 pub mod queue;
+pub mod schedules;
 pub mod urls;
 
 use std::collections::{BTreeMap, HashMap};

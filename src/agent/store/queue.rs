@@ -95,6 +95,20 @@ pub enum QueueWrite {
         /// The record for a function destination.
         then: Option<NewEvent>,
     },
+    /// Runs a schedule's run due at `due_ms` (if it still is): queues its target's event and
+    /// moves it to `next_ms`, or deletes it (see `schedules::fire`).
+    Fire {
+        /// The schedule's name.
+        schedule: String,
+        /// The run's time.
+        due_ms: u64,
+        /// The target's event.
+        event: Option<NewEvent>,
+        /// The following run.
+        next_ms: Option<u64>,
+        /// Delete the schedule (its last run, with `ActionAfterCompletion` `DELETE`).
+        delete: bool,
+    },
 }
 
 /// What one write did.
@@ -106,6 +120,8 @@ pub enum Written {
     Rescheduled(bool),
     /// Removed; the destination's record, if one was queued.
     Finished(Option<Queued>),
+    /// A schedule's run: the event queued, if it ran and its target exists.
+    Fired(Option<Queued>),
 }
 
 /// How a function's asynchronous invocations are handled (one per qualifier).
@@ -127,7 +143,7 @@ pub struct EventConfig {
     pub last_modified_ms: u64,
 }
 
-fn insert_event(tx: &Transaction<'_>, e: &NewEvent) -> Result<Queued, StoreError> {
+pub(super) fn insert_event(tx: &Transaction<'_>, e: &NewEvent) -> Result<Queued, StoreError> {
     tx.prepare_cached(
         "INSERT INTO async_events (request_id, function, qualifier, payload, client_context, accepted_ms, due_ms, \
          attempts, throttles) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0, 0)",
@@ -197,6 +213,11 @@ impl Store {
                         _ => None,
                     };
                     Written::Finished(queued)
+                }
+                QueueWrite::Fire { schedule, due_ms, event, next_ms, delete } => {
+                    let (_, queued) =
+                        super::schedules::fire(&tx, schedule, *due_ms, event.as_ref(), *next_ms, *delete)?;
+                    Written::Fired(queued)
                 }
             });
         }
