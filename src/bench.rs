@@ -847,24 +847,33 @@ pub fn events(runs: usize, data_dir: Option<&Path>) -> Result<String, Error> {
         Some(d) => d.join(format!("ember-bench-events-{}", std::process::id())),
         None => dir.join("data"),
     };
-    let result = (|| {
+    let result = (|| -> Result<EventRuns, Error> {
         let zip = read_function_zip("rust.zip")?;
         let url_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(io("pick a port for the URL listener"))?;
         let data_arg = data.to_string_lossy().into_owned();
         let mut agent = spawn_agent(&dir, &["--url-listen", &url_addr.to_string(), "--data-dir", &data_arg])?;
-        let result = bench_runtime()?.block_on(event_runs(&dir.join("ember.sock"), url_addr, &zip, runs));
+        let runtime = bench_runtime()?;
+        let result = runtime.block_on(event_runs(&dir.join("ember.sock"), url_addr, &zip, runs));
         let _ = agent.kill();
         let _ = agent.wait();
-        result
+        let mut r = result?;
+        let queue_data = data.with_extension("queue");
+        let queue = runtime.block_on(queue_only(&queue_data, &dir, &zip, runs));
+        let _ = std::fs::remove_dir_all(&queue_data);
+        (r.queue_c1, r.queue_c8) = queue?;
+        Ok(r)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
     let r = result?;
     Ok(format!(
-        "events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={} \
+        "events queue_only accepts_per_s_c1={} accepts_per_s_c8={}\n\
+         events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={} \
          url_warm_us p50={} invoke_warm_us p50={}\n",
+        r.queue_c1,
+        r.queue_c8,
         median(&r.accept_us),
         percentile(&r.accept_us, 99),
         r.accepts_c1,
@@ -885,6 +894,94 @@ struct EventRuns {
     url_us: Vec<u64>,
     /// ...and, interleaved with them, warm direct invokes.
     invoke_us: Vec<u64>,
+    /// The durable queue alone, in process: accepts per second with one task and with eight.
+    queue_c1: u64,
+    queue_c8: u64,
+}
+
+/// The durable queue alone, in this process, without HTTP: accepts per second one at a time
+/// and from eight tasks, on a data dir of its own on the same disk as the agent's, for a
+/// function held at reserved concurrency 0 (so that nothing runs: each attempt is throttled
+/// and backs off). What the store's grouped commits do, apart from the HTTP both ends spend
+/// CPU on.
+async fn queue_only(data: &Path, dir: &Path, zip: &[u8], runs: usize) -> Result<(u64, u64), Error> {
+    use crate::agent::invoke::{queue::AsyncQueue, retry::DEFAULT_RETRY_DELAYS, Invoker};
+    use crate::agent::pool::launch::{VmmConfig, VmmLauncher};
+    use crate::agent::pool::{Pool, PoolConfig};
+    use crate::agent::store::{queue::NewEvent, NewFunction, Store};
+    use std::sync::Arc;
+    let failed = |what: &str, e: String| Error::Run { run: 0, detail: format!("{what}: {e}") };
+    let store = Arc::new(Store::open(data).map_err(|e| failed("open a store", e.to_string()))?);
+    let function = NewFunction {
+        name: "qsink".into(),
+        runtime: "provided.al2023".into(),
+        handler: "bootstrap".into(),
+        role: "arn:aws:iam::000000000000:role/bench".into(),
+        description: String::new(),
+        memory_mib: 128,
+        timeout_s: 3,
+        ephemeral_mib: 512,
+        environment: Default::default(),
+        snap_start: false,
+        layers: Vec::new(),
+        tags: Default::default(),
+    };
+    let s = store.clone();
+    let zip = zip.to_vec();
+    tokio::task::spawn_blocking(move || s.create(function, &zip, false))
+        .await
+        .map_err(|e| failed("create", e.to_string()))?
+        .map_err(|e| failed("create", e.to_string()))?;
+    let logs = crate::agent::logs::Logs::open(&data.join("logs")).map_err(io("open logs"))?;
+    let snapshots = crate::agent::snapshots::Snapshots::open(&data.join("snapshots"))
+        .map_err(|e| failed("open snapshots", e.to_string()))?;
+    let exe = std::env::current_exe().map_err(io("current_exe"))?;
+    let spares = crate::agent::instance::Spares::new(exe, 0, Arc::new(crate::agent::cgroup::CpuShares::off()));
+    let vmm = VmmConfig {
+        guest_dir: vmm::default_guest_dir(),
+        run_dir: dir.join("queue-run"),
+        init_timeout: Duration::from_secs(10),
+        keep_alive: Duration::from_secs(10),
+        console_dir: None,
+    };
+    let config = PoolConfig { max_instances: 8, max_boots: 1, idle_memory_kib: 1 << 20 };
+    let pool = Pool::new(config, logs, snapshots, Arc::new(VmmLauncher::new(vmm, spares)));
+    pool.set_reserved("qsink", Some(0));
+    let invoker = Invoker::new(store.clone(), pool.clone());
+    let queue = AsyncQueue::start(store, invoker, pool, DEFAULT_RETRY_DELAYS)
+        .map_err(|e| failed("start the queue", e.to_string()))?;
+    let payload = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
+    let event = move || NewEvent {
+        request_id: crate::agent::ids::random_uuid(),
+        function: "qsink".into(),
+        qualifier: None,
+        payload: payload.clone(),
+        client_context: None,
+        accepted_ms: crate::agent::ids::unix_ms(),
+    };
+    let started = Instant::now();
+    for _ in 0..runs {
+        queue.accept(event()).await.map_err(|e| failed("accept", e.to_string()))?;
+    }
+    let c1 = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
+    let started = Instant::now();
+    let per_task = runs.div_ceil(8).max(1);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (queue, event) = (queue.clone(), event.clone());
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    queue.accept(event()).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| failed("join", e.to_string()))?.map_err(|e| failed("accept", e))?;
+    }
+    let c8 = ((per_task * 8) as f64 / started.elapsed().as_secs_f64()) as u64;
+    Ok((c1, c8))
 }
 
 /// The request id of an answer.
@@ -1002,7 +1099,7 @@ async fn event_runs(
         total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
     }
     let accepts_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
-    Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms, url_us, invoke_us })
+    Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms, url_us, invoke_us, queue_c1: 0, queue_c8: 0 })
 }
 
 #[cfg(test)]

@@ -135,8 +135,14 @@ def setup(endpoint, lam, zip_bytes):
     ok_id = ok["ResponseMetadata"]["RequestId"]
 
     record = wait_for("the failing function's record", lambda: record_for(endpoint, fail_id), 180)
-    attempts = [rid for rid, e in events_in(endpoint, FAILING) if e.get("t") == "f"]
-    check(attempts == [fail_id, fail_id], f"two attempts, each with the 202's request id: {attempts}")
+
+    def attempts():
+        return [rid for rid, e in events_in(endpoint, FAILING) if e.get("t") == "f"]
+
+    # The function's output reaches its log as the guest's console delivers it, which may be
+    # just after the invocation's answer.
+    wait_for("both attempts in the failing function's log", lambda: len(attempts()) >= 2, 60)
+    check(attempts() == [fail_id, fail_id], f"two attempts, each with the 202's request id: {attempts()}")
     ctx = record["requestContext"]
     check(ctx["condition"] == "RetriesExhausted", f"condition: {ctx}")
     check(ctx["approximateInvokeCount"] == 2, f"approximateInvokeCount: {ctx}")

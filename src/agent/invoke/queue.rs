@@ -644,6 +644,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_the_store_refuses_fails_alone() {
+        let mut s = setup("queue-refused");
+        rusqlite::Connection::open(s.dir.join("ember.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON async_events WHEN NEW.request_id = 'bad' \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let q = s.start();
+        let (bad, good) = tokio::join!(
+            q.accept(event("bad", json!({}), ids::unix_ms())),
+            q.accept(event("good", json!({}), ids::unix_ms()))
+        );
+        assert!(matches!(bad, Err(QueueError::Store(_))));
+        good.unwrap();
+        for _ in 0..500 {
+            if q.backlog() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.f_ran(), ["good"]);
+    }
+
+    #[tokio::test]
     async fn many_clients_share_commits_and_every_event_runs_once() {
         let mut s = setup("queue-many");
         let q = s.start();

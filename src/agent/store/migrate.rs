@@ -233,7 +233,7 @@ fn to_2(tx: &Transaction<'_>, code_dir: &Path, notes: &mut Vec<String>) -> Resul
 const SCHEMA_3: &str = "
 CREATE TABLE async_events (
     seq               INTEGER PRIMARY KEY,
-    request_id        TEXT NOT NULL UNIQUE,
+    request_id        TEXT NOT NULL,
     function          TEXT NOT NULL,
     qualifier         TEXT,
     payload           BLOB NOT NULL,
@@ -246,7 +246,6 @@ CREATE TABLE async_events (
     last_error        TEXT,
     last_version      TEXT
 );
-CREATE INDEX async_events_function ON async_events (function, qualifier);
 CREATE TABLE event_invoke_configs (
     function          TEXT NOT NULL,
     qualifier         TEXT NOT NULL,

@@ -448,9 +448,16 @@ mod tests {
             .write_queue(&[QueueWrite::Finish { seq: a.seq, then: Some(event("rec2", "collector", None)) }])
             .unwrap();
         assert_eq!(written, [Written::Finished(None)]);
-        // A failing write in a batch undoes the whole batch (a duplicate request id).
+        // A failing write in a batch undoes the whole batch (a trigger refuses one).
+        rusqlite::Connection::open(dir.join("ember.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON async_events WHEN NEW.request_id = 'bad' \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
         assert!(store
-            .write_queue(&[QueueWrite::Accept(event("c", "f", None)), QueueWrite::Accept(event("b", "f", None))])
+            .write_queue(&[QueueWrite::Accept(event("c", "f", None)), QueueWrite::Accept(event("bad", "f", None))])
             .is_err());
         assert_eq!(queued_ids(&store), ["b", "rec"]);
         // A destination function that does not exist gets nothing; the event still goes.
