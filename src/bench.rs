@@ -669,6 +669,37 @@ impl AgentConn {
     }
 }
 
+/// Requests per second that `conns` (one client each) complete together in a 3 s window,
+/// each sending `body` to `path` again and again.
+async fn requests_per_s(
+    conns: Vec<AgentConn>,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &[u8],
+) -> Result<u64, Error> {
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let body = body.to_vec();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < window {
+                    c.call_with("POST", path, headers, &body).await?;
+                    n += 1;
+                }
+                Ok::<u64, Error>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64()) as u64)
+}
+
 /// Publishes `function`'s `$LATEST` and waits until the version is `Active` (a SnapStart
 /// version is `Pending` while its snapshot is made). Returns the version's number.
 async fn publish_active(conn: &mut AgentConn, function: &str) -> Result<String, Error> {
@@ -795,27 +826,7 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     for w in warmups {
         conns.push(w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??);
     }
-    let window = Duration::from_secs(3);
-    let started = Instant::now();
-    let workers: Vec<_> = conns
-        .into_iter()
-        .map(|mut c| {
-            let event = event.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while started.elapsed() < window {
-                    c.call("POST", path, &event).await?;
-                    n += 1;
-                }
-                Ok::<u64, Error>(n)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
-    }
-    let rps_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
+    let rps_c8 = requests_per_s(conns, path, &[], &event).await?;
     Ok(InvokeRuns {
         cold_ms: cold,
         warm_us: warm,
@@ -1078,27 +1089,7 @@ async fn event_runs(
     for _ in 0..8 {
         conns.push(AgentConn::open(socket).await?);
     }
-    let window = Duration::from_secs(3);
-    let started = Instant::now();
-    let workers: Vec<_> = conns
-        .into_iter()
-        .map(|mut c| {
-            let event = event.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while started.elapsed() < window {
-                    c.call_with("POST", path, &[("X-Amz-Invocation-Type", "Event")], &event).await?;
-                    n += 1;
-                }
-                Ok::<u64, Error>(n)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
-    }
-    let accepts_c8 = (total as f64 / started.elapsed().as_secs_f64()) as u64;
+    let accepts_c8 = requests_per_s(conns, path, async_header, &event).await?;
     Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms, url_us, invoke_us, queue_c1: 0, queue_c8: 0 })
 }
 

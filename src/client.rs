@@ -121,6 +121,102 @@ pub enum ClientCommand {
     RemovePermission(RemovePermissionArgs),
     /// Show a function's resource-based policy (GetPolicy).
     GetPolicy(QualifiedArgs),
+    /// Schedules that invoke functions (EventBridge Scheduler's API).
+    Schedule(ScheduleArgs),
+}
+
+/// `schedule`: a subcommand and where the agent is.
+#[derive(clap::Args, Debug)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    connect: Connect,
+    #[command(subcommand)]
+    command: ScheduleCommand,
+}
+
+/// The `schedule` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Create a schedule (CreateSchedule).
+    Create(ScheduleSpec),
+    /// Replace a schedule's settings (UpdateSchedule).
+    Update(ScheduleSpec),
+    /// Show a schedule (GetSchedule).
+    Get(ScheduleName),
+    /// Delete a schedule (DeleteSchedule).
+    Delete(ScheduleName),
+    /// List the schedules (ListSchedules, up to 100).
+    List {
+        /// Only names that start with this.
+        #[arg(long)]
+        name_prefix: Option<String>,
+        /// Only ENABLED or DISABLED ones.
+        #[arg(long)]
+        state: Option<String>,
+    },
+}
+
+/// A schedule's name.
+#[derive(clap::Args, Debug)]
+pub struct ScheduleName {
+    /// The schedule's name.
+    #[arg(long)]
+    name: String,
+}
+
+/// What `schedule create` and `schedule update` set.
+#[derive(clap::Args, Debug)]
+pub struct ScheduleSpec {
+    /// The schedule's name.
+    #[arg(long)]
+    name: String,
+    /// `rate(N minutes|hours|days)`, `cron(min hour day-of-month month day-of-week year)` or
+    /// `at(yyyy-mm-ddThh:mm:ss)`.
+    #[arg(long)]
+    schedule_expression: String,
+    /// The IANA time zone of cron and at expressions [default: UTC].
+    #[arg(long)]
+    schedule_expression_timezone: Option<String>,
+    /// The function (or version or alias) ARN to invoke.
+    #[arg(long)]
+    target_arn: String,
+    /// The event, as JSON [default: {}].
+    #[arg(long, value_name = "JSON")]
+    input: Option<String>,
+    /// The role the target is invoked with (recorded).
+    #[arg(long, default_value = "arn:aws:iam::000000000000:role/ember")]
+    role_arn: String,
+    /// ENABLED or DISABLED.
+    #[arg(long)]
+    state: Option<String>,
+    /// What happens after the last run: NONE or DELETE.
+    #[arg(long)]
+    action_after_completion: Option<String>,
+    /// Delay each run by up to this many minutes [default: none].
+    #[arg(long)]
+    flexible_time_window_minutes: Option<u32>,
+    /// A description.
+    #[arg(long)]
+    description: Option<String>,
+}
+
+impl ScheduleSpec {
+    /// The request body.
+    fn body(&self) -> Value {
+        let mut target = json!({ "Arn": self.target_arn, "RoleArn": self.role_arn });
+        set(&mut target, "Input", self.input.as_deref().map(Value::from));
+        let window = match self.flexible_time_window_minutes {
+            Some(m) => json!({ "Mode": "FLEXIBLE", "MaximumWindowInMinutes": m }),
+            None => json!({ "Mode": "OFF" }),
+        };
+        let mut body =
+            json!({ "ScheduleExpression": self.schedule_expression, "Target": target, "FlexibleTimeWindow": window });
+        set(&mut body, "ScheduleExpressionTimezone", self.schedule_expression_timezone.as_deref().map(Value::from));
+        set(&mut body, "State", self.state.as_deref().map(Value::from));
+        set(&mut body, "ActionAfterCompletion", self.action_after_completion.as_deref().map(Value::from));
+        set(&mut body, "Description", self.description.as_deref().map(Value::from));
+        body
+    }
 }
 
 /// Subcommands that take a function name.
@@ -763,6 +859,23 @@ fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
             (&a.function.function.connect, send(ApiRequest::new(Method::DELETE, path)))
         }
         C::GetPolicy(a) => (&a.function.connect, send(ApiRequest::new(Method::GET, a.path("/policy")))),
+        C::Schedule(a) => {
+            let path = |name: &str| format!("/schedules/{}", encode(name));
+            let request = match &a.command {
+                ScheduleCommand::Create(spec) => ApiRequest::json(Method::POST, path(&spec.name), spec.body()),
+                ScheduleCommand::Update(spec) => ApiRequest::json(Method::PUT, path(&spec.name), spec.body()),
+                ScheduleCommand::Get(n) => ApiRequest::new(Method::GET, path(&n.name)),
+                ScheduleCommand::Delete(n) => ApiRequest::new(Method::DELETE, path(&n.name)),
+                ScheduleCommand::List { name_prefix, state } => ApiRequest::new(
+                    Method::GET,
+                    with_query(
+                        "/schedules".into(),
+                        &[("NamePrefix", name_prefix.as_deref()), ("State", state.as_deref())],
+                    ),
+                ),
+            };
+            (&a.connect, send(request))
+        }
     })
 }
 
@@ -1669,6 +1782,57 @@ mod tests {
         assert_eq!((method, path.as_str()), (Method::GET, "/2019-09-25/functions/f/event-invoke-config"));
         let (method, path, _) = sent(&["delete-function-event-invoke-config", "--function-name", "f"]);
         assert_eq!((method, path.as_str()), (Method::DELETE, "/2019-09-25/functions/f/event-invoke-config"));
+    }
+
+    #[test]
+    fn schedules() {
+        let (method, path, body) = sent(&[
+            "schedule",
+            "create",
+            "--name",
+            "nightly",
+            "--schedule-expression",
+            "cron(0 3 * * ? *)",
+            "--schedule-expression-timezone",
+            "Europe/Berlin",
+            "--target-arn",
+            ARN,
+            "--input",
+            r#"{"k":1}"#,
+            "--action-after-completion",
+            "DELETE",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/schedules/nightly"));
+        assert_eq!(
+            body,
+            json!({
+                "ScheduleExpression": "cron(0 3 * * ? *)",
+                "ScheduleExpressionTimezone": "Europe/Berlin",
+                "Target": { "Arn": ARN, "RoleArn": "arn:aws:iam::000000000000:role/ember", "Input": r#"{"k":1}"# },
+                "FlexibleTimeWindow": { "Mode": "OFF" },
+                "ActionAfterCompletion": "DELETE",
+            })
+        );
+        let (method, _, body) = sent(&[
+            "schedule",
+            "update",
+            "--name",
+            "n",
+            "--schedule-expression",
+            "rate(1 hour)",
+            "--target-arn",
+            ARN,
+            "--flexible-time-window-minutes",
+            "5",
+        ]);
+        assert_eq!(
+            (method, body["FlexibleTimeWindow"].clone()),
+            (Method::PUT, json!({ "Mode": "FLEXIBLE", "MaximumWindowInMinutes": 5 }))
+        );
+        let (method, path, _) = sent(&["schedule", "list", "--state", "ENABLED"]);
+        assert_eq!((method, path.as_str()), (Method::GET, "/schedules?State=ENABLED"));
+        let (method, path, _) = sent(&["schedule", "delete", "--name", "n"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/schedules/n"));
     }
 
     #[test]

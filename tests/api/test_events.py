@@ -17,7 +17,7 @@ collector carries the response; a function throttled by reserved concurrency 0 w
 MaximumEventAgeInSeconds 60 reaches OnFailure with `EventAgeExceeded`; the event invoke config
 API through boto3 (Put, Get, Update, List, Delete and its errors).
 
-`burst`: 100 events accepted for a function with reserved concurrency 2 that sleeps 1 s on
+`burst`: 100 events accepted for a function with reserved concurrency 2 that sleeps 500 ms on
 each; their request ids go to IDS_FILE. The caller SIGKILLs the agent while they run and starts
 it again; `after-restart` then waits until every id is in the function's log: none is lost.
 """
@@ -173,7 +173,7 @@ def burst(lam, zip_bytes, ids_file):
     lam.put_function_concurrency(FunctionName=BURST, ReservedConcurrentExecutions=2)
     ids = []
     for i in range(100):
-        r = lam.invoke(FunctionName=BURST, InvocationType="Event", Payload=json.dumps({"n": i, "sleep_ms": 1000}))
+        r = lam.invoke(FunctionName=BURST, InvocationType="Event", Payload=json.dumps({"n": i, "sleep_ms": 500}))
         check(r["StatusCode"] == 202, f"event {i}: {r['StatusCode']}")
         ids.append(r["ResponseMetadata"]["RequestId"])
     check(len(set(ids)) == 100, "every event has its own request id")
