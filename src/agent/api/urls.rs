@@ -103,16 +103,15 @@ where
     let Some((url_id, raw_path)) = route(header(&parts.headers, "host"), parts.uri.path()) else {
         return message(404, "Not Found");
     };
-    let url = match agent.control.url_by_id(&url_id) {
-        Ok(Some(url)) => url,
+    let route = match agent.control.url_route(&url_id) {
+        Ok(Some(route)) => route,
         Ok(None) => return message(404, "Not Found"),
         Err(e) => return message(500, &e.to_string()),
     };
-    match agent.control.url_is_public(&url.function, &url.qualifier) {
-        Ok(true) => {}
-        Ok(false) => return message(403, "Forbidden"),
-        Err(e) => return message(500, &e.to_string()),
+    if !route.public {
+        return message(403, "Forbidden");
     }
+    let url = &route.config;
     let origin = header(&parts.headers, "origin").map(str::to_owned);
     let is_preflight =
         parts.method == hyper::Method::OPTIONS && header(&parts.headers, "access-control-request-method").is_some();
@@ -136,7 +135,7 @@ where
         time: SystemTime::now(),
     };
     let event = serde_json::to_vec(&url_event::event(&request)).expect("a JSON value serializes");
-    let mut response = invoke(agent, &url, event, request_id).await;
+    let mut response = invoke(agent, url, event, request_id).await;
     if let Some(origin) = origin.filter(|_| !url.cors.is_null()) {
         cors_headers(&url.cors, &origin, response.headers_mut());
     }

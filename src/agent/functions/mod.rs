@@ -77,12 +77,14 @@ pub struct Control {
     pool: Pool,
     logs: Logs,
     limits: HostLimits,
+    /// Function URLs by id, with whether their policy opens them (the URL listener's lookups).
+    urls: urls::UrlCache,
 }
 
 impl Control {
     /// The control plane of `store`, telling `pool` what changes; `limits` are the host's.
     pub fn new(store: Arc<Store>, pool: Pool, logs: Logs, limits: HostLimits) -> Control {
-        Control { store, pool, logs, limits }
+        Control { store, pool, logs, limits, urls: urls::UrlCache::default() }
     }
 
     /// Applies what the store holds to a pool that has just started: reservations,
@@ -282,6 +284,7 @@ impl Control {
         match &r.qualifier {
             None => {
                 self.blocking(move |s| Ok(s.delete_function(&name)?)).await?;
+                self.urls.invalidate();
                 self.pool.remove_function(&r.name);
                 let (logs, name) = (self.logs.clone(), r.name.clone());
                 let _ = tokio::task::spawn_blocking(move || {
@@ -295,6 +298,7 @@ impl Control {
             Some(Qualifier::Version(v)) => {
                 let v = *v;
                 self.blocking(move |s| Ok(s.delete_version(&name, v)?)).await?;
+                self.urls.invalidate();
                 self.pool.remove_provisioned(&r.name, &v.to_string());
                 self.pool.retire(&r.name, v);
                 Ok(())
@@ -354,6 +358,7 @@ impl Control {
     pub async fn delete_alias(&self, function: &str, name: &str) -> Result<(), Error> {
         let (f, n) = (function.to_owned(), name.to_owned());
         self.blocking(move |s| Ok(s.delete_alias(&f, &n)?)).await?;
+        self.urls.invalidate();
         self.pool.remove_provisioned(function, name);
         Ok(())
     }

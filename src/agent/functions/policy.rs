@@ -123,6 +123,7 @@ impl Control {
         let (name, text) = (r.name.clone(), s.to_string());
         self.blocking(move |st| Ok(st.add_statement(&name, &qualifier, &p.sid, &text, revision_id.as_deref())?))
             .await?;
+        self.urls.invalidate();
         Ok(s)
     }
 
@@ -138,6 +139,7 @@ impl Control {
         let removed = self
             .blocking(move |st| Ok(st.remove_statement(&name, &qualifier, &sid_owned, revision_id.as_deref())?))
             .await?;
+        self.urls.invalidate();
         if removed {
             Ok(())
         } else {
@@ -158,7 +160,7 @@ impl Control {
     }
 
     /// Whether the URL of `function` (`qualifier` empty, or an alias) may be called by anyone.
-    pub fn url_is_public(&self, function: &str, qualifier: &str) -> Result<bool, Error> {
+    pub(super) fn url_is_public(&self, function: &str, qualifier: &str) -> Result<bool, Error> {
         Ok(allows_public_url(&self.store.statements(function, qualifier)?))
     }
 }

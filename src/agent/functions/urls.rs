@@ -1,14 +1,44 @@
 //! Function URL configs (Create/Get/Update/Delete/ListFunctionUrlConfig(s)): one URL per
 //! function (`$LATEST`) or alias, served by the agent's URL listener (`api::urls`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use super::{Control, Error};
 use crate::agent::ids::{self, FunctionRef, Qualifier};
 use crate::agent::store::urls::UrlConfig;
-use crate::agent::store::Page;
+use crate::agent::store::{lock, Page};
+
+/// A function URL as the listener needs it: its config, and whether its policy lets anyone
+/// call it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UrlRoute {
+    /// The URL's config.
+    pub config: UrlConfig,
+    /// Whether the policy lets `*` call `lambda:InvokeFunctionUrl`.
+    pub public: bool,
+}
+
+/// URL routes by URL id, read from the store once and kept until a URL, a policy, or a
+/// function, version or alias they belong to changes (then all go). A generation counter keeps
+/// a lookup that raced a change from caching what it read before the change.
+#[derive(Debug, Default)]
+pub struct UrlCache {
+    routes: Mutex<HashMap<String, Option<Arc<UrlRoute>>>>,
+    generation: AtomicU64,
+}
+
+impl UrlCache {
+    /// Forgets every route (after a write that may change one).
+    pub fn invalidate(&self) {
+        let mut routes = lock(&self.routes);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        routes.clear();
+    }
+}
 
 /// What a Create or an Update sets (checked by `validate`); for an Update `None` keeps the
 /// current value.
@@ -75,6 +105,7 @@ impl Control {
         };
         let stored = url.clone();
         self.blocking(move |s| Ok(s.create_url(&stored)?)).await?;
+        self.urls.invalidate();
         Ok(url)
     }
 
@@ -98,6 +129,7 @@ impl Control {
                 })?)
             })
             .await?;
+        self.urls.invalidate();
         updated.ok_or_else(no_url)
     }
 
@@ -111,7 +143,9 @@ impl Control {
     pub async fn delete_url(&self, r: &FunctionRef) -> Result<(), Error> {
         let qualifier = self.url_qualifier(r)?;
         let name = r.name.clone();
-        if self.blocking(move |s| Ok(s.delete_url(&name, &qualifier)?)).await? {
+        let deleted = self.blocking(move |s| Ok(s.delete_url(&name, &qualifier)?)).await?;
+        self.urls.invalidate();
+        if deleted {
             Ok(())
         } else {
             Err(no_url())
@@ -124,8 +158,24 @@ impl Control {
         Ok(self.store.list_urls(function, marker, max)?)
     }
 
-    /// The URL with this id, for the URL listener.
-    pub fn url_by_id(&self, url_id: &str) -> Result<Option<UrlConfig>, Error> {
-        Ok(self.store.url_by_id(url_id)?)
+    /// The URL with this id and whether anyone may call it, for the URL listener: from the
+    /// cache, or read from the store (blocking reads: small indexed lookups).
+    pub fn url_route(&self, url_id: &str) -> Result<Option<Arc<UrlRoute>>, Error> {
+        if let Some(route) = lock(&self.urls.routes).get(url_id) {
+            return Ok(route.clone());
+        }
+        let generation = self.urls.generation.load(Ordering::SeqCst);
+        let route = match self.store.url_by_id(url_id)? {
+            Some(config) => {
+                let public = self.url_is_public(&config.function, &config.qualifier)?;
+                Some(Arc::new(UrlRoute { config, public }))
+            }
+            None => None,
+        };
+        let mut routes = lock(&self.urls.routes);
+        if self.urls.generation.load(Ordering::SeqCst) == generation {
+            routes.insert(url_id.to_owned(), route.clone());
+        }
+        Ok(route)
     }
 }
