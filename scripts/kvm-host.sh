@@ -26,7 +26,8 @@
 #   faster on this 2-core machine), EMBER_L1_MEM_MIB (default 6144),
 #   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64), EMBER_L1_RW, EMBER_L1_MODULES (more
 #   kernel modules to load in L1, such as tun; about 1 s more), EMBER_L1_MACHINE (microvm,
-#   the default, or q35), EMBER_L1_RW_CACHE (9p cache mode of the read-write shares: loose, the
+#   the default, or q35), EMBER_L1_IDLE (poll, the default, or halt: L1's idle loop),
+#   EMBER_L1_RW_CACHE (9p cache mode of the read-write shares: loose, the
 #   default, or mmap, which is slower to read but keeps nothing).
 # Limits: unix sockets cannot live on the 9p shares (QEMU refuses special files there): put
 # them under /tmp or /run, which are L1's own tmpfs.
@@ -355,6 +356,10 @@ if [ "$machine" = microvm ]; then
     tsc_khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
     [ -n "$tsc_khz" ] && [ "$tsc_khz" -gt 0 ] && append+=" tsc_early_khz=$tsc_khz"
 fi
+# L1's idle loop polls rather than halts: a halted L1 has been seen never to wake again (see
+# the watchdog below; an NMI did not wake it either), and a CPU that never halts cannot miss its
+# wake-up. It costs one host core while L1 is idle. EMBER_L1_IDLE=halt goes back to halting.
+[ "${EMBER_L1_IDLE:-poll}" = poll ] && append+=" idle=poll"
 [ -n "${EMBER_L1_APPEND:-}" ] && append+=" $EMBER_L1_APPEND"
 if [ -n "$verbose" ]; then
     append+=" loglevel=7"
@@ -437,7 +442,9 @@ PY
 stall_s=${EMBER_L1_STALL_S:-300}
 (
     last= kicked=
-    while sleep "$stall_s"; do
+    # The sleep holds none of our outputs: the exit trap kills this loop, not the sleep, which
+    # would otherwise keep a pipe on our stdout open for up to $stall_s seconds after we end.
+    while sleep "$stall_s" </dev/null >/dev/null 2>&1; do
         # This script was SIGKILLed (its trap could not stop us): nothing left to watch.
         kill -0 $$ 2>/dev/null || exit 0
         beat=$(stat -c %Y "$heartbeat" 2>/dev/null)
