@@ -118,24 +118,47 @@ impl FunctionLog {
     }
 }
 
-/// The log of one invocation: written through to the function's log, with its last
-/// [`TAIL_BYTES`] kept when the caller asked for the tail.
+/// The most of an unfinished line an invocation holds back (a runtime that prints without
+/// newlines is written in pieces of this size).
+const MAX_PARTIAL_LINE: usize = 256 * 1024;
+
+/// The log of one invocation: written through to the function's log in whole lines (the
+/// runtime's output arrives in pieces, and instances of one function run side by side: their
+/// lines must not interleave), with its last [`TAIL_BYTES`] kept when the caller asked for
+/// the tail.
 pub struct InvocationLog {
     log: Arc<FunctionLog>,
     tail: Option<Vec<u8>>,
+    /// Output after its last newline, not written yet.
+    partial: Vec<u8>,
 }
 
 impl InvocationLog {
     /// Starts an invocation's log with its START line.
     pub fn start(log: Arc<FunctionLog>, request_id: &str, version: &str, want_tail: bool) -> InvocationLog {
-        let mut this = InvocationLog { log, tail: want_tail.then(Vec::new) };
+        let mut this = InvocationLog { log, tail: want_tail.then(Vec::new), partial: Vec::new() };
         this.output(format!("START RequestId: {request_id} Version: {version}\n").as_bytes());
         this
     }
 
     /// Appends runtime output or a line of ours.
     pub fn output(&mut self, bytes: &[u8]) {
-        self.log.append_output(bytes);
+        match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(end) if self.partial.is_empty() => {
+                self.log.append_output(&bytes[..=end]);
+                self.partial.extend_from_slice(&bytes[end + 1..]);
+            }
+            Some(end) => {
+                self.partial.extend_from_slice(&bytes[..=end]);
+                self.log.append_output(&self.partial);
+                self.partial.clear();
+                self.partial.extend_from_slice(&bytes[end + 1..]);
+            }
+            None => self.partial.extend_from_slice(bytes),
+        }
+        if self.partial.len() >= MAX_PARTIAL_LINE {
+            self.flush();
+        }
         if let Some(tail) = &mut self.tail {
             tail.extend_from_slice(bytes);
             if tail.len() > 2 * TAIL_BYTES {
@@ -144,8 +167,31 @@ impl InvocationLog {
         }
     }
 
+    /// Writes what is held of an unfinished line.
+    fn flush(&mut self) {
+        if !self.partial.is_empty() {
+            self.log.append_output(&self.partial);
+            self.partial.clear();
+        }
+    }
+
+    /// Writes what is held of an unfinished line, ended: nothing written after it joins it.
+    fn end_line(&mut self) {
+        if !self.partial.is_empty() {
+            self.partial.push(b'\n');
+            self.flush();
+        }
+    }
+
     /// Writes END and REPORT and returns the tail, if it was asked for.
     pub fn finish(mut self, request_id: &str, report: &Report) -> Option<Vec<u8>> {
+        // The END line starts a line of its own.
+        if !self.partial.is_empty() {
+            if let Some(tail) = &mut self.tail {
+                tail.push(b'\n');
+            }
+            self.end_line();
+        }
         let billed = report.duration_ms.ceil().max(1.0) as u64;
         let mut lines = format!(
             "END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB\tMax Memory Used: {} MB\t",
@@ -162,11 +208,17 @@ impl InvocationLog {
         }
         lines.push('\n');
         self.output(lines.as_bytes());
-        self.tail.map(|mut t| {
+        self.tail.take().map(|mut t| {
             let excess = t.len().saturating_sub(TAIL_BYTES);
             t.drain(..excess);
             t
         })
+    }
+}
+
+impl Drop for InvocationLog {
+    fn drop(&mut self) {
+        self.end_line();
     }
 }
 
@@ -215,6 +267,28 @@ mod tests {
         logs.remove("f").unwrap();
         assert!(logs.read("f", 100).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lines_of_instances_side_by_side_do_not_interleave() {
+        let dir = temp_dir("interleave");
+        let logs = Logs::open(&dir).unwrap();
+        let mut a = InvocationLog::start(logs.function("f"), "a", "$LATEST", false);
+        let mut b = InvocationLog::start(logs.function("f"), "b", "$LATEST", true);
+        a.output(b"event a {\"long");
+        b.output(b"event b {\"x\":1}\nhalf");
+        a.output(b"\":true}\nno newline");
+        b.output(b" a line\n");
+        drop(a);
+        let tail = b.finish("b", &Report::default()).unwrap();
+        let log = String::from_utf8(logs.read("f", 1 << 20).unwrap()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(lines.contains(&"event a {\"long\":true}"), "{log}");
+        assert!(lines.contains(&"event b {\"x\":1}"), "{log}");
+        assert!(lines.contains(&"half a line"), "{log}");
+        assert!(lines.contains(&"no newline"), "what was left of a is written when it ends: {log}");
+        assert!(String::from_utf8(tail).unwrap().contains("half a line\nEND RequestId: b"));
+        logs.remove("f").unwrap();
     }
 
     #[test]

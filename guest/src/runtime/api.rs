@@ -62,6 +62,8 @@ const TOO_LARGE_BODY: &str = "{\"errorMessage\":\"Response payload size exceeded
 const MAX_DRAIN: u64 = 64 << 20;
 /// The pause after a failed accept (say, out of file descriptors) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+/// The longest an answer waits for the runtime's output before it to be sent.
+const OUTPUT_WAIT: Duration = Duration::from_millis(100);
 
 const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
 
@@ -335,9 +337,19 @@ impl Api {
             error_type: Some(TOO_LARGE_TYPE.to_string()),
             memory_used_mib: self.memory.mib(),
         };
+        self.after_output().await;
         self.channel.send(Kind::Error, &meta, TOO_LARGE_BODY.as_bytes());
         drain(rest).await;
         Err(ApiError::TooLarge)
+    }
+
+    /// Waits (at most [`OUTPUT_WAIT`]) until what the runtime wrote so far is sent, so that
+    /// an invocation's output reaches the agent before its answer.
+    async fn after_output(&self) {
+        let deadline = tokio::time::Instant::now() + OUTPUT_WAIT;
+        while !self.channel.output_sent() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
     }
 
     async fn response(&self, id: String, body: Incoming) -> Result<Reply, ApiError> {
@@ -346,6 +358,7 @@ impl Api {
             Read::Complete(result) => {
                 self.close(&id)?;
                 let meta = runtime::Response { request_id: id, memory_used_mib: self.memory.mib() };
+                self.after_output().await;
                 self.channel.send(Kind::Response, &meta, &result);
                 Ok(accepted())
             }
@@ -359,6 +372,7 @@ impl Api {
             Read::Complete(error) => {
                 self.close(&id)?;
                 let meta = InvokeError { request_id: id, error_type, memory_used_mib: self.memory.mib() };
+                self.after_output().await;
                 self.channel.send(Kind::Error, &meta, &error);
                 Ok(accepted())
             }
@@ -369,11 +383,13 @@ impl Api {
     async fn init_error(&self, error_type: Option<String>, body: Incoming) -> Result<Reply, ApiError> {
         match read_body(body).await? {
             Read::Complete(error) => {
+                self.after_output().await;
                 self.channel.send(Kind::InitError, &InitError { error_type }, &error);
                 Ok(accepted())
             }
             Read::TooLarge(rest) => {
                 let meta = InitError { error_type: Some(TOO_LARGE_TYPE.to_string()) };
+                self.after_output().await;
                 self.channel.send(Kind::InitError, &meta, TOO_LARGE_BODY.as_bytes());
                 drain(rest).await;
                 Err(ApiError::TooLarge)

@@ -14,7 +14,9 @@
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use std::{fmt, thread};
 
@@ -206,12 +208,72 @@ pub struct Channel {
     replaced: Condvar,
     reconnects: bool,
     on_broken: fn(&io::Error),
+    /// The runtime's output pipes being forwarded.
+    outputs: Mutex<Vec<Arc<Output>>>,
+}
+
+/// One of the runtime's output pipes, as the thread that forwards it says: an answer to an
+/// invocation waits until what the runtime wrote before it is sent ([`Channel::output_sent`]),
+/// so that the invocation's output comes before its end in the agent's log.
+pub struct Output {
+    fd: RawFd,
+    /// Set after the pipe polled readable and before it is read; cleared once what was read
+    /// is sent. So output the pipe no longer holds is either sent or marked busy.
+    busy: AtomicBool,
+}
+
+impl Output {
+    /// The pipe `fd` (which must stay open until [`Channel::unwatch`]).
+    pub fn new(fd: RawFd) -> Arc<Output> {
+        Arc::new(Output { fd, busy: AtomicBool::new(false) })
+    }
+
+    /// The pipe.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Marks the pipe as being read (before the read) or not (after the send).
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::SeqCst);
+    }
+
+    /// Whether everything written to the pipe so far has been sent: nothing left in it, then
+    /// nothing read and unsent.
+    fn sent(&self) -> bool {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to the pointer we pass; the fd is a pipe kept open
+        // while it is watched.
+        let ok = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut unread) } == 0;
+        (!ok || unread == 0) && !self.busy.load(Ordering::SeqCst)
+    }
 }
 
 impl Channel {
     /// Writes frames to `stream`; calls `on_broken` when a write fails.
     pub fn new(stream: UnixStream, on_broken: fn(&io::Error)) -> Self {
-        Channel { stream: Mutex::new(Some(stream)), replaced: Condvar::new(), reconnects: false, on_broken }
+        Channel {
+            stream: Mutex::new(Some(stream)),
+            replaced: Condvar::new(),
+            reconnects: false,
+            on_broken,
+            outputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Tracks an output pipe until [`Channel::unwatch`].
+    pub fn watch(&self, output: &Arc<Output>) {
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(output));
+    }
+
+    /// Stops tracking an output pipe (before it is closed).
+    pub fn unwatch(&self, output: &Arc<Output>) {
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).retain(|o| !Arc::ptr_eq(o, output));
+    }
+
+    /// Whether all the runtime's output so far has been sent.
+    pub fn output_sent(&self) -> bool {
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).iter().all(|o| o.sent())
     }
 
     /// Like [`Channel::new`], but a failed write waits for [`Channel::replace`] and sends the

@@ -6,6 +6,7 @@
 //! ([`crate::supervise::watch`]) and hands the wait status to [`Runtime::finish`].
 
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ember_proto::runtime::{Config, Exited, Kind, RUNTIME_API_ADDR};
 
-use super::channel::Channel;
+use super::channel::{Channel, Output};
 use crate::supervise;
 
 /// The variable that tells the runtime where the Runtime API is.
@@ -25,6 +26,9 @@ const LOG_CHUNK: usize = 64 << 10;
 /// How long, after the runtime ends, its output may take to drain before [`Kind::Exited`] goes
 /// out anyway (a process it left behind may hold the pipes open).
 const LOG_DRAIN: Duration = Duration::from_millis(200);
+
+/// An output pipe of the runtime, and its descriptor.
+type Pipe = (Box<dyn Read + Send>, RawFd);
 
 /// A started runtime process.
 pub struct Runtime {
@@ -57,14 +61,16 @@ pub fn spawn(config: &Config, channel: &Arc<Channel>) -> io::Result<Runtime> {
     let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
     let (done, drained) = mpsc::channel();
     let mut outputs = 0;
-    let pipes: [(&str, Option<Box<dyn Read + Send>>); 2] = [
-        ("runtime-stdout", child.stdout.take().map(|p| Box::new(p) as _)),
-        ("runtime-stderr", child.stderr.take().map(|p| Box::new(p) as _)),
+    let pipes: [(&str, Option<Pipe>); 2] = [
+        ("runtime-stdout", child.stdout.take().map(|p| (p.as_raw_fd(), p)).map(|(fd, p)| (Box::new(p) as _, fd))),
+        ("runtime-stderr", child.stderr.take().map(|p| (p.as_raw_fd(), p)).map(|(fd, p)| (Box::new(p) as _, fd))),
     ];
     for (name, pipe) in pipes {
-        let Some(pipe) = pipe else { continue };
+        let Some((pipe, fd)) = pipe else { continue };
         let (channel, done) = (Arc::clone(channel), done.clone());
-        match thread::Builder::new().name(name.into()).spawn(move || forward(pipe, &channel, &done)) {
+        let output = Output::new(fd);
+        channel.watch(&output);
+        match thread::Builder::new().name(name.into()).spawn(move || forward(pipe, &output, &channel, &done)) {
             Ok(_) => outputs += 1,
             Err(e) => log_error!("{name}: cannot start a thread: {e}"),
         }
@@ -74,11 +80,16 @@ pub fn spawn(config: &Config, channel: &Arc<Channel>) -> io::Result<Runtime> {
     Ok(Runtime { pid, drained, outputs })
 }
 
-/// Sends what `pipe` yields as Log frames until its end; then says so on `done`.
-fn forward(mut pipe: Box<dyn Read + Send>, channel: &Channel, done: &mpsc::Sender<()>) {
+/// Sends what `pipe` yields as Log frames until its end; then says so on `done`. Each read
+/// is marked on `output` from before it starts (once the pipe polls readable) until what it
+/// read is sent.
+fn forward(mut pipe: Box<dyn Read + Send>, output: &Arc<Output>, channel: &Channel, done: &mpsc::Sender<()>) {
     let mut buf = vec![0; LOG_CHUNK];
     loop {
-        match pipe.read(&mut buf) {
+        wait_readable(output.fd());
+        output.set_busy(true);
+        let read = pipe.read(&mut buf);
+        match read {
             Ok(0) => break,
             Ok(n) => channel.send_bare(Kind::Log, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -87,8 +98,19 @@ fn forward(mut pipe: Box<dyn Read + Send>, channel: &Channel, done: &mpsc::Sende
                 break;
             }
         }
+        output.set_busy(false);
     }
+    channel.unwatch(output);
+    output.set_busy(false);
     let _ = done.send(());
+}
+
+/// Blocks until `fd` has data or its writers are gone.
+fn wait_readable(fd: RawFd) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll reads and writes the one pollfd we own; a signal ends it early, which only
+    // means an early read.
+    unsafe { libc::poll(&mut p, 1, -1) };
 }
 
 impl Runtime {
