@@ -30,6 +30,9 @@ pub enum Error {
     /// No runs were asked for.
     #[error("--runs must be at least 1")]
     NoRuns,
+    /// The message broker failed.
+    #[error("the message broker: {0}")]
+    Broker(String),
     /// The VM could not be started.
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
@@ -847,7 +850,7 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
 /// line in the function's log, polled); then warm requests to the function's URL beside warm
 /// direct invokes of it. Accepts are timed while the function's one instance is busy, so that
 /// the queue only grows and what is timed is the accept path alone.
-pub fn events(runs: usize, data_dir: Option<&Path>) -> Result<String, Error> {
+pub fn events(runs: usize, data_dir: Option<&Path>, amqp_url: &str) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
     }
@@ -864,9 +867,11 @@ pub fn events(runs: usize, data_dir: Option<&Path>) -> Result<String, Error> {
             .and_then(|l| l.local_addr())
             .map_err(io("pick a port for the URL listener"))?;
         let data_arg = data.to_string_lossy().into_owned();
-        let mut agent = spawn_agent(&dir, &["--url-listen", &url_addr.to_string(), "--data-dir", &data_arg])?;
+        let url_listen = url_addr.to_string();
+        let mut agent =
+            spawn_agent(&dir, &["--url-listen", &url_listen, "--data-dir", &data_arg, "--amqp-url", amqp_url])?;
         let runtime = bench_runtime()?;
-        let result = runtime.block_on(event_runs(&dir.join("ember.sock"), url_addr, &zip, runs));
+        let result = runtime.block_on(event_runs(&dir.join("ember.sock"), url_addr, amqp_url, &zip, runs));
         let _ = agent.kill();
         let _ = agent.wait();
         let mut r = result?;
@@ -882,7 +887,7 @@ pub fn events(runs: usize, data_dir: Option<&Path>) -> Result<String, Error> {
     Ok(format!(
         "events queue_only accepts_per_s_c1={} accepts_per_s_c8={}\n\
          events async_accept_us p50={} p99={} accepts_per_s_c1={} accepts_per_s_c8={} async_start_ms p50={} \
-         url_warm_us p50={} invoke_warm_us p50={}\n",
+         esm_msgs_per_s={} url_warm_us p50={} invoke_warm_us p50={}\n",
         r.queue_c1,
         r.queue_c8,
         median(&r.accept_us),
@@ -890,6 +895,7 @@ pub fn events(runs: usize, data_dir: Option<&Path>) -> Result<String, Error> {
         r.accepts_c1,
         r.accepts_c8,
         median(&r.start_ms),
+        r.esm_msgs_per_s,
         median(&r.url_us),
         median(&r.invoke_us),
     ))
@@ -901,6 +907,8 @@ struct EventRuns {
     accepts_c1: u64,
     accepts_c8: u64,
     start_ms: Vec<u64>,
+    /// Messages per second through an event source mapping (`BatchSize` 100).
+    esm_msgs_per_s: u64,
     /// Warm requests to the function's URL (POST of the same event as the direct invokes)...
     url_us: Vec<u64>,
     /// ...and, interleaved with them, warm direct invokes.
@@ -934,6 +942,7 @@ async fn queue_only(data: &Path, dir: &Path, zip: &[u8], runs: usize) -> Result<
         ephemeral_mib: 512,
         environment: Default::default(),
         snap_start: false,
+        dead_letter: None,
         layers: Vec::new(),
         tags: Default::default(),
     };
@@ -959,7 +968,7 @@ async fn queue_only(data: &Path, dir: &Path, zip: &[u8], runs: usize) -> Result<
     let pool = Pool::new(config, logs, snapshots, Arc::new(VmmLauncher::new(vmm, spares)));
     pool.set_reserved("qsink", Some(0));
     let invoker = Invoker::new(store.clone(), pool.clone());
-    let queue = AsyncQueue::start(store, invoker, pool, DEFAULT_RETRY_DELAYS)
+    let queue = AsyncQueue::start(store, invoker, pool, DEFAULT_RETRY_DELAYS, Default::default())
         .map_err(|e| failed("start the queue", e.to_string()))?;
     let payload = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
     let event = move || NewEvent {
@@ -1003,6 +1012,7 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
 async fn event_runs(
     socket: &Path,
     url_addr: std::net::SocketAddr,
+    amqp_url: &str,
     zip: &[u8],
     runs: usize,
 ) -> Result<EventRuns, Error> {
@@ -1067,6 +1077,8 @@ async fn event_runs(
         invoke_us.push(t.elapsed().as_micros() as u64);
     }
 
+    let esm_msgs_per_s = mapping_throughput(&mut conn, amqp_url).await?;
+
     // The accept path alone: the function's one instance (reserved concurrency 1) is kept
     // busy by a long event, so the events accepted below only queue (no VM starts, no attempt,
     // no write but theirs) until the agent is stopped.
@@ -1090,7 +1102,128 @@ async fn event_runs(
         conns.push(AgentConn::open(socket).await?);
     }
     let accepts_c8 = requests_per_s(conns, path, async_header, &event).await?;
-    Ok(EventRuns { accept_us, accepts_c1, accepts_c8, start_ms, url_us, invoke_us, queue_c1: 0, queue_c8: 0 })
+    Ok(EventRuns {
+        accept_us,
+        accepts_c1,
+        accepts_c8,
+        start_ms,
+        esm_msgs_per_s,
+        url_us,
+        invoke_us,
+        queue_c1: 0,
+        queue_c8: 0,
+    })
+}
+
+/// Messages the mapping throughput is measured on.
+const ESM_MESSAGES: u32 = 3000;
+/// The mapping's batches, and how many run at once.
+const ESM_BATCH: u32 = 100;
+const ESM_CONCURRENCY: u32 = 2;
+
+/// A channel to the broker, which may still be starting (`scripts/bench.sh events` starts it
+/// alongside the agent): tried for up to 10 minutes.
+async fn broker_channel(amqp_url: &str) -> Result<(lapin::Connection, lapin::Channel), Error> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await {
+            Ok(c) => {
+                let ch = c.create_channel().await.map_err(|e| Error::Broker(e.to_string()))?;
+                return Ok((c, ch));
+            }
+            Err(e) if Instant::now() > deadline => return Err(Error::Broker(format!("{amqp_url}: {e}"))),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Messages ready in `queue` (not delivered to a consumer).
+async fn ready(ch: &lapin::Channel, queue: &str) -> Result<u32, Error> {
+    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let q = ch.queue_declare(queue.into(), options, Default::default()).await.map_err(|e| Error::Broker(e.to_string()))?;
+    Ok(q.message_count())
+}
+
+/// Publishes `n` small persistent messages to `queue`, with confirms.
+async fn publish(ch: &lapin::Channel, queue: &str, n: u32) -> Result<(), Error> {
+    let broker = |e: lapin::Error| Error::Broker(e.to_string());
+    let mut confirms = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let body = format!("{{\"bench\": {i}}}");
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        let confirm = ch
+            .basic_publish("".into(), queue.into(), Default::default(), body.as_bytes(), props)
+            .await
+            .map_err(broker)?;
+        confirms.push(confirm);
+    }
+    for c in confirms {
+        c.await.map_err(broker)?;
+    }
+    Ok(())
+}
+
+/// Waits until `queue` has no ready message (10 minutes at most).
+async fn drained(ch: &lapin::Channel, queue: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ready(ch, queue).await? > 0 {
+        if Instant::now() > deadline {
+            return Err(Error::Run { run: 0, detail: format!("the mapping did not drain {queue}") });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Event source mapping throughput: messages per second a mapping with `BatchSize` 100 feeds
+/// the warm `sink` (whose answer to an SQS batch is an empty `batchItemFailures`), in steady
+/// state. The mapping first runs a warm-up (its instances started), then stands disabled while
+/// the queue fills; once enabled, the consumer's prefetch window (batch size times concurrency)
+/// fills at once, and from then on the broker delivers a message only when one is
+/// acknowledged: the ready count falling from there to zero is the rate of acknowledgements.
+async fn mapping_throughput(conn: &mut AgentConn, amqp_url: &str) -> Result<u64, Error> {
+    let (_connection, ch) = broker_channel(amqp_url).await?;
+    let queue = "ember-bench-esm";
+    let broker = |e: lapin::Error| Error::Broker(e.to_string());
+    let _ = ch.queue_delete(queue.into(), Default::default()).await.map_err(broker)?;
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), durable, Default::default()).await.map_err(broker)?;
+    publish(&ch, queue, ESM_BATCH * ESM_CONCURRENCY * 2).await?;
+    let create = serde_json::to_vec(&serde_json::json!({
+        "EventSourceArn": format!("arn:aws:sqs:{}:{}:{queue}", crate::agent::ids::region(), crate::agent::ids::ACCOUNT_ID),
+        "FunctionName": "sink", "BatchSize": ESM_BATCH, "MaximumBatchingWindowInSeconds": 1,
+        "ScalingConfig": { "MaximumConcurrency": ESM_CONCURRENCY },
+    }))
+    .expect("serializes");
+    let mapping = conn.call("POST", "/2015-03-31/event-source-mappings/", &create).await?;
+    let mapping: serde_json::Value =
+        serde_json::from_slice(&mapping).map_err(|e| Error::Io("the mapping", e.into()))?;
+    let path = format!("/2015-03-31/event-source-mappings/{}", mapping["UUID"].as_str().unwrap_or_default());
+    drained(&ch, queue).await?;
+    conn.call("PUT", &path, br#"{"Enabled": false}"#).await?;
+    // The consumer stops and gives back what it held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = ready(&ch, queue).await?;
+    publish(&ch, queue, ESM_MESSAGES).await?;
+    let total = held + ESM_MESSAGES;
+    conn.call("PUT", &path, br#"{"Enabled": true}"#).await?;
+    let window = ESM_BATCH * ESM_CONCURRENCY;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (from, started) = loop {
+        let n = ready(&ch, queue).await?;
+        if n + window <= total {
+            break (n, Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Run { run: 0, detail: "the mapping did not start".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    drained(&ch, queue).await?;
+    let rate = f64::from(from) / started.elapsed().as_secs_f64();
+    conn.call("DELETE", &path, b"").await?;
+    let _ = ch.queue_delete(queue.into(), Default::default()).await;
+    Ok(rate as u64)
 }
 
 #[cfg(test)]
@@ -1120,7 +1253,7 @@ mod tests {
         assert!(matches!(boot(0, 128), Err(Error::NoRuns)));
         assert!(matches!(vsock(0), Err(Error::NoRuns)));
         assert!(matches!(invoke(0, 1), Err(Error::NoRuns)));
-        assert!(matches!(events(0, None), Err(Error::NoRuns)));
+        assert!(matches!(events(0, None, "amqp://127.0.0.1:1"), Err(Error::NoRuns)));
     }
 
     #[test]

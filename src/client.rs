@@ -123,6 +123,103 @@ pub enum ClientCommand {
     GetPolicy(QualifiedArgs),
     /// Schedules that invoke functions (EventBridge Scheduler's API).
     Schedule(ScheduleArgs),
+    /// Feed a queue's messages to a function in batches (CreateEventSourceMapping).
+    CreateEventSourceMapping(MappingArgs),
+    /// Change an event source mapping (UpdateEventSourceMapping).
+    UpdateEventSourceMapping(UpdateMappingArgs),
+    /// Show an event source mapping (GetEventSourceMapping).
+    GetEventSourceMapping(UuidArgs),
+    /// Remove an event source mapping (DeleteEventSourceMapping).
+    DeleteEventSourceMapping(UuidArgs),
+    /// List event source mappings, of a function or a queue (ListEventSourceMappings).
+    ListEventSourceMappings(ListMappingsArgs),
+}
+
+/// What an event source mapping sets (create and update).
+#[derive(clap::Args, Debug)]
+pub struct MappingSettings {
+    /// Messages per batch (1-10000, default 10).
+    #[arg(long)]
+    batch_size: Option<i64>,
+    /// Seconds to wait for a batch to fill (0-300).
+    #[arg(long)]
+    maximum_batching_window_in_seconds: Option<i64>,
+    /// Batches run at once (2-1000).
+    #[arg(long)]
+    maximum_concurrency: Option<i64>,
+    /// `ReportBatchItemFailures`: the function names the messages that failed.
+    #[arg(long, value_name = "TYPE")]
+    function_response_types: Vec<String>,
+}
+
+impl MappingSettings {
+    fn body(&self, body: &mut Value) {
+        set(body, "BatchSize", self.batch_size.map(Value::from));
+        set(body, "MaximumBatchingWindowInSeconds", self.maximum_batching_window_in_seconds.map(Value::from));
+        set(body, "ScalingConfig", self.maximum_concurrency.map(|n| json!({ "MaximumConcurrency": n })));
+        if !self.function_response_types.is_empty() {
+            body["FunctionResponseTypes"] = json!(self.function_response_types);
+        }
+    }
+}
+
+/// `create-event-source-mapping`.
+#[derive(clap::Args, Debug)]
+pub struct MappingArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The function, version or alias (a name or ARN, qualified or not).
+    #[arg(long)]
+    function_name: String,
+    /// The queue: arn:aws:sqs:<region>:<account>:<name> (a queue of the agent's broker).
+    #[arg(long)]
+    event_source_arn: String,
+    /// Create it disabled.
+    #[arg(long)]
+    no_enabled: bool,
+    #[command(flatten)]
+    settings: MappingSettings,
+}
+
+/// `update-event-source-mapping`.
+#[derive(clap::Args, Debug)]
+pub struct UpdateMappingArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The mapping's UUID.
+    #[arg(long)]
+    uuid: String,
+    /// Another function, version or alias.
+    #[arg(long)]
+    function_name: Option<String>,
+    /// Enable (true) or disable (false) it.
+    #[arg(long)]
+    enabled: Option<bool>,
+    #[command(flatten)]
+    settings: MappingSettings,
+}
+
+/// A mapping by UUID.
+#[derive(clap::Args, Debug)]
+pub struct UuidArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The mapping's UUID.
+    #[arg(long)]
+    uuid: String,
+}
+
+/// `list-event-source-mappings`.
+#[derive(clap::Args, Debug)]
+pub struct ListMappingsArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// Only this function's (a name or ARN).
+    #[arg(long)]
+    function_name: Option<String>,
+    /// Only this queue's.
+    #[arg(long)]
+    event_source_arn: Option<String>,
 }
 
 /// `schedule`: a subcommand and where the agent is.
@@ -876,7 +973,40 @@ fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
             };
             (&a.connect, send(request))
         }
+        C::CreateEventSourceMapping(a) => {
+            let mut body = json!({
+                "FunctionName": a.function_name,
+                "EventSourceArn": a.event_source_arn,
+                "Enabled": !a.no_enabled,
+            });
+            a.settings.body(&mut body);
+            (&a.connect, send(ApiRequest::json(Method::POST, MAPPINGS_PATH, body)))
+        }
+        C::UpdateEventSourceMapping(a) => {
+            let mut body = json!({});
+            set(&mut body, "FunctionName", a.function_name.as_deref().map(Value::from));
+            set(&mut body, "Enabled", a.enabled.map(Value::from));
+            a.settings.body(&mut body);
+            (&a.connect, send(ApiRequest::json(Method::PUT, mapping_path(&a.uuid), body)))
+        }
+        C::GetEventSourceMapping(a) => (&a.connect, send(ApiRequest::new(Method::GET, mapping_path(&a.uuid)))),
+        C::DeleteEventSourceMapping(a) => (&a.connect, send(ApiRequest::new(Method::DELETE, mapping_path(&a.uuid)))),
+        C::ListEventSourceMappings(a) => {
+            let path = with_query(
+                MAPPINGS_PATH.into(),
+                &[("FunctionName", a.function_name.as_deref()), ("EventSourceArn", a.event_source_arn.as_deref())],
+            );
+            (&a.connect, send(ApiRequest::new(Method::GET, path)))
+        }
     })
+}
+
+/// Where event source mappings are.
+const MAPPINGS_PATH: &str = "/2015-03-31/event-source-mappings/";
+
+/// One mapping's path.
+fn mapping_path(uuid: &str) -> String {
+    format!("{MAPPINGS_PATH}{}", encode(uuid))
 }
 
 /// The URL config's path of a function and qualifier.
@@ -1782,6 +1912,43 @@ mod tests {
         assert_eq!((method, path.as_str()), (Method::GET, "/2019-09-25/functions/f/event-invoke-config"));
         let (method, path, _) = sent(&["delete-function-event-invoke-config", "--function-name", "f"]);
         assert_eq!((method, path.as_str()), (Method::DELETE, "/2019-09-25/functions/f/event-invoke-config"));
+    }
+
+    #[test]
+    fn event_source_mappings() {
+        let queue = "arn:aws:sqs:us-east-1:000000000000:orders";
+        let (method, path, body) = sent(&[
+            "create-event-source-mapping",
+            "--function-name",
+            "f:live",
+            "--event-source-arn",
+            queue,
+            "--batch-size",
+            "5",
+            "--maximum-batching-window-in-seconds",
+            "2",
+            "--maximum-concurrency",
+            "3",
+            "--function-response-types",
+            "ReportBatchItemFailures",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/2015-03-31/event-source-mappings/"));
+        assert_eq!(
+            body,
+            json!({
+                "FunctionName": "f:live", "EventSourceArn": queue, "Enabled": true, "BatchSize": 5,
+                "MaximumBatchingWindowInSeconds": 2, "ScalingConfig": {"MaximumConcurrency": 3},
+                "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            })
+        );
+        let (method, path, body) = sent(&["update-event-source-mapping", "--uuid", "u-1", "--enabled", "false"]);
+        assert_eq!((method, path.as_str(), body), (Method::PUT, "/2015-03-31/event-source-mappings/u-1", json!({"Enabled": false})));
+        let (method, path, _) = sent(&["get-event-source-mapping", "--uuid", "u-1"]);
+        assert_eq!((method, path.as_str()), (Method::GET, "/2015-03-31/event-source-mappings/u-1"));
+        let (method, path, _) = sent(&["delete-event-source-mapping", "--uuid", "u-1"]);
+        assert_eq!((method, path.as_str()), (Method::DELETE, "/2015-03-31/event-source-mappings/u-1"));
+        let (method, path, _) = sent(&["list-event-source-mappings", "--function-name", "f"]);
+        assert_eq!((method, path.as_str()), (Method::GET, "/2015-03-31/event-source-mappings/?FunctionName=f"));
     }
 
     #[test]

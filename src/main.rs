@@ -153,6 +153,10 @@ struct ServeArgs {
     /// (Lambda waits about 60 and 120); shorter waits are for tests, nothing else changes.
     #[arg(long, value_name = "A,B", default_value = "60,120", value_parser = parse_retry_delays)]
     async_retry_delays_s: [Duration; 2],
+    /// The RabbitMQ broker for queues (`amqp://user:password@host:port/vhost`): queue
+    /// destinations, dead-letter queues and event source mappings. Without it they are refused.
+    #[arg(long, value_name = "URL")]
+    amqp_url: Option<String>,
 }
 
 /// `A,B` in seconds.
@@ -206,8 +210,9 @@ enum Bench {
         density_max: u32,
     },
     /// Asynchronous invokes through a real agent: accept latency (durable), accepts per second
-    /// with 1 and 8 clients, acceptance to the function's start on a warm instance; and a warm
-    /// function URL request beside a warm direct invoke.
+    /// with 1 and 8 clients, acceptance to the function's start on a warm instance; event
+    /// source mapping throughput from a RabbitMQ queue; and a warm function URL request beside
+    /// a warm direct invoke.
     Events {
         /// Accepts timed one at a time.
         #[arg(long, default_value_t = 1000)]
@@ -216,6 +221,10 @@ enum Bench {
         /// disk, so that the fsync each accept waits for is the disk's (a tmpfs has none).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// The RabbitMQ broker the event source mapping's queue lives on (it may still be
+        /// starting: it is waited for).
+        #[arg(long, value_name = "URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
     },
     /// The host peer of `bench vsock`: echoes every connection on a Unix socket.
     #[command(hide = true)]
@@ -385,6 +394,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         url_listen: args.url_listen,
+        amqp_url: args.amqp_url,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -423,7 +433,9 @@ fn main() -> ExitCode {
                 Bench::Vsock { runs } => ember::bench::vsock(runs),
                 Bench::Invoke { runs, cold_runs } => ember::bench::invoke(runs, cold_runs),
                 Bench::Restore { runs, cold_runs, density_max } => ember::bench::restore(runs, cold_runs, density_max),
-                Bench::Events { runs, data_dir } => ember::bench::events(runs, data_dir.as_deref()),
+                Bench::Events { runs, data_dir, amqp_url } => {
+                    ember::bench::events(runs, data_dir.as_deref(), &amqp_url)
+                }
                 Bench::EchoPeer { socket } => ember::bench::echo_peer(&socket).map(|()| String::new()),
             };
             match report {

@@ -72,6 +72,15 @@ pub fn vcpus_for(memory_mib: u32) -> u8 {
     memory_mib.div_ceil(MB_PER_VCPU).clamp(1, MAX_VCPUS) as u8
 }
 
+/// An event source mapping's `BatchSize` for a queue, and its default.
+pub const ESM_BATCH_SIZE: RangeInclusive<u32> = 1..=10_000;
+/// The default `BatchSize` for a queue.
+pub const ESM_DEFAULT_BATCH_SIZE: u32 = 10;
+/// `MaximumBatchingWindowInSeconds`.
+pub const ESM_BATCHING_WINDOW_S: RangeInclusive<u32> = 0..=300;
+/// `ScalingConfig.MaximumConcurrency` for a queue.
+pub const ESM_MAX_CONCURRENCY: RangeInclusive<u32> = 2..=1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@
 //! - [`ids`]: names, ARNs, qualifiers, ids and times. [`limits`]: Lambda's limits, once.
 
 pub mod api;
+pub mod broker;
 pub mod cgroup;
 pub mod codezip;
 pub mod functions;
@@ -48,6 +49,8 @@ pub struct Agent {
     pub scheduler: triggers::schedule::Scheduler,
     /// The functions' logs.
     pub logs: logs::Logs,
+    /// The event source mappings' consumers; `None` without a message broker.
+    pub consumers: Option<broker::consume::Consumers>,
 }
 
 /// How `ember serve` runs.
@@ -74,6 +77,8 @@ pub struct ServeOptions {
     pub min_unreserved: Option<u32>,
     /// The waits before the first and second retry of an asynchronous invocation.
     pub async_retry_delays: [std::time::Duration; 2],
+    /// The message broker (RabbitMQ, `amqp://...`), for queues.
+    pub amqp_url: Option<String>,
 }
 
 /// Errors starting the agent.
@@ -197,11 +202,33 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     control.start().map_err(|e| ServeError::Store(e.to_string()))?;
     let invoker = invoke::Invoker::new(store.clone(), pool.clone());
     // Events accepted before a restart (or a crash) run now.
-    let queue = invoke::queue::AsyncQueue::start(store.clone(), invoker.clone(), pool, options.async_retry_delays)
-        .map_err(|e| ServeError::Store(e.to_string()))?;
+    let outbox = Arc::new(tokio::sync::Notify::new());
+    let queue = invoke::queue::AsyncQueue::start(
+        store.clone(),
+        invoker.clone(),
+        pool,
+        options.async_retry_delays,
+        outbox.clone(),
+    )
+    .map_err(|e| ServeError::Store(e.to_string()))?;
+    // Messages owed to the broker go out, and the mappings consume, once it answers.
+    let consumers = match &options.amqp_url {
+        Some(url) => {
+            let broker = Arc::new(broker::Broker::new(url));
+            broker::outbox::start(store.clone(), broker.clone(), outbox);
+            Some(broker::consume::Consumers::start(store.clone(), broker, invoker.clone()))
+        }
+        None => {
+            let waiting = store.outbox_len().map_err(|e| ServeError::Store(e.to_string()))?;
+            if waiting > 0 {
+                eprintln!("ember: warning: {waiting} messages for queues wait for an agent with --amqp-url");
+            }
+            None
+        }
+    };
     let scheduler =
         triggers::schedule::Scheduler::start(store, queue.clone()).map_err(|e| ServeError::Store(e.to_string()))?;
-    let agent = Arc::new(Agent { control, invoker, queue, scheduler, logs });
+    let agent = Arc::new(Agent { control, invoker, queue, scheduler, logs, consumers });
 
     match std::fs::remove_file(&options.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -38,26 +38,26 @@ struct ConfigInput {
 }
 
 /// A destination as given: `Some(None)` for an empty one (none).
-fn destination(d: Option<DestinationInput>) -> Result<Option<Option<String>>, ApiError> {
+fn destination(d: Option<DestinationInput>, broker: bool) -> Result<Option<Option<String>>, ApiError> {
     let Some(d) = d else { return Ok(None) };
     match d.destination.filter(|arn| !arn.is_empty()) {
         Some(arn) => {
-            validate::destination(&arn)?;
+            validate::destination(&arn, broker)?;
             Ok(Some(Some(arn)))
         }
         None => Ok(Some(None)),
     }
 }
 
-fn input(req: Req<'_>, operation: &str) -> Result<EventConfigInput, ApiError> {
+fn input(req: Req<'_>, operation: &str, broker: bool) -> Result<EventConfigInput, ApiError> {
     members::check(&req.body, members::EVENT_INVOKE_CONFIG, operation)?;
     let input: ConfigInput = body::shape(req.body)?;
     let destinations = input.destination_config.unwrap_or_default();
     Ok(EventConfigInput {
         max_retries: input.maximum_retry_attempts.map(validate::max_retries).transpose()?,
         max_age_s: input.maximum_event_age_in_seconds.map(validate::max_event_age).transpose()?,
-        on_success: destination(destinations.on_success)?,
-        on_failure: destination(destinations.on_failure)?,
+        on_success: destination(destinations.on_success, broker)?,
+        on_failure: destination(destinations.on_failure, broker)?,
     })
 }
 
@@ -84,7 +84,7 @@ fn shape(c: &EventConfig) -> Value {
 /// PutFunctionEventInvokeConfig.
 pub async fn put(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
     let r = req.function()?;
-    let input = input(req, "PutFunctionEventInvokeConfig")?;
+    let input = input(req, "PutFunctionEventInvokeConfig", agent.consumers.is_some())?;
     let config = agent.control.put_event_config(&r, input).await?;
     Ok(body::json(StatusCode::OK, &shape(&config)))
 }
@@ -92,7 +92,7 @@ pub async fn put(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiEr
 /// UpdateFunctionEventInvokeConfig.
 pub async fn update(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
     let r = req.function()?;
-    let input = input(req, "UpdateFunctionEventInvokeConfig")?;
+    let input = input(req, "UpdateFunctionEventInvokeConfig", agent.consumers.is_some())?;
     let config = agent.control.update_event_config(&r, input).await?;
     Ok(body::json(StatusCode::OK, &shape(&config)))
 }

@@ -43,6 +43,13 @@ struct CreateInput {
     architectures: Option<Vec<String>>,
     ephemeral_storage: Option<EphemeralStorageInput>,
     snap_start: Option<SnapStartInput>,
+    dead_letter_config: Option<DeadLetterInput>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct DeadLetterInput {
+    target_arn: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +90,7 @@ struct UpdateConfigurationInput {
     revision_id: Option<String>,
     layers: Option<Vec<String>>,
     snap_start: Option<SnapStartInput>,
+    dead_letter_config: Option<DeadLetterInput>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +111,13 @@ pub fn decode_zip(b64: &str) -> Result<Vec<u8>, ApiError> {
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|_| ApiError::bad_content("Could not parse request body into json: ZipFile is not valid base64"))
+}
+
+/// `DeadLetterConfig` as given: `Some(None)` removes it (an empty or absent `TargetArn`).
+fn dead_letter(agent: &Agent, input: Option<DeadLetterInput>) -> Result<Option<Option<String>>, ApiError> {
+    let Some(input) = input else { return Ok(None) };
+    let arn = input.target_arn.unwrap_or_default();
+    Ok(Some(validate::dead_letter(&arn, agent.consumers.is_some())?))
 }
 
 fn snap_start(input: Option<SnapStartInput>) -> Result<Option<bool>, ApiError> {
@@ -152,6 +167,7 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
         )?,
         environment,
         snap_start: snap_start(input.snap_start)?.unwrap_or(false),
+        dead_letter: dead_letter(agent, input.dead_letter_config)?.flatten(),
         layers,
         tags,
     };
@@ -254,6 +270,7 @@ pub async fn update_configuration(agent: &Arc<Agent>, req: Req<'_>) -> Result<Ht
         ephemeral_mib: input.ephemeral_storage.and_then(|e| e.size).map(validate::ephemeral).transpose()?,
         environment,
         snap_start: snap_start(input.snap_start)?,
+        dead_letter: dead_letter(agent, input.dead_letter_config)?,
         layers: input.layers,
     };
     let config = agent.control.update_config(&name, patch, input.revision_id).await?;

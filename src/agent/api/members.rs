@@ -51,7 +51,7 @@ const VPC_CONFIG: Rule = Struct(&[
     ("Ipv6AllowedForDualStack", Unimplemented(unset)),
 ]);
 const TRACING_CONFIG: Rule = Struct(&[("Mode", Unimplemented(pass_through))]);
-const DEAD_LETTER_CONFIG: Rule = Struct(&[("TargetArn", Unimplemented(unset))]);
+const DEAD_LETTER_CONFIG: Rule = Struct(&[("TargetArn", Supported)]);
 const LOGGING_CONFIG: Rule = Struct(&[
     ("LogFormat", Unimplemented(text_logs)),
     ("ApplicationLogLevel", Unimplemented(unset)),
@@ -242,6 +242,52 @@ pub const SCHEDULE: &[(&str, Rule)] = &[
     ),
 ];
 
+/// An event source mapping operation's members: those given, the settings both Create and
+/// Update take, then the ones this host does not implement (Kinesis, DynamoDB, Kafka,
+/// DocumentDB and MQ settings, filters, their destinations and metrics).
+macro_rules! mapping_members {
+    ($($given:expr),* $(,)?) => {
+        &[
+            $($given,)*
+            ("FunctionName", Supported),
+            ("Enabled", Supported),
+            ("BatchSize", Supported),
+            ("MaximumBatchingWindowInSeconds", Supported),
+            ("ScalingConfig", Struct(&[("MaximumConcurrency", Supported)])),
+            ("FunctionResponseTypes", Supported),
+            ("FilterCriteria", Unimplemented(unset)),
+            ("ParallelizationFactor", Unimplemented(unset)),
+            ("DestinationConfig", Unimplemented(unset)),
+            ("MaximumRecordAgeInSeconds", Unimplemented(unset)),
+            ("BisectBatchOnFunctionError", Unimplemented(unset)),
+            ("MaximumRetryAttempts", Unimplemented(unset)),
+            ("TumblingWindowInSeconds", Unimplemented(unset)),
+            ("SourceAccessConfigurations", Unimplemented(unset)),
+            ("AmazonManagedKafkaEventSourceConfig", Unimplemented(unset)),
+            ("SelfManagedKafkaEventSourceConfig", Unimplemented(unset)),
+            ("DocumentDBEventSourceConfig", Unimplemented(unset)),
+            ("KMSKeyArn", Unimplemented(unset)),
+            ("MetricsConfig", Unimplemented(unset)),
+            ("ProvisionedPollerConfig", Unimplemented(unset)),
+            ("LoggingConfig", Unimplemented(unset)),
+        ]
+    };
+}
+
+/// CreateEventSourceMapping's members.
+pub const CREATE_EVENT_SOURCE_MAPPING: &[(&str, Rule)] = mapping_members![
+    ("EventSourceArn", Supported),
+    ("StartingPosition", Unimplemented(unset)),
+    ("StartingPositionTimestamp", Unimplemented(unset)),
+    ("Topics", Unimplemented(unset)),
+    ("Queues", Unimplemented(unset)),
+    ("SelfManagedEventSource", Unimplemented(unset)),
+    ("Tags", Unimplemented(unset)),
+];
+
+/// UpdateEventSourceMapping's members.
+pub const UPDATE_EVENT_SOURCE_MAPPING: &[(&str, Rule)] = mapping_members![];
+
 /// AddPermission's members.
 pub const ADD_PERMISSION: &[(&str, Rule)] = &[
     ("StatementId", Supported),
@@ -311,10 +357,7 @@ mod tests {
         });
         check(&ok, CREATE_FUNCTION, "CreateFunction").unwrap();
         for (bad, name) in [
-            (
-                json!({"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:000000000000:q"}}),
-                "DeadLetterConfig.TargetArn",
-            ),
+            (json!({"DeadLetterConfig": {"Queue": "q"}}), "DeadLetterConfig.Queue"),
             (json!({"KMSKeyArn": "arn:aws:kms:us-east-1:000000000000:key/k"}), "KMSKeyArn"),
             (json!({"VpcConfig": {"SubnetIds": ["subnet-1"]}}), "VpcConfig.SubnetIds"),
             (json!({"TracingConfig": {"Mode": "Active"}}), "TracingConfig.Mode"),

@@ -40,6 +40,7 @@ pub mod event_configs;
 pub mod functions;
 pub mod invoke;
 pub mod layers;
+pub mod mappings;
 pub mod members;
 pub mod policy;
 pub mod routes;
@@ -196,7 +197,9 @@ fn body_of(op: Op) -> Option<bool> {
         | Op::UpdateFunctionUrlConfig
         | Op::AddPermission
         | Op::CreateSchedule
-        | Op::UpdateSchedule => Some(false),
+        | Op::UpdateSchedule
+        | Op::CreateEventSourceMapping
+        | Op::UpdateEventSourceMapping => Some(false),
         _ => None,
     }
 }
@@ -285,6 +288,11 @@ where
         Op::UpdateSchedule => schedules::update(agent, req).await,
         Op::DeleteSchedule => schedules::delete(agent, req).await,
         Op::ListSchedules => schedules::list(agent, req),
+        Op::CreateEventSourceMapping => mappings::create(agent, req).await,
+        Op::GetEventSourceMapping => mappings::get(agent, req).await,
+        Op::UpdateEventSourceMapping => mappings::update(agent, req).await,
+        Op::DeleteEventSourceMapping => mappings::delete(agent, req).await,
+        Op::ListEventSourceMappings => mappings::list(agent, req).await,
         Op::Invoke | Op::InvokeAsync => unreachable!("routed above"),
     }
 }

@@ -65,6 +65,11 @@ pub enum Op {
     UpdateSchedule,
     DeleteSchedule,
     ListSchedules,
+    CreateEventSourceMapping,
+    GetEventSourceMapping,
+    UpdateEventSourceMapping,
+    DeleteEventSourceMapping,
+    ListEventSourceMappings,
 }
 
 impl Op {
@@ -95,6 +100,7 @@ impl Op {
             Op::DeleteSchedule => &["groupName", "clientToken"],
             Op::ListSchedules => &["ScheduleGroup", "NamePrefix", "State", "MaxResults", "NextToken"],
             Op::GetFunctionLogs => &["bytes"],
+            Op::ListEventSourceMappings => &["EventSourceArn", "FunctionName", "Marker", "MaxItems"],
             Op::ListVersionsByFunction | Op::ListFunctionEventInvokeConfigs | Op::ListFunctionUrlConfigs => PAGE,
             Op::ListAliases => &["Marker", "MaxItems", "FunctionVersion"],
             Op::ListLayerVersions => &["CompatibleRuntime", "CompatibleArchitecture", "Marker", "MaxItems"],
@@ -169,12 +175,16 @@ const ROUTES: &[(Method, Pattern, Op)] = &[
     (Method::PUT, &["schedules", P], Op::UpdateSchedule),
     (Method::DELETE, &["schedules", P], Op::DeleteSchedule),
     (Method::GET, &["schedules"], Op::ListSchedules),
+    (Method::POST, &["2015-03-31", "event-source-mappings"], Op::CreateEventSourceMapping),
+    (Method::GET, &["2015-03-31", "event-source-mappings"], Op::ListEventSourceMappings),
+    (Method::GET, &["2015-03-31", "event-source-mappings", P], Op::GetEventSourceMapping),
+    (Method::PUT, &["2015-03-31", "event-source-mappings", P], Op::UpdateEventSourceMapping),
+    (Method::DELETE, &["2015-03-31", "event-source-mappings", P], Op::DeleteEventSourceMapping),
 ];
 
 /// Operations of Lambda's API this host does not implement (yet), by the first segments of
 /// their paths, so that a client is told which, rather than of an unknown route.
 const NOT_IMPLEMENTED: &[(Pattern, &str)] = &[
-    (&["2015-03-31", "event-source-mappings"], "event source mappings"),
     (&["2018-10-31", "layers", P, "versions", P, "policy"], "layer permissions"),
     (&["2020-04-22", "code-signing-configs"], "code signing"),
     (&["2020-06-30", "functions", P, "code-signing-config"], "code signing"),
@@ -293,9 +303,14 @@ mod tests {
         assert_eq!(op(Method::GET, "/2015-03-31/functions/f/a/b"), Routed::Unknown);
         assert_eq!(op(Method::GET, "/2015-03-31/functionsx"), Routed::Unknown);
         assert_eq!(op(Method::GET, "/2015-03-31/functions/%zz"), Routed::Unknown);
+        assert_eq!(op(Method::POST, "/2015-03-31/event-source-mappings/"), Routed::Op(Op::CreateEventSourceMapping, vec![]));
         assert_eq!(
-            op(Method::POST, "/2015-03-31/event-source-mappings/"),
-            Routed::NotImplemented("event source mappings")
+            op(Method::DELETE, "/2015-03-31/event-source-mappings/u-1"),
+            Routed::Op(Op::DeleteEventSourceMapping, vec!["u-1".into()])
+        );
+        assert_eq!(
+            op(Method::GET, "/2018-10-31/layers/l/versions/1/policy"),
+            Routed::NotImplemented("layer permissions")
         );
         assert_eq!(
             op(Method::PUT, "/2019-09-25/functions/f/event-invoke-config"),

@@ -45,6 +45,9 @@ pub fn configuration(c: &FunctionConfig, arn: &str) -> Value {
     if !c.layers.is_empty() {
         out["Layers"] = c.layers.iter().map(|l| json!({ "Arn": l.arn, "CodeSize": l.code_size })).collect();
     }
+    if let Some(arn) = &c.dead_letter {
+        out["DeadLetterConfig"] = json!({ "TargetArn": arn });
+    }
     if let Some(reason) = &c.state_reason {
         out["StateReason"] = json!(reason);
     }

@@ -47,9 +47,9 @@ pub(crate) fn test_agent() -> TestAgent {
     let limits = HostLimits { concurrent: 10, min_unreserved: 1 };
     let control = Control::new(store.clone(), pool.clone(), logs.clone(), limits);
     let invoker = Invoker::new(store.clone(), pool.clone());
-    let queue = AsyncQueue::start(store.clone(), invoker.clone(), pool, DEFAULT_RETRY_DELAYS).unwrap();
+    let queue = AsyncQueue::start(store.clone(), invoker.clone(), pool, DEFAULT_RETRY_DELAYS, Default::default()).unwrap();
     let scheduler = crate::agent::triggers::schedule::Scheduler::start(store, queue.clone()).unwrap();
-    let agent = Agent { control, invoker, queue, scheduler, logs };
+    let agent = Agent { control, invoker, queue, scheduler, logs, consumers: None };
     TestAgent { agent: Arc::new(agent), dir }
 }
 
@@ -212,8 +212,9 @@ async fn create_validation_and_unsupported_members() {
         (json!({ "Runtime": "provided.al2023", "Handler": "x" }), "bootstrap"),
         (
             json!({ "DeadLetterConfig": { "TargetArn": "arn:aws:sqs:us-east-1:000000000000:q" } }),
-            "DeadLetterConfig.TargetArn",
+            "needs a message broker",
         ),
+        (json!({ "DeadLetterConfig": { "TargetArn": "arn:aws:sns:us-east-1:000000000000:t" } }), "not a queue ARN"),
         (json!({ "KMSKeyArn": "arn:aws:kms:us-east-1:000000000000:key/k" }), "KMSKeyArn is not supported"),
         (json!({ "VpcConfig": { "SubnetIds": ["subnet-1"], "SecurityGroupIds": ["sg-1"] } }), "VpcConfig."),
         (json!({ "TracingConfig": { "Mode": "Active" } }), "TracingConfig.Mode"),
@@ -544,6 +545,42 @@ async fn provisioned_concurrency_on_versions_and_aliases() {
     assert_eq!(a.status, 204);
     let a = call(&t, "DELETE", &path("live"), &[], "").await;
     assert_eq!(a.status, 404);
+}
+
+#[tokio::test]
+async fn event_source_mappings_without_a_broker() {
+    let t = test_agent();
+    create(&t, "f", json!({})).await;
+    let queue = "arn:aws:sqs:us-east-1:000000000000:orders";
+    let body = |extra: Value| {
+        let mut b = json!({ "EventSourceArn": queue, "FunctionName": "f" });
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let path = "/2015-03-31/event-source-mappings/";
+    for (extra, needle) in [
+        (json!({}), "message broker"),
+        (json!({ "EventSourceArn": "arn:aws:kinesis:us-east-1:000000000000:stream/s" }), "Unrecognized event source"),
+        (json!({ "FilterCriteria": { "Filters": [{ "Pattern": "{}" }] } }), "FilterCriteria"),
+        (json!({ "StartingPosition": "LATEST" }), "StartingPosition"),
+    ] {
+        let a = call(&t, "POST", path, &[], body(extra.clone())).await;
+        assert_eq!((a.status, a.error_type()), (400, "InvalidParameterValueException"), "{extra}");
+        assert!(a.json()["message"].as_str().unwrap().contains(needle), "{extra}: {}", a.text());
+    }
+    let a = call(&t, "GET", path, &[], "").await;
+    assert_eq!((a.status, a.json()), (200, json!({ "EventSourceMappings": [] })));
+    let a = call(&t, "GET", &format!("{path}00000000-0000-0000-0000-000000000000"), &[], "").await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"));
+    let a = call(&t, "PUT", &format!("{path}u"), &[], r#"{"Enabled": false}"#).await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"), "{}", a.text());
+    let a = call(&t, "DELETE", &format!("{path}u"), &[], "").await;
+    assert_eq!((a.status, a.error_type()), (404, "ResourceNotFoundException"));
+    // Queue destinations need the broker too.
+    let dest = json!({ "DestinationConfig": { "OnSuccess": { "Destination": queue } } }).to_string();
+    let a = call(&t, "PUT", "/2019-09-25/functions/f/event-invoke-config", &[], dest).await;
+    assert_eq!((a.status, a.error_type()), (400, "InvalidParameterValueException"));
+    assert!(a.json()["message"].as_str().unwrap().contains("--amqp-url"), "{}", a.text());
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! meanwhile) are prepared again by [`Control::start`].
 
 pub mod event_configs;
+pub mod mappings;
 pub mod policy;
 pub mod urls;
 pub mod validate;

@@ -359,9 +359,59 @@ pub fn max_event_age(s: i64) -> Result<u32, Error> {
     in_range(s, "maximumEventAgeInSeconds", limits::ASYNC_EVENT_AGE_S)
 }
 
-/// A destination's ARN: a function (a queue once this host has a broker).
-pub fn destination(arn: &str) -> Result<(), Error> {
-    crate::agent::invoke::destinations::parse(arn).map(|_| ()).map_err(|e| Error::Invalid(e.to_string()))
+/// A destination's ARN: a function, or a queue where the agent has a broker.
+pub fn destination(arn: &str, broker: bool) -> Result<(), Error> {
+    crate::agent::invoke::destinations::parse(arn, broker).map(|_| ()).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// An event source mapping's `BatchSize` (1 to 10000) with its batching window (0 to 300 s):
+/// past 10 messages a batch needs a window of at least 1 s, as on Lambda.
+pub fn batching(batch_size: i64, window_s: i64) -> Result<(u32, u32), Error> {
+    let size = in_range(batch_size, "batchSize", limits::ESM_BATCH_SIZE)?;
+    let window = in_range(window_s, "maximumBatchingWindowInSeconds", limits::ESM_BATCHING_WINDOW_S)?;
+    if size > 10 && window == 0 {
+        return Err(Error::Invalid(
+            "Maximum batch window in seconds must be greater than 0 if maximum batch size is greater than 10".into(),
+        ));
+    }
+    Ok((size, window))
+}
+
+/// `ScalingConfig.MaximumConcurrency`: 2 to 1000.
+pub fn max_concurrency(n: i64) -> Result<u32, Error> {
+    in_range(n, "scalingConfig.maximumConcurrency", limits::ESM_MAX_CONCURRENCY)
+}
+
+/// `FunctionResponseTypes`: empty, or `ReportBatchItemFailures`; whether it is set.
+pub fn response_types(types: &[String]) -> Result<bool, Error> {
+    match types.iter().find(|t| *t != "ReportBatchItemFailures") {
+        Some(t) => Err(constraint(
+            t,
+            "functionResponseTypes",
+            "Member must satisfy enum value set: [ReportBatchItemFailures]",
+        )),
+        None => Ok(!types.is_empty()),
+    }
+}
+
+/// `DeadLetterConfig.TargetArn`: a queue, where the agent has a broker ("" removes it).
+pub fn dead_letter(arn: &str, broker: bool) -> Result<Option<String>, Error> {
+    if arn.is_empty() {
+        return Ok(None);
+    }
+    if crate::agent::broker::queue_name(arn).is_none() {
+        return Err(Error::Invalid(format!(
+            "The dead-letter target {arn} is not a queue ARN (arn:aws:sqs:<region>:<account>:<name>); this host \
+             delivers dead letters to queues only."
+        )));
+    }
+    if !broker {
+        return Err(Error::Invalid(format!(
+            "The dead-letter target {arn} is a queue: it needs a message broker, which this agent was started \
+             without (ember serve --amqp-url)."
+        )));
+    }
+    Ok(Some(arn.to_owned()))
 }
 
 /// AddPermission's `StatementId`: `[a-zA-Z0-9-_.]{1,100}`.

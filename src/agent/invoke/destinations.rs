@@ -2,8 +2,9 @@
 //! record that goes there.
 //!
 //! A destination is a function (its record is queued as an asynchronous event of its own, in
-//! the transaction that removes the original event) or a queue. Queue destinations come with
-//! the message broker; until this agent has one they are refused when configured, never
+//! the transaction that removes the original event) or a queue of the message broker (the
+//! record goes to the broker's outbox in that transaction). Queue destinations need the agent
+//! to have a broker (`--amqp-url`): without one they are refused when configured, never
 //! accepted and dropped.
 
 use serde_json::{json, Value};
@@ -28,22 +29,29 @@ pub enum DestinationError {
 pub enum Destination {
     /// A function (invoked asynchronously with the record).
     Function(FunctionRef),
+    /// The broker's queue of this name.
+    Queue(String),
 }
 
-/// Parses and checks a destination ARN.
-pub fn parse(arn: &str) -> Result<Destination, DestinationError> {
+/// Parses and checks a destination ARN; `broker`: whether this agent has a message broker.
+pub fn parse(arn: &str, broker: bool) -> Result<Destination, DestinationError> {
+    if let Some(queue) = crate::agent::broker::queue_name(arn) {
+        if !broker {
+            return Err(DestinationError::Unsupported(format!(
+                "The destination {arn} is a queue: queue destinations need a message broker, which this agent was \
+                 started without (ember serve --amqp-url)."
+            )));
+        }
+        return Ok(Destination::Queue(queue.to_owned()));
+    }
     let parts: Vec<&str> = arn.split(':').collect();
     match parts.as_slice() {
         ["arn", _, "lambda", ..] => {
             FunctionRef::parse(arn).map(Destination::Function).map_err(|_| DestinationError::Invalid(arn.to_owned()))
         }
-        ["arn", _, "sqs", _, _, name] if !name.is_empty() => Err(DestinationError::Unsupported(format!(
-            "The destination {arn} is a queue: queue destinations need a message broker, which this host does not \
-             have yet; use a Lambda function as the destination."
-        ))),
         ["arn", _, service @ ("sns" | "events" | "s3"), ..] => Err(DestinationError::Unsupported(format!(
             "The destination {arn} is an {service} resource, which this host does not deliver to; use a Lambda \
-             function as the destination."
+             function or a queue as the destination."
         ))),
         _ => Err(DestinationError::Invalid(arn.to_owned())),
     }
@@ -99,20 +107,22 @@ mod tests {
     use crate::agent::ids::{Qualifier, Version};
 
     #[test]
-    fn destinations_are_functions_for_now() {
+    fn destinations_are_functions_or_queues() {
         let arn = "arn:aws:lambda:us-east-1:000000000000:function:collector";
-        assert_eq!(parse(arn), Ok(Destination::Function(FunctionRef { name: "collector".into(), qualifier: None })));
+        assert_eq!(parse(arn, false), Ok(Destination::Function(FunctionRef { name: "collector".into(), qualifier: None })));
         assert_eq!(
-            parse(&format!("{arn}:2")),
+            parse(&format!("{arn}:2"), false),
             Ok(Destination::Function(FunctionRef {
                 name: "collector".into(),
                 qualifier: Some(Qualifier::Version(Version::published(2)))
             }))
         );
-        assert!(matches!(parse("arn:aws:sqs:us-east-1:000000000000:q"), Err(DestinationError::Unsupported(_))));
-        assert!(matches!(parse("arn:aws:sns:us-east-1:000000000000:t"), Err(DestinationError::Unsupported(_))));
+        let queue = "arn:aws:sqs:us-east-1:000000000000:q";
+        assert!(matches!(parse(queue, false), Err(DestinationError::Unsupported(_))));
+        assert_eq!(parse(queue, true), Ok(Destination::Queue("q".into())));
+        assert!(matches!(parse("arn:aws:sns:us-east-1:000000000000:t", true), Err(DestinationError::Unsupported(_))));
         for bad in ["collector", "arn:aws:lambda:eu-west-9:000000000000:function:c", "arn:aws:sqs:r:a:", ""] {
-            assert!(matches!(parse(bad), Err(DestinationError::Invalid(_))), "{bad}");
+            assert!(matches!(parse(bad, true), Err(DestinationError::Invalid(_))), "{bad}");
         }
     }
 

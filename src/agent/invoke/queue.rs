@@ -38,6 +38,7 @@ use super::retry::{self, Condition, Next, Outcome, Policy};
 use super::{Error as InvokeError, Invoker};
 use crate::agent::ids::{self, FunctionRef, Qualifier};
 use crate::agent::pool::{InvokeRequest, Pool, PoolError};
+use crate::agent::store::outbox::OutMessage;
 use crate::agent::store::queue::{EventConfig, LastResponse, NewEvent, QueueWrite, Queued, StoredEvent, Written};
 use crate::agent::store::{lock, Store, StoreError};
 
@@ -124,6 +125,8 @@ struct Inner {
     state: Mutex<State>,
     wake: Notify,
     retry_delays: [Duration; 2],
+    /// Tells the broker's publisher that the outbox has new messages.
+    outbox: Arc<Notify>,
 }
 
 /// The asynchronous queue.
@@ -134,12 +137,14 @@ pub struct AsyncQueue {
 
 impl AsyncQueue {
     /// Starts the writer and the dispatcher over what `store` holds; `retry_delays` are the
-    /// waits before the first and second retry of a function error.
+    /// waits before the first and second retry of a function error; `outbox` is told when
+    /// messages for the broker were stored.
     pub fn start(
         store: Arc<Store>,
         invoker: Invoker,
         pool: Pool,
         retry_delays: [Duration; 2],
+        outbox: Arc<Notify>,
     ) -> Result<AsyncQueue, StoreError> {
         let (writes, rx) = mpsc::unbounded_channel();
         let mut state = State::default();
@@ -158,6 +163,7 @@ impl AsyncQueue {
             state: Mutex::new(state),
             wake: Notify::new(),
             retry_delays,
+            outbox,
         });
         tokio::spawn(write_batches(store, rx));
         tokio::spawn(dispatch(inner.clone()));
@@ -168,11 +174,10 @@ impl AsyncQueue {
     pub async fn accept(&self, event: NewEvent) -> Result<(), QueueError> {
         match self.inner.write(QueueWrite::Accept(event)).await {
             Ok(Written::Accepted(q)) => {
-                lock(&self.inner.state).add(q);
-                self.inner.wake.notify_one();
+                self.inner.enqueue(q);
                 Ok(())
             }
-            Ok(other) => Err(QueueError::Store(format!("unexpected write result {other:?}"))),
+            Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(QueueError::Store(e)),
         }
     }
@@ -193,23 +198,33 @@ impl AsyncQueue {
             Ok(Written::Fired(queued)) => {
                 let ran = queued.is_some();
                 if let Some(q) = queued {
-                    lock(&self.inner.state).add(q);
-                    self.inner.wake.notify_one();
+                    self.inner.enqueue(q);
                 }
                 Ok(ran)
             }
-            Ok(other) => Err(QueueError::Store(format!("unexpected write result {other:?}"))),
+            Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(QueueError::Store(e)),
         }
     }
 
-    /// Events queued and in flight, by function (for tests and the bench).
+    /// Events queued and in flight (for tests).
     pub fn backlog(&self) -> usize {
         lock(&self.inner.state).functions.values().map(|f| f.due.len() + f.in_flight as usize).sum()
     }
 }
 
+/// The writer answered a write with another write's result (a bug).
+fn unexpected(w: &Written) -> QueueError {
+    QueueError::Store(format!("unexpected write result {w:?}"))
+}
+
 impl Inner {
+    /// A stored event joins the dispatcher's queue.
+    fn enqueue(&self, q: Queued) {
+        lock(&self.state).add(q);
+        self.wake.notify_one();
+    }
+
     async fn write(&self, w: QueueWrite) -> Result<Written, String> {
         let (reply, answer) = oneshot::channel();
         self.writes.send((w, reply)).map_err(|_| "the queue's writer has stopped".to_string())?;
@@ -311,7 +326,7 @@ async fn attempt(inner: Arc<Inner>, seq: i64, function: String) {
         match run(&inner.invoker, &event).await {
             Ran::Gone(why) => {
                 eprintln!("ember: async: event {} dropped: {why}", event.event.request_id);
-                let w = QueueWrite::Finish { seq, then: None };
+                let w = QueueWrite::Finish { seq, then: None, publish: Vec::new() };
                 return match inner.write(w).await {
                     Ok(_) => inner.done(&function, None),
                     Err(e) => retry_later(&inner, seq, &function, &e),
@@ -334,8 +349,11 @@ async fn attempt(inner: Arc<Inner>, seq: i64, function: String) {
             (QueueWrite::Reschedule { seq, due_ms, attempts, throttles, last: last.clone() }, None)
         }
         Next::Finish(condition) => {
-            let then = destination_record(&event, &config, condition, attempts, last.as_ref());
-            (QueueWrite::Finish { seq, then }, Some(condition))
+            let (then, mut publish) = destination_record(&event, &config, condition, attempts, last.as_ref());
+            if condition != Condition::Success {
+                publish.extend(dead_letter(&inner.invoker, &event, last.as_ref()));
+            }
+            (QueueWrite::Finish { seq, then, publish }, Some(condition))
         }
     };
     let due = match &write {
@@ -346,7 +364,7 @@ async fn attempt(inner: Arc<Inner>, seq: i64, function: String) {
         Ok(Written::Rescheduled(true)) => {
             inner.done(&function, due.map(|due_ms| Queued { seq, function: function.clone(), due_ms }))
         }
-        Ok(Written::Finished(then)) => {
+        Ok(Written::Finished(then, published)) => {
             if let Some(c) = condition.filter(|c| *c != Condition::Success) {
                 eprintln!(
                     "ember: async: event {} of {}: {} after {attempts} attempts",
@@ -355,11 +373,11 @@ async fn attempt(inner: Arc<Inner>, seq: i64, function: String) {
                     c.as_str()
                 );
             }
-            {
-                let mut state = lock(&inner.state);
-                if let Some(q) = then {
-                    state.add(q);
-                }
+            if published {
+                inner.outbox.notify_one();
+            }
+            if let Some(q) = then {
+                inner.enqueue(q);
             }
             inner.done(&function, None)
         }
@@ -412,41 +430,95 @@ async fn run(invoker: &Invoker, event: &StoredEvent) -> Ran {
     }
 }
 
-/// The record for the destination of an event that ended with `condition`, if it has one.
+/// The record for the destination of an event that ended with `condition`, if it has one:
+/// an event for a function destination, or a message for a queue.
 fn destination_record(
     event: &StoredEvent,
     config: &EventConfig,
     condition: Condition,
     attempts: u32,
     last: Option<&LastResponse>,
-) -> Option<NewEvent> {
+) -> (Option<NewEvent>, Vec<OutMessage>) {
     let arn = match condition {
-        Condition::Success => config.on_success.as_deref()?,
-        Condition::RetriesExhausted | Condition::EventAgeExceeded => config.on_failure.as_deref()?,
+        Condition::Success => config.on_success.as_deref(),
+        Condition::RetriesExhausted | Condition::EventAgeExceeded => config.on_failure.as_deref(),
     };
+    let Some(arn) = arn else { return (None, Vec::new()) };
     let e = &event.event;
-    match destinations::parse(arn) {
-        Ok(Destination::Function(r)) => Some(NewEvent {
-            request_id: ids::random_uuid(),
-            function: r.name,
-            qualifier: r.qualifier.map(|q| q.to_string()),
-            payload: destinations::record(
-                condition,
-                &e.request_id,
-                &destinations::record_arn(&e.function, e.qualifier.as_deref()),
-                attempts,
-                &e.payload,
-                last,
-            ),
-            client_context: None,
-            accepted_ms: ids::unix_ms(),
-        }),
+    let record = || {
+        destinations::record(
+            condition,
+            &e.request_id,
+            &destinations::record_arn(&e.function, e.qualifier.as_deref()),
+            attempts,
+            &e.payload,
+            last,
+        )
+    };
+    // A queue destination was accepted only with a broker; an agent restarted without one
+    // keeps its messages in the outbox for the next that has one.
+    match destinations::parse(arn, true) {
+        Ok(Destination::Function(r)) => {
+            let event = NewEvent {
+                request_id: ids::random_uuid(),
+                function: r.name,
+                qualifier: r.qualifier.map(|q| q.to_string()),
+                payload: record(),
+                client_context: None,
+                accepted_ms: ids::unix_ms(),
+            };
+            (Some(event), Vec::new())
+        }
+        Ok(Destination::Queue(queue)) => {
+            let m = OutMessage { queue, message_id: ids::random_uuid(), body: record(), headers: Default::default() };
+            (None, vec![m])
+        }
         // Checked when configured; a destination this agent cannot deliver to is said once.
         Err(why) => {
             eprintln!("ember: async: the destination of event {} is dropped: {why}", e.request_id);
-            None
+            (None, Vec::new())
         }
     }
+}
+
+/// The most of an error message a dead-letter message carries, as on Lambda.
+const DEAD_LETTER_MESSAGE_MAX: usize = 1024;
+
+/// The message for the dead-letter queue of the version that ran `event` (none without
+/// one): the original event, with `RequestID`, `ErrorCode` (the status of the last error:
+/// 200 for a function error, 429 when it never ran) and `ErrorMessage`.
+fn dead_letter(invoker: &Invoker, event: &StoredEvent, last: Option<&LastResponse>) -> Option<OutMessage> {
+    let e = &event.event;
+    let qualifier = e.qualifier.as_deref().map(Qualifier::parse).transpose().ok()?;
+    let target = invoker.resolve(&FunctionRef { name: e.function.clone(), qualifier }).ok()?;
+    let queue = match destinations::parse(target.function.dead_letter.as_deref()?, true) {
+        Ok(Destination::Queue(queue)) => queue,
+        _ => return None,
+    };
+    let (code, mut message) = match last {
+        Some(l) => {
+            let text = serde_json::from_slice::<serde_json::Value>(&l.payload)
+                .ok()
+                .and_then(|v| v.get("errorMessage").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&l.payload).into_owned());
+            ("200", text)
+        }
+        None => ("429", "The event was never run: the function was throttled until the event was too old.".into()),
+    };
+    if message.len() > DEAD_LETTER_MESSAGE_MAX {
+        let mut cut = DEAD_LETTER_MESSAGE_MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    let headers = [("RequestID", e.request_id.clone()), ("ErrorCode", code.to_owned()), ("ErrorMessage", message)];
+    Some(OutMessage {
+        queue,
+        message_id: ids::random_uuid(),
+        body: e.payload.clone(),
+        headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -493,7 +565,8 @@ mod tests {
     impl Setup {
         fn start(&mut self) -> AsyncQueue {
             let invoker = Invoker::new(self.store.clone(), self.pool.clone());
-            let q = AsyncQueue::start(self.store.clone(), invoker, self.pool.clone(), FAST).unwrap();
+            let q = AsyncQueue::start(self.store.clone(), invoker, self.pool.clone(), FAST, Arc::new(Notify::new()))
+                .unwrap();
             self.queue = Some(q.clone());
             q
         }
@@ -575,6 +648,50 @@ mod tests {
         assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 1);
         assert_eq!(records[0]["responsePayload"], json!({"n": 7}));
         assert_eq!(records[0]["responseContext"], json!({"statusCode": 200, "executedVersion": "$LATEST"}));
+    }
+
+    #[tokio::test]
+    async fn queue_destinations_and_the_dead_letter_queue_go_to_the_outbox() {
+        let s = setup("queue-outbox");
+        let queue = |name: &str| format!("arn:aws:sqs:us-east-1:000000000000:{name}");
+        s.store
+            .put_event_config(&EventConfig {
+                function: "f".into(),
+                qualifier: "$LATEST".into(),
+                max_retries: Some(0),
+                on_success: Some(queue("ok")),
+                on_failure: Some(queue("failed")),
+                ..Default::default()
+            })
+            .unwrap();
+        let patch = crate::agent::store::ConfigPatch { dead_letter: Some(Some(queue("dlq"))), ..Default::default() };
+        s.store.update_config("f", patch, None).unwrap();
+        let outbox = Arc::new(Notify::new());
+        let invoker = Invoker::new(s.store.clone(), s.pool.clone());
+        let q = AsyncQueue::start(s.store.clone(), invoker, s.pool.clone(), FAST, outbox.clone()).unwrap();
+        q.accept(event("good", json!({"n": 1}), ids::unix_ms())).await.unwrap();
+        q.accept(event("bad", json!({"fail": true}), ids::unix_ms())).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while s.store.outbox_len().unwrap() < 3 {
+                outbox.notified().await;
+            }
+        })
+        .await
+        .expect("three messages for the broker");
+        let mut messages: Vec<_> = s.store.outbox(0, 10).unwrap().into_iter().map(|p| p.message).collect();
+        messages.sort_by(|a, b| a.queue.cmp(&b.queue));
+        let [dlq, failed, ok] = &messages[..] else { panic!("{messages:?}") };
+        let record = |m: &OutMessage| serde_json::from_slice::<Value>(&m.body).unwrap();
+        assert_eq!(record(ok)["requestContext"]["condition"], "Success");
+        assert_eq!(record(ok)["responsePayload"], json!({"n": 1}));
+        assert_eq!(record(failed)["requestContext"]["condition"], "RetriesExhausted");
+        assert_eq!(record(failed)["requestContext"]["requestId"], "bad");
+        // The dead letter is the event itself, with Lambda's attributes.
+        assert_eq!(record(dlq), json!({"fail": true}));
+        assert_eq!(dlq.headers["RequestID"], "bad");
+        assert_eq!(dlq.headers["ErrorCode"], "200");
+        assert_eq!(dlq.headers["ErrorMessage"], "failed on purpose");
+        assert!(s.store.queued().unwrap().is_empty());
     }
 
     #[tokio::test]

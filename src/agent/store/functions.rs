@@ -94,6 +94,9 @@ pub struct FunctionConfig {
     /// SnapStart (`ApplyOn: PublishedVersions`): a published version's cold starts restore
     /// its init snapshot; `$LATEST` boots.
     pub snap_start: bool,
+    /// `DeadLetterConfig.TargetArn`: the queue that gets an asynchronous event whose retries
+    /// are exhausted.
+    pub dead_letter: Option<String>,
     /// Whether it can be invoked yet.
     pub state: State,
     /// Why it is `Failed` (or `Pending`).
@@ -140,6 +143,7 @@ impl FunctionConfig {
             && self.code_sha256 == other.code_sha256
             && self.layers == other.layers
             && self.snap_start == other.snap_start
+            && self.dead_letter == other.dead_letter
     }
 
     /// The code and layers, unzipped, in bytes (at most 250 MB together).
@@ -184,6 +188,8 @@ pub struct NewFunction {
     pub environment: BTreeMap<String, String>,
     /// See [`FunctionConfig`].
     pub snap_start: bool,
+    /// See [`FunctionConfig`].
+    pub dead_letter: Option<String>,
     /// Layer version ARNs, in order.
     pub layers: Vec<String>,
     /// Its tags.
@@ -211,6 +217,8 @@ pub struct ConfigPatch {
     pub environment: Option<BTreeMap<String, String>>,
     /// See [`FunctionConfig`].
     pub snap_start: Option<bool>,
+    /// `Some(None)` removes the dead-letter queue.
+    pub dead_letter: Option<Option<String>>,
     /// Replaces the layers (layer version ARNs, in order; empty: none).
     pub layers: Option<Vec<String>>,
 }
@@ -226,7 +234,7 @@ pub struct Published {
 
 const VERSION_COLUMNS: &str = "function, version, runtime, handler, role, description, memory_mib, timeout_s, \
      ephemeral_mib, environment, code_hex, code_b64, code_size, code_unzipped, layers, opt_hex, revision_id, \
-     last_modified, snap_start, state, state_reason, state_reason_code";
+     last_modified, snap_start, state, state_reason, state_reason_code, dead_letter";
 
 /// The layers that a create or update uses: their rows, and their merged image, pinned.
 struct LayersFor<'a> {
@@ -402,6 +410,7 @@ impl Store {
             revision_id: random_uuid(),
             last_modified: ids::now(),
             snap_start: new.snap_start,
+            dead_letter: new.dead_letter,
             state: State::Active,
             state_reason: None,
             state_reason_code: None,
@@ -509,9 +518,11 @@ impl Store {
                 ephemeral_mib,
                 environment,
                 snap_start,
+                dead_letter,
                 ..
             } = patch;
             config.snap_start = snap_start.unwrap_or(config.snap_start);
+            config.dead_letter = dead_letter.unwrap_or(config.dead_letter);
             config.handler = handler.unwrap_or(config.handler);
             config.role = role.unwrap_or(config.role);
             config.description = description.unwrap_or(config.description);
@@ -728,7 +739,7 @@ fn insert_version(tx: &Transaction<'_>, c: &FunctionConfig) -> Result<(), StoreE
     tx.execute(
         &format!(
             "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
         ),
         params![
             c.name,
@@ -753,6 +764,7 @@ fn insert_version(tx: &Transaction<'_>, c: &FunctionConfig) -> Result<(), StoreE
             c.state.as_str(),
             c.state_reason.as_deref().unwrap_or(""),
             c.state_reason_code.as_deref().unwrap_or(""),
+            c.dead_letter.as_deref().unwrap_or(""),
         ],
     )?;
     Ok(())
@@ -814,6 +826,7 @@ fn config_from_row(code_dir: &Path, row: &Row<'_>) -> rusqlite::Result<FunctionC
     let reason: String = row.get("state_reason")?;
     let reason_code: String = row.get("state_reason_code")?;
     let state: String = row.get("state")?;
+    let dead_letter: String = row.get("dead_letter")?;
     Ok(FunctionConfig {
         name: row.get("function")?,
         version: Version::from_stored(row.get("version")?),
@@ -834,6 +847,7 @@ fn config_from_row(code_dir: &Path, row: &Row<'_>) -> rusqlite::Result<FunctionC
         revision_id: row.get("revision_id")?,
         last_modified: row.get("last_modified")?,
         snap_start: row.get("snap_start")?,
+        dead_letter: (!dead_letter.is_empty()).then_some(dead_letter),
         state: State::parse(&state),
         state_reason: (!reason.is_empty()).then_some(reason),
         state_reason_code: (!reason_code.is_empty()).then_some(reason_code),

@@ -5,8 +5,9 @@
 //! version 0 (whatever the first agents made of them); migration 1 brings those, and empty
 //! databases, to the last schema that had only `$LATEST`; migration 2 adds versions, aliases,
 //! layers, tags and reserved concurrency; migration 3 the asynchronous event queue, event
-//! invoke configs, function URLs, resource-based policies and schedules. A migration may leave notes for the agent's log,
-//! for changes of behaviour an operator should know about.
+//! invoke configs, function URLs, resource-based policies and schedules; migration 4 the message
+//! broker's outbox, event source mappings and each version's dead-letter queue. A migration may
+//! leave notes for the agent's log, for changes of behaviour an operator should know about.
 
 use std::path::Path;
 
@@ -17,7 +18,7 @@ use crate::agent::codezip;
 use crate::agent::ids::{self, random_uuid};
 
 /// The schema version this code writes.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 
 /// One step: what it does and how.
 struct Migration {
@@ -25,8 +26,12 @@ struct Migration {
     apply: fn(&Transaction<'_>, &Path, &mut Vec<String>) -> Result<(), StoreError>,
 }
 
-const MIGRATIONS: [Migration; 3] =
-    [Migration { to: 1, apply: to_1 }, Migration { to: 2, apply: to_2 }, Migration { to: 3, apply: to_3 }];
+const MIGRATIONS: [Migration; 4] = [
+    Migration { to: 1, apply: to_1 },
+    Migration { to: 2, apply: to_2 },
+    Migration { to: 3, apply: to_3 },
+    Migration { to: 4, apply: to_4 },
+];
 
 /// Brings the database up to [`CURRENT`]; `code_dir` holds the blobs a migration may read.
 /// Returns the migrations' notes.
@@ -297,6 +302,38 @@ CREATE TABLE schedules (
 /// resource-based policies and schedules (new tables only).
 fn to_3(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA_3)?;
+    Ok(())
+}
+
+/// What version 4 adds: messages owed to the broker (kept until it confirms them), event
+/// source mappings, and each version's `DeadLetterConfig.TargetArn` ('' for none).
+const SCHEMA_4: &str = "
+CREATE TABLE outbox (
+    seq               INTEGER PRIMARY KEY,
+    queue             TEXT NOT NULL,
+    message_id        TEXT NOT NULL,
+    body              BLOB NOT NULL,
+    headers           TEXT NOT NULL,
+    created_ms        INTEGER NOT NULL
+);
+CREATE TABLE event_source_mappings (
+    uuid              TEXT PRIMARY KEY NOT NULL,
+    function          TEXT NOT NULL,
+    qualifier         TEXT NOT NULL,
+    source_arn        TEXT NOT NULL,
+    batch_size        INTEGER NOT NULL,
+    window_s          INTEGER NOT NULL,
+    enabled           INTEGER NOT NULL,
+    max_concurrency   INTEGER,
+    report_failures   INTEGER NOT NULL,
+    last_modified_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE versions ADD COLUMN dead_letter TEXT NOT NULL DEFAULT '';
+";
+
+/// Version 4: the broker's outbox, event source mappings, dead-letter queues.
+fn to_4(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
+    tx.execute_batch(SCHEMA_4)?;
     Ok(())
 }
 

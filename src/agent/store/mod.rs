@@ -34,7 +34,9 @@ pub mod code;
 pub mod concurrency;
 pub mod functions;
 pub mod layers;
+pub mod mappings;
 pub mod migrate;
+pub mod outbox;
 pub mod policy;
 pub mod queue;
 pub mod schedules;
@@ -250,8 +252,14 @@ impl<T> Page<Arc<T>> {
 
 /// Tables whose rows belong to one qualifier of a function (their `function` and `qualifier`
 /// columns): deleted with that version or alias, and all of a function's with it.
-const QUALIFIED_TABLES: [&str; 5] =
-    ["provisioned", "async_events", "event_invoke_configs", "function_urls", "policy_statements"];
+const QUALIFIED_TABLES: [&str; 6] = [
+    "provisioned",
+    "async_events",
+    "event_invoke_configs",
+    "function_urls",
+    "policy_statements",
+    "event_source_mappings",
+];
 
 /// Deletes the rows of [`QUALIFIED_TABLES`] of one qualifier (`None`: all of the function's),
 /// inside the transaction that deletes it.
@@ -314,6 +322,7 @@ pub(crate) mod tests {
             ephemeral_mib: 512,
             environment: BTreeMap::from([("A".to_string(), "1".to_string())]),
             snap_start: false,
+            dead_letter: None,
             layers: Vec::new(),
             tags: BTreeMap::new(),
         }
@@ -346,6 +355,7 @@ pub(crate) mod tests {
             revision_id: "r".into(),
             last_modified: String::new(),
             snap_start: false,
+            dead_letter: None,
             state: State::Active,
             state_reason: None,
             state_reason_code: None,

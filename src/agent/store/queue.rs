@@ -13,6 +13,7 @@
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
+use super::outbox::OutMessage;
 use super::{function_not_found, lock, Page, Store, StoreError};
 use crate::agent::ids::LATEST;
 
@@ -88,12 +89,15 @@ pub enum QueueWrite {
         /// What the last attempt that ran answered.
         last: Option<LastResponse>,
     },
-    /// Removes a decided event and queues its destination's record, if any.
+    /// Removes a decided event and queues its destination's record, if any, and the messages
+    /// for the broker (a queue destination's record, a dead-letter message).
     Finish {
         /// The event's row.
         seq: i64,
         /// The record for a function destination.
         then: Option<NewEvent>,
+        /// Messages for the broker's outbox.
+        publish: Vec<OutMessage>,
     },
     /// Runs a schedule's run due at `due_ms` (if it still is): queues its target's event and
     /// moves it to `next_ms`, or deletes it (see `schedules::fire`).
@@ -118,8 +122,9 @@ pub enum Written {
     Accepted(Queued),
     /// Rescheduled (`false`: the event was gone, deleted with its function).
     Rescheduled(bool),
-    /// Removed; the destination's record, if one was queued.
-    Finished(Option<Queued>),
+    /// Removed; the destination's record, if one was queued, and whether messages went to
+    /// the outbox.
+    Finished(Option<Queued>, bool),
     /// A schedule's run: the event queued, if it ran and its target exists.
     Fired(Option<Queued>),
 }
@@ -193,7 +198,7 @@ impl Store {
                         ])?;
                     Written::Rescheduled(n == 1)
                 }
-                QueueWrite::Finish { seq, then } => {
+                QueueWrite::Finish { seq, then, publish } => {
                     let existed = tx.prepare_cached("DELETE FROM async_events WHERE seq = ?1")?.execute([seq])? == 1;
                     let queued = match then {
                         Some(e) if existed => {
@@ -212,7 +217,12 @@ impl Store {
                         }
                         _ => None,
                     };
-                    Written::Finished(queued)
+                    if existed {
+                        for m in publish {
+                            super::outbox::insert(&tx, m, crate::agent::ids::unix_ms())?;
+                        }
+                    }
+                    Written::Finished(queued, existed && !publish.is_empty())
                 }
                 QueueWrite::Fire { schedule, due_ms, event, next_ms, delete } => {
                     let (_, queued) =
@@ -438,16 +448,33 @@ mod tests {
         assert_eq!(queued_ids(&store), ["a", "b"]);
         assert_eq!(store.queued().unwrap()[0].due_ms, 6000);
         // Finishing queues the record for the destination in the same transaction.
+        // So do the broker's messages.
+        let dlq = OutMessage {
+            queue: "dlq".into(),
+            message_id: "m".into(),
+            body: b"{}".to_vec(),
+            headers: Default::default(),
+        };
         let written = store
-            .write_queue(&[QueueWrite::Finish { seq: a.seq, then: Some(event("rec", "collector", None)) }])
+            .write_queue(&[QueueWrite::Finish {
+                seq: a.seq,
+                then: Some(event("rec", "collector", None)),
+                publish: vec![dlq.clone()],
+            }])
             .unwrap();
-        assert!(matches!(&written[0], Written::Finished(Some(q)) if q.function == "collector"));
+        assert!(matches!(&written[0], Written::Finished(Some(q), true) if q.function == "collector"));
         assert_eq!(queued_ids(&store), ["b", "rec"]);
+        assert_eq!(store.outbox(0, 10).unwrap()[0].message, dlq);
         // Finishing again (the event is gone) queues nothing.
         let written = store
-            .write_queue(&[QueueWrite::Finish { seq: a.seq, then: Some(event("rec2", "collector", None)) }])
+            .write_queue(&[QueueWrite::Finish {
+                seq: a.seq,
+                then: Some(event("rec2", "collector", None)),
+                publish: vec![dlq],
+            }])
             .unwrap();
-        assert_eq!(written, [Written::Finished(None)]);
+        assert_eq!(written, [Written::Finished(None, false)]);
+        assert_eq!(store.outbox_len().unwrap(), 1);
         // A failing write in a batch undoes the whole batch (a trigger refuses one).
         rusqlite::Connection::open(dir.join("ember.db"))
             .unwrap()
@@ -463,8 +490,8 @@ mod tests {
         // A destination function that does not exist gets nothing; the event still goes.
         let b = store.queued().unwrap()[0].seq;
         let written =
-            store.write_queue(&[QueueWrite::Finish { seq: b, then: Some(event("x", "nobody", None)) }]).unwrap();
-        assert_eq!(written, [Written::Finished(None)]);
+            store.write_queue(&[QueueWrite::Finish { seq: b, then: Some(event("x", "nobody", None)), publish: vec![] }]).unwrap();
+        assert_eq!(written, [Written::Finished(None, false)]);
         assert_eq!(queued_ids(&store), ["rec"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,197 @@
+//! Lambda's SQS event, made from a batch of broker deliveries, and what a function that
+//! reports batch item failures answers (`{"batchItemFailures": [{"itemIdentifier": id}]}`).
+//! Pure: the consumer ([`super::consume`]) brings the deliveries and acts on the answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use md5::Digest;
+use serde_json::{json, Map, Value};
+
+/// A message attribute (an AMQP header of the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attribute {
+    /// `DataType` `String`.
+    String(String),
+    /// `DataType` `Number` (its text).
+    Number(String),
+    /// `DataType` `Binary`.
+    Binary(Vec<u8>),
+}
+
+/// One delivery, as the event shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `messageId`: the message's `message_id` property, else one made at delivery.
+    pub message_id: String,
+    /// `receiptHandle`: names this delivery.
+    pub receipt_handle: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// `ApproximateReceiveCount`: this delivery's number.
+    pub receive_count: u32,
+    /// `SentTimestamp` (Unix ms).
+    pub sent_ms: u64,
+    /// `ApproximateFirstReceiveTimestamp` (Unix ms).
+    pub first_receive_ms: u64,
+    /// `SenderId`.
+    pub sender: String,
+    /// `messageAttributes`.
+    pub attributes: BTreeMap<String, Attribute>,
+}
+
+/// The hex MD5 of a body (`md5OfBody`).
+fn md5_hex(bytes: &[u8]) -> String {
+    md5::Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(a: &Attribute) -> Value {
+    let (data_type, key, value) = match a {
+        Attribute::String(s) => ("String", "stringValue", json!(s)),
+        Attribute::Number(n) => ("Number", "stringValue", json!(n)),
+        Attribute::Binary(b) => ("Binary", "binaryValue", json!(base64::engine::general_purpose::STANDARD.encode(b))),
+    };
+    json!({ key: value, "stringListValues": [], "binaryListValues": [], "dataType": data_type })
+}
+
+/// The event for `messages` from the queue `source_arn`.
+pub fn event(messages: &[Message], source_arn: &str, region: &str) -> Vec<u8> {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: Map<String, Value> = m.attributes.iter().map(|(k, v)| (k.clone(), attribute(v))).collect();
+            json!({
+                "messageId": m.message_id,
+                "receiptHandle": m.receipt_handle,
+                "body": String::from_utf8_lossy(&m.body),
+                "attributes": {
+                    "ApproximateReceiveCount": m.receive_count.to_string(),
+                    "SentTimestamp": m.sent_ms.to_string(),
+                    "SenderId": m.sender,
+                    "ApproximateFirstReceiveTimestamp": m.first_receive_ms.to_string(),
+                },
+                "messageAttributes": attributes,
+                "md5OfBody": md5_hex(&m.body),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": source_arn,
+                "awsRegion": region,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "Records": records })).expect("a JSON value serializes")
+}
+
+/// Which messages of a batch failed, by a successful function's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// None: acknowledge the batch.
+    None,
+    /// These (indices into the batch) go back to the queue; the rest are acknowledged.
+    Items(BTreeSet<usize>),
+    /// The answer does not say which, as Lambda reads it: the whole batch goes back.
+    All,
+}
+
+/// Reads a `ReportBatchItemFailures` answer as Lambda does: no answer, `null`, `{}`, or an
+/// empty or null `batchItemFailures` is a success; each item's `itemIdentifier` must be the
+/// `messageId` of a message of the batch, else (or if the answer is not JSON) the whole batch
+/// failed.
+pub fn failed(response: &[u8], messages: &[Message]) -> Failed {
+    let trimmed = response.trim_ascii();
+    if trimmed.is_empty() {
+        return Failed::None;
+    }
+    let Ok(answer) = serde_json::from_slice::<Value>(trimmed) else { return Failed::All };
+    let items = match answer.get("batchItemFailures") {
+        None | Some(Value::Null) => return Failed::None,
+        Some(Value::Array(items)) => items,
+        Some(_) => return Failed::All,
+    };
+    let mut failed = BTreeSet::new();
+    for item in items {
+        let Some(id) = item.get("itemIdentifier").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
+            return Failed::All;
+        };
+        let before = failed.len();
+        failed.extend(messages.iter().enumerate().filter(|(_, m)| m.message_id == id).map(|(i, _)| i));
+        if failed.len() == before && !messages.iter().any(|m| m.message_id == id) {
+            return Failed::All;
+        }
+    }
+    if failed.is_empty() {
+        Failed::None
+    } else {
+        Failed::Items(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, body: &str) -> Message {
+        Message {
+            message_id: id.into(),
+            receipt_handle: format!("rh-{id}"),
+            body: body.as_bytes().to_vec(),
+            receive_count: 1,
+            sent_ms: 1_700_000_000_000,
+            first_receive_ms: 1_700_000_000_500,
+            sender: "ember".into(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_event_is_lambda_s_sqs_event() {
+        let mut m = message("m1", "hello");
+        m.receive_count = 2;
+        m.attributes.insert("kind".into(), Attribute::String("greeting".into()));
+        m.attributes.insert("n".into(), Attribute::Number("7".into()));
+        m.attributes.insert("raw".into(), Attribute::Binary(vec![0, 1]));
+        let arn = "arn:aws:sqs:us-east-1:000000000000:q";
+        let e: Value = serde_json::from_slice(&event(&[m, message("m2", "{\"a\":1}")], arn, "us-east-1")).unwrap();
+        let r = &e["Records"][0];
+        assert_eq!(r["messageId"], "m1");
+        assert_eq!(r["receiptHandle"], "rh-m1");
+        assert_eq!(r["body"], "hello");
+        assert_eq!(r["md5OfBody"], "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(r["eventSource"], "aws:sqs");
+        assert_eq!(r["eventSourceARN"], arn);
+        assert_eq!(r["awsRegion"], "us-east-1");
+        assert_eq!(
+            r["attributes"],
+            json!({"ApproximateReceiveCount": "2", "SentTimestamp": "1700000000000", "SenderId": "ember",
+                   "ApproximateFirstReceiveTimestamp": "1700000000500"})
+        );
+        assert_eq!(
+            r["messageAttributes"]["kind"],
+            json!({"stringValue": "greeting", "stringListValues": [], "binaryListValues": [], "dataType": "String"})
+        );
+        assert_eq!(r["messageAttributes"]["n"]["dataType"], "Number");
+        assert_eq!(r["messageAttributes"]["raw"]["binaryValue"], "AAE=");
+        assert_eq!(e["Records"][1]["body"], "{\"a\":1}");
+    }
+
+    #[test]
+    fn batch_item_failures_are_read_as_lambda_reads_them() {
+        let batch = [message("a", "1"), message("b", "2"), message("c", "3")];
+        for ok in ["", "null", "{}", "\"done\"", r#"{"batchItemFailures": []}"#, r#"{"batchItemFailures": null}"#] {
+            assert_eq!(failed(ok.as_bytes(), &batch), Failed::None, "{ok}");
+        }
+        assert_eq!(
+            failed(br#"{"batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]}"#, &batch),
+            Failed::Items(BTreeSet::from([1, 2]))
+        );
+        for bad in [
+            "not json",
+            r#"{"batchItemFailures": "b"}"#,
+            r#"{"batchItemFailures": [{"itemIdentifier": ""}]}"#,
+            r#"{"batchItemFailures": [{"itemIdentifier": null}]}"#,
+            r#"{"batchItemFailures": [{"id": "b"}]}"#,
+            r#"{"batchItemFailures": [{"itemIdentifier": "zzz"}]}"#,
+        ] {
+            assert_eq!(failed(bad.as_bytes(), &batch), Failed::All, "{bad}");
+        }
+    }
+}
