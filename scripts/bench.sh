@@ -2,7 +2,8 @@
 # scripts/bench.sh NAME [ARGS...]: runs `ember bench NAME ARGS...` on a KVM host (the emulated
 # one where this machine has no hardware KVM) and passes its output through. For `events` the
 # agent's data dir is on this machine's disk (target/bench-events), so that accepts pay a real
-# fsync.
+# fsync, and a RabbitMQ broker is started there first (scripts/rabbitmq.sh) for the event source
+# mapping.
 # For `boot` it also runs the peer (scripts/bench-peer.sh: QEMU -M microvm on the same kernel,
 # image and KVM, in the same host run) and prints the ratio last:
 #   boot ratio_vs_qemu=<ember p50 / qemu p50>
@@ -47,6 +48,8 @@ args() {
         # the emulated host's tmpfs /tmp, where an fsync costs nothing and grouping commits
         # could show nothing.
         mkdir -p "$ember_repo/target/bench-events"
+        # The mappings' broker, starting while the first parts run (the bench waits for it).
+        printf '%q start\n' "$ember_repo/scripts/rabbitmq.sh"
         printf '%q bench events --data-dir %q' "$exe" "$ember_repo/target/bench-events"
         args "$@"
     else

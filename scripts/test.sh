@@ -15,10 +15,17 @@ cd "$ember_repo"
 step() { printf '\n== [%s] %s\n' "$(date +%T)" "$*"; }
 
 step "installing packages"
-ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file
-# boto3 for the API tests (tests/api/), from PyPI for the python3 on PATH; the aws CLI (v1, from
-# PyPI) in a virtualenv of its own, so that its pinned botocore never moves boto3's.
+ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file rabbitmq-server
+# Debian starts the broker as a service where it can; the tests run their own
+# (scripts/rabbitmq.sh), on the same port.
+if command -v systemctl >/dev/null && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
+    systemctl stop rabbitmq-server || true
+fi
+# boto3 for the API tests (tests/api/) and pika for their RabbitMQ side, from PyPI for the
+# python3 on PATH; the aws CLI (v1, from PyPI) in a virtualenv of its own, so that its pinned
+# botocore never moves boto3's.
 python3 -c 'import boto3' 2>/dev/null || python3 -m pip install --quiet boto3
+python3 -c 'import pika' 2>/dev/null || python3 -m pip install --quiet pika
 awscli="$ember_cache/awscli"
 if ! "$awscli/bin/aws" --version >/dev/null 2>&1; then
     rm -rf "$awscli"
@@ -53,6 +60,10 @@ runner=$(mktemp "$ember_repo/target/kvm-tests.XXXXXX.sh")
 trap 'rm -f "$runner"' EXIT
 {
     echo 'set -e'
+    # The queue tests' broker, started first and in the background: it takes about 100 s to
+    # answer in the emulated host, where the tests before kvm_queues run meanwhile.
+    printf '%q start\n' "$ember_repo/scripts/rabbitmq.sh"
+    echo "export EMBER_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
     for t in "${kvm_tests[@]}"; do
         printf 'echo "== running %s"\n' "$(basename "$t")"
         # The invoke tests run many VMs each (32 at once in one of them), and the SnapStart

@@ -1,10 +1,12 @@
-"""What Ember's boto3 scripts share (tests/api/test_boto3.py, tests/api/test_release.py): a
-counted check, a boto3 Lambda client for a local endpoint, zips and their CodeSha256, and the
-check of an expected error."""
+"""What Ember's boto3 scripts share (tests/api/test_*.py): a counted check, a boto3 Lambda
+client for a local endpoint, zips and their CodeSha256, the check of an expected error, and the
+events a test function logged."""
 
 import base64
 import hashlib
 import io
+import json
+import urllib.request
 import zipfile
 
 import boto3
@@ -80,3 +82,23 @@ def expect_error(code, status, fn, **kwargs):
 def message(e):
     """A ClientError's message."""
     return e.response["Error"].get("Message", "")
+
+
+def log_of(endpoint, name):
+    """The end (4 MB) of a function's log, from the agent (Ember's own log operation)."""
+    with urllib.request.urlopen(f"{endpoint}/2015-03-31/functions/{name}/logs?bytes=4000000") as r:
+        return r.read().decode(errors="replace")
+
+
+def events_in(endpoint, name):
+    """(request id, event) for every `event <request id> <JSON>` line in the function's log (the
+    Rust test function's with LOG_EVENTS set)."""
+    out = []
+    for line in log_of(endpoint, name).splitlines():
+        if line.startswith("event "):
+            _, rid, body = line.split(" ", 2)
+            try:
+                out.append((rid, json.loads(body)))
+            except json.JSONDecodeError as e:
+                raise AssertionError(f"{name}'s log has a broken event line ({e}): {line[:3000]!r}") from None
+    return out

@@ -26,9 +26,8 @@ import argparse
 import json
 import sys
 import time
-import urllib.request
 
-from lambda_checks import ROLE, check, checks, expect_error, lambda_client
+from lambda_checks import ROLE, check, checks, events_in, expect_error, lambda_client
 
 COLLECTOR, FAILING, SUCCEEDING, THROTTLED, BURST = "ev-collector", "ev-failing", "ev-ok", "ev-throttled", "ev-burst"
 ARN = "arn:aws:lambda:us-east-1:000000000000:function:"
@@ -36,21 +35,6 @@ ARN = "arn:aws:lambda:us-east-1:000000000000:function:"
 
 def step(what):
     print(f"events: {what}", flush=True)
-
-
-def log_of(endpoint, name):
-    with urllib.request.urlopen(f"{endpoint}/2015-03-31/functions/{name}/logs?bytes=4000000") as r:
-        return r.read().decode(errors="replace")
-
-
-def events_in(endpoint, name):
-    """(request id, event) for every `event` line in the function's log."""
-    out = []
-    for line in log_of(endpoint, name).splitlines():
-        if line.startswith("event "):
-            _, rid, body = line.split(" ", 2)
-            out.append((rid, json.loads(body)))
-    return out
 
 
 def wait_for(what, fn, timeout_s):

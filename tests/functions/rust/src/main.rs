@@ -7,6 +7,10 @@
 //! - a function URL event (payload format 2.0) for path `/fail`: fails as `{"fail": true}`;
 //!   for path `/respond`: answers the JSON of the request's body (so a client chooses the
 //!   status, headers and cookies it gets back);
+//! - an SQS event (`Records` whose items all have `eventSource` `aws:sqs`, as an event source
+//!   mapping sends): answers `{"batchItemFailures": [{"itemIdentifier": <messageId>}, ...]}`
+//!   with the records whose body is exactly `fail` (an empty list when there are none), the
+//!   partial batch response of `ReportBatchItemFailures`;
 //! - anything else: echoes the event.
 //!
 //! With `LOG_EVENTS` in its environment it first prints `event <request id> <event JSON>` (one
@@ -53,6 +57,9 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
         }
         _ => {}
     }
+    if let Some(response) = sqs_batch_response(&payload) {
+        return Ok(response);
+    }
     if payload.get("random") == Some(&Value::Bool(true)) {
         return Ok(serde_json::json!({ "random": rand::random::<u64>() }));
     }
@@ -60,6 +67,22 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     Ok(payload)
+}
+
+/// The partial batch response to an SQS event: its records whose body is `fail` failed. None
+/// for any other event.
+fn sqs_batch_response(payload: &Value) -> Option<Value> {
+    let records = payload.get("Records")?.as_array()?;
+    let from_sqs = |r: &Value| r.get("eventSource").and_then(Value::as_str) == Some("aws:sqs");
+    if records.is_empty() || !records.iter().all(from_sqs) {
+        return None;
+    }
+    let failures: Vec<Value> = records
+        .iter()
+        .filter(|r| r.get("body").and_then(Value::as_str) == Some("fail"))
+        .map(|r| serde_json::json!({ "itemIdentifier": r.get("messageId").cloned().unwrap_or(Value::Null) }))
+        .collect();
+    Some(serde_json::json!({ "batchItemFailures": failures }))
 }
 
 #[tokio::main]
