@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/serve.sh --port N --data-dir DIR [--url-listen 127.0.0.1:M] [ember serve options...]
+# scripts/serve.sh --port N --data-dir DIR [--url-listen 127.0.0.1:M] [--rabbitmq]
+#                  [ember serve options...]
 # Runs the agent (`ember serve`) on a KVM host until it is stopped (Ctrl-C, SIGTERM, SIGKILL):
 # directly where this machine has hardware KVM, else inside the emulated KVM host with
 # 127.0.0.1:N forwarded to it and DIR kept on this machine's disk (so it outlives the emulated
@@ -7,13 +8,16 @@
 # agent at 127.0.0.1:N. The agent's Unix socket is <run dir>/ember.sock on the KVM host.
 # With --url-listen 127.0.0.1:M the agent serves function URLs there, and M is forwarded too
 # (curl http://127.0.0.1:M/<url-id>/... reaches them).
+# With --rabbitmq, Debian's RabbitMQ is started on the KVM host too (scripts/rabbitmq.sh; its
+# queues last as long as the host), the agent is given --amqp-url for it, and its port 5672 is
+# forwarded (pika here reaches amqp://guest:guest@127.0.0.1:5672/%2f).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-port= data_dir= extra=() fwd=()
+port= data_dir= extra=() fwd=() rabbitmq=
 while [ $# -gt 0 ]; do
     case $1 in
     --port) port=${2:?--port needs a value}; shift 2 ;;
@@ -23,6 +27,12 @@ while [ $# -gt 0 ]; do
         extra+=(--url-listen "$url")
         fwd+=(--fwd "${url##*:}")
         shift 2
+        ;;
+    --rabbitmq)
+        rabbitmq=1
+        extra+=(--amqp-url 'amqp://guest:guest@127.0.0.1:5672/%2f')
+        fwd+=(--fwd 5672)
+        shift
         ;;
     *) extra+=("$1"); shift ;;
     esac
@@ -37,6 +47,10 @@ cargo build --release --locked --bin ember >&2
 exe=$ember_exe
 # The socket lives on the KVM host's own /run (not on a share).
 cmd=("$exe" serve --socket /run/ember/ember.sock --data-dir "$data_dir" --listen "127.0.0.1:$port" "${extra[@]}")
+if [ -n "$rabbitmq" ]; then
+    # The broker first, in the background: the agent connects when it answers.
+    cmd=(bash -c '"$0" start && exec "$@"' "$ember_repo/scripts/rabbitmq.sh" "${cmd[@]}")
+fi
 
 if ember_have_hw_kvm; then
     exec "${cmd[@]}"
