@@ -1017,6 +1017,9 @@ async fn event_runs(
     runs: usize,
 ) -> Result<EventRuns, Error> {
     use base64::Engine as _;
+    // Nothing is timed until the broker is up: its start (about 100 s of CPU in the emulated
+    // host) would weigh on whatever ran beside it.
+    drop(broker_channel(amqp_url).await?);
     let mut conn = AgentConn::open(socket).await?;
     let create = serde_json::to_vec(&serde_json::json!({
         "FunctionName": "sink", "Runtime": "provided.al2023", "Handler": "bootstrap",
@@ -1077,7 +1080,9 @@ async fn event_runs(
         invoke_us.push(t.elapsed().as_micros() as u64);
     }
 
-    let esm_msgs_per_s = mapping_throughput(&mut conn, amqp_url).await?;
+    let esm_msgs_per_s = mapping_throughput(socket, amqp_url).await?;
+    // The agent closes a connection left idle for 30 s.
+    let mut conn = AgentConn::open(socket).await?;
 
     // The accept path alone: the function's one instance (reserved concurrency 1) is kept
     // busy by a long event, so the events accepted below only queue (no VM starts, no attempt,
@@ -1122,13 +1127,16 @@ const ESM_BATCH: u32 = 100;
 const ESM_CONCURRENCY: u32 = 2;
 
 /// A channel to the broker, which may still be starting (`scripts/bench.sh events` starts it
-/// alongside the agent): tried for up to 10 minutes.
+/// alongside the agent): tried for up to 10 minutes. It is in confirm mode, so that a publish
+/// awaited is a message the broker has (lapin may send a later declare before the publishes
+/// it still buffers, which would then count too few).
 async fn broker_channel(amqp_url: &str) -> Result<(lapin::Connection, lapin::Channel), Error> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await {
             Ok(c) => {
                 let ch = c.create_channel().await.map_err(|e| Error::Broker(e.to_string()))?;
+                ch.confirm_select(Default::default()).await.map_err(|e| Error::Broker(e.to_string()))?;
                 return Ok((c, ch));
             }
             Err(e) if Instant::now() > deadline => return Err(Error::Broker(format!("{amqp_url}: {e}"))),
@@ -1144,7 +1152,7 @@ async fn ready(ch: &lapin::Channel, queue: &str) -> Result<u32, Error> {
     Ok(q.message_count())
 }
 
-/// Publishes `n` small persistent messages to `queue`, with confirms.
+/// Publishes `n` small persistent messages to `queue` and waits for the broker's confirms.
 async fn publish(ch: &lapin::Channel, queue: &str, n: u32) -> Result<(), Error> {
     let broker = |e: lapin::Error| Error::Broker(e.to_string());
     let mut confirms = Vec::with_capacity(n as usize);
@@ -1181,8 +1189,10 @@ async fn drained(ch: &lapin::Channel, queue: &str) -> Result<(), Error> {
 /// the queue fills; once enabled, the consumer's prefetch window (batch size times concurrency)
 /// fills at once, and from then on the broker delivers a message only when one is
 /// acknowledged: the ready count falling from there to zero is the rate of acknowledgements.
-async fn mapping_throughput(conn: &mut AgentConn, amqp_url: &str) -> Result<u64, Error> {
+async fn mapping_throughput(socket: &Path, amqp_url: &str) -> Result<u64, Error> {
     let (_connection, ch) = broker_channel(amqp_url).await?;
+    // A connection of its own: one left idle while the broker started may have been closed.
+    let conn = &mut AgentConn::open(socket).await?;
     let queue = "ember-bench-esm";
     let broker = |e: lapin::Error| Error::Broker(e.to_string());
     let _ = ch.queue_delete(queue.into(), Default::default()).await.map_err(broker)?;
@@ -1220,7 +1230,9 @@ async fn mapping_throughput(conn: &mut AgentConn, amqp_url: &str) -> Result<u64,
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     drained(&ch, queue).await?;
-    let rate = f64::from(from) / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let rate = f64::from(from) / elapsed.as_secs_f64();
+    eprintln!("bench: mapping: {from} of {total} messages timed over {elapsed:?}");
     conn.call("DELETE", &path, b"").await?;
     let _ = ch.queue_delete(queue.into(), Default::default()).await;
     Ok(rate as u64)
