@@ -58,49 +58,22 @@ for line in sys.stdin:
 [ ${#kvm_tests[@]} -gt 0 ] || { echo "test.sh: no KVM test binaries were built" >&2; exit 1; }
 runner=$(mktemp "$ember_repo/target/kvm-tests.XXXXXX.sh")
 trap 'rm -f "$runner"' EXIT
-# The queue tests mostly wait (for the broker to start, for batching windows, retries and the
-# broker's restart), as do the event tests (for schedules to fire): they run side by side, the
-# queue tests' output kept apart and shown when both are done.
-queues= events=
-for t in "${kvm_tests[@]}"; do
-    case $(basename "$t") in
-    kvm_queues-*) queues=$t ;;
-    kvm_events-*) events=$t ;;
-    esac
-done
-bounded() {
-    printf '%q 1500 %q --test-threads=%d' "$ember_repo/scripts/run-bounded.sh" "$1" "$2"
-}
 {
     echo 'set -e'
     # The queue tests' broker, started first and in the background: it takes about 100 s to
-    # answer in the emulated host, while the first tests run (kvm_queues waits for it).
+    # answer in the emulated host, where the tests before kvm_queues run meanwhile.
     printf '%q start\n' "$ember_repo/scripts/rabbitmq.sh"
     echo "export EMBER_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
     for t in "${kvm_tests[@]}"; do
-        name=$(basename "$t")
+        printf 'echo "== running %s"\n' "$(basename "$t")"
         # The invoke tests run many VMs each (32 at once in one of them), and the SnapStart
         # tests many restores: one test at a time, so the emulated host is never asked for more
         # memory and CPU than it has (its kernel has died under heavy restore load, with a
         # page-fault loop in a vCPU thread).
         threads=2
-        case $name in kvm_invoke-* | kvm_snapstart-* | kvm_release-*) threads=1 ;; esac
+        case $(basename "$t") in kvm_invoke-* | kvm_snapstart-* | kvm_release-*) threads=1 ;; esac
         # A hung test fails after 25 minutes (the slowest binary takes ~6 here), with a dump.
-        if [ -n "$events" ] && [ "$t" = "$queues" ]; then
-            continue
-        elif [ -n "$queues" ] && [ "$t" = "$events" ]; then
-            printf 'echo "== running %s and %s side by side"\n' "$name" "$(basename "$queues")"
-            echo 'queues_log=$(mktemp)'
-            echo "( $(bounded "$queues" 1) >\"\$queues_log\" 2>&1 ) & queues_pid=\$!"
-            echo "events_rc=0; $(bounded "$t" "$threads") || events_rc=\$?"
-            echo 'queues_rc=0; wait "$queues_pid" || queues_rc=$?'
-            printf 'echo "== output of %s"; cat "$queues_log"\n' "$(basename "$queues")"
-            echo 'if [ "$events_rc" -ne 0 ] || [ "$queues_rc" -ne 0 ]; then exit 1; fi'
-        else
-            printf 'echo "== running %s"\n' "$name"
-            bounded "$t" "$threads"
-            echo
-        fi
+        printf '%q 1500 %q --test-threads=%d\n' "$ember_repo/scripts/run-bounded.sh" "$t" "$threads"
     done
 } >"$runner"
 ember_on_kvm_host bash "$runner"
