@@ -11,7 +11,9 @@
 #
 # Environment: EMBER_RABBITMQ_DIR (default /tmp/ember-rabbitmq: its database, logs and Erlang
 # cookie; it must be writable, so not the read-only root of the emulated host),
-# EMBER_RABBITMQ_PORT (default 5672). Clients connect to
+# EMBER_RABBITMQ_PORT (default 5672), EMBER_RABBITMQ_NICE (the broker's niceness, default 0:
+# the test suite starts it at 19, so that its slow start takes only CPU the tests leave idle).
+# Clients connect to
 # amqp://guest:guest@127.0.0.1:$EMBER_RABBITMQ_PORT/%2f.
 #
 # Seen in the emulated KVM host (one TCG vCPU), 2026-12-03: the node answered AMQP 102 s after
@@ -60,7 +62,7 @@ start)
     mkdir -p "$dir/log"
     echo '[].' >"$dir/enabled_plugins"
     : >"$dir/rabbitmq-env.conf"
-    setsid "$server" >"$dir/log/server.out" 2>&1 </dev/null &
+    setsid nice -n "${EMBER_RABBITMQ_NICE:-0}" "$server" >"$dir/log/server.out" 2>&1 </dev/null &
     echo "rabbitmq.sh: starting on port $port (logs in $dir/log)" >&2
     ;;
 wait)

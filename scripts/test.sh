@@ -60,9 +60,11 @@ runner=$(mktemp "$ember_repo/target/kvm-tests.XXXXXX.sh")
 trap 'rm -f "$runner"' EXIT
 {
     echo 'set -e'
-    # The queue tests' broker, started first and in the background: it takes about 100 s to
-    # answer in the emulated host, where the tests before kvm_queues run meanwhile.
-    printf '%q start\n' "$ember_repo/scripts/rabbitmq.sh"
+    # The queue tests' broker, started first and in the background: it takes about 100 s of
+    # CPU to answer in the emulated host, where the tests before kvm_queues run meanwhile; at
+    # the lowest priority, so that it never slows them (a guest once took over 120 s to boot
+    # beside it). kvm_queues waits for it.
+    printf 'EMBER_RABBITMQ_NICE=19 %q start\n' "$ember_repo/scripts/rabbitmq.sh"
     echo "export EMBER_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
     for t in "${kvm_tests[@]}"; do
         printf 'echo "== running %s"\n' "$(basename "$t")"
