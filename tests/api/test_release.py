@@ -328,7 +328,7 @@ def unsupported(lam, python_zip):
     base = dict(FunctionName="rel-unsupported", Runtime="python3.11", Role=ROLE, Handler="handler.echo",
                 Code={"ZipFile": python_zip})
     for member, value in (
-        ("DeadLetterConfig", {"TargetArn": "arn:aws:sqs:us-east-1:000000000000:dlq"}),
+        ("ImageConfig", {"Command": ["main"]}),
         ("KMSKeyArn", "arn:aws:kms:us-east-1:000000000000:key/k"),
         ("VpcConfig", {"SubnetIds": ["subnet-1"], "SecurityGroupIds": ["sg-1"]}),
         ("TracingConfig", {"Mode": "Active"}),
@@ -336,6 +336,10 @@ def unsupported(lam, python_zip):
     ):
         e = expect_error("InvalidParameterValueException", 400, lam.create_function, **base, **{member: value})
         check(message(e).startswith(member), f"{member}: {message(e)}")
+    # A dead-letter queue needs the message broker, which this agent was started without.
+    e = expect_error("InvalidParameterValueException", 400, lam.create_function, **base,
+                     DeadLetterConfig={"TargetArn": "arn:aws:sqs:us-east-1:000000000000:dlq"})
+    check("message broker" in message(e), f"DeadLetterConfig without a broker: {message(e)}")
     expect_error("ResourceNotFoundException", 404, lam.get_function, FunctionName="rel-unsupported")
     # Their harmless defaults are accepted.
     lam.create_function(**base, TracingConfig={"Mode": "PassThrough"}, VpcConfig={"SubnetIds": [], "SecurityGroupIds": []})
