@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import time
 import urllib.request
 import zipfile
 
@@ -102,3 +103,15 @@ def events_in(endpoint, name):
             except json.JSONDecodeError as e:
                 raise AssertionError(f"{name}'s log has a broken event line ({e}): {line[:3000]!r}") from None
     return out
+
+
+def wait_for(what, fn, timeout_s, every_s=0.5):
+    """fn()'s first truthy value, polled every `every_s` for at most `timeout_s`."""
+    deadline = time.time() + timeout_s
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)

@@ -27,7 +27,7 @@ import json
 import sys
 import time
 
-from lambda_checks import ROLE, check, checks, events_in, expect_error, lambda_client
+from lambda_checks import ROLE, check, checks, events_in, expect_error, lambda_client, wait_for
 
 COLLECTOR, FAILING, SUCCEEDING, THROTTLED, BURST = "ev-collector", "ev-failing", "ev-ok", "ev-throttled", "ev-burst"
 ARN = "arn:aws:lambda:us-east-1:000000000000:function:"
@@ -35,17 +35,6 @@ ARN = "arn:aws:lambda:us-east-1:000000000000:function:"
 
 def step(what):
     print(f"events: {what}", flush=True)
-
-
-def wait_for(what, fn, timeout_s):
-    deadline = time.time() + timeout_s
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def create(lam, zip_bytes, name, **extra):

@@ -48,6 +48,7 @@ listed, the disabled one still disabled; re-enabled with BatchSize 2, it handles
 
 import argparse
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -57,7 +58,11 @@ import time
 import pika
 from botocore.exceptions import ClientError
 
+import lambda_checks
 from lambda_checks import ROLE, check, checks, events_in, expect_error, lambda_client, message
+
+# Polled a little more often than the event tests poll.
+wait_for = functools.partial(lambda_checks.wait_for, every_s=0.3)
 
 # The functions, one per scenario at most.
 DEST, BURST, BATCH, PARTIAL = "q-dest", "q-burst", "q-batch", "q-partial"
@@ -90,18 +95,6 @@ def sqs_batches(endpoint, name):
 def bodies_in(endpoint, name):
     """How many times the function received each message body."""
     return collections.Counter(r["body"] for batch in sqs_batches(endpoint, name) for r in batch)
-
-
-def wait_for(what, fn, timeout_s):
-    """fn()'s first truthy value, polled every 0.3 s for at most timeout_s."""
-    deadline = time.time() + timeout_s
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.3)
 
 
 def create(lam, zip_bytes, name, **extra):
