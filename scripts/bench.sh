@@ -50,6 +50,7 @@ args() {
         mkdir -p "$ember_repo/target/bench-events"
         # The mappings' broker, starting while the first parts run (the bench waits for it).
         printf '%q start\n' "$ember_repo/scripts/rabbitmq.sh"
+        printf 'trap %q EXIT\n' "$ember_repo/scripts/rabbitmq.sh stop"
         printf '%q bench events --data-dir %q' "$exe" "$ember_repo/target/bench-events"
         args "$@"
     else

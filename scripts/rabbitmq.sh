@@ -7,7 +7,7 @@
 #   scripts/rabbitmq.sh stop-app   stop the broker application (rabbitmqctl stop_app): clients
 #                                  are disconnected, the node stays up
 #   scripts/rabbitmq.sh start-app  start it again (rabbitmqctl start_app)
-#   scripts/rabbitmq.sh stop       stop the node
+#   scripts/rabbitmq.sh stop       stop the node (its whole process group)
 #
 # Environment: EMBER_RABBITMQ_DIR (default /tmp/ember-rabbitmq: its database, logs and Erlang
 # cookie; it must be writable, so not the read-only root of the emulated host),
@@ -42,6 +42,13 @@ die() {
     exit 1
 }
 
+# Signals the broker's process group (setsid made its first process the group's leader).
+stop_group() {
+    [ -f "$dir/group" ] || return 0
+    kill -"$1" -- "-$(cat "$dir/group")" 2>/dev/null || true
+    rm -f "$dir/group"
+}
+
 answers() {
     python3 - "$port" <<'PY'
 import socket, sys
@@ -58,11 +65,14 @@ PY
 case ${1:-} in
 start)
     [ -x "$server" ] || die "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+    # A broker an earlier run left (its starter was killed) goes first.
+    stop_group KILL
     rm -rf "$dir"
     mkdir -p "$dir/log"
     echo '[].' >"$dir/enabled_plugins"
     : >"$dir/rabbitmq-env.conf"
     setsid nice -n "${EMBER_RABBITMQ_NICE:-0}" "$server" >"$dir/log/server.out" 2>&1 </dev/null &
+    echo $! >"$dir/group"
     echo "rabbitmq.sh: starting on port $port (logs in $dir/log)" >&2
     ;;
 wait)
@@ -79,6 +89,6 @@ wait)
     ;;
 stop-app) "$ctl" -n "$node" stop_app ;;
 start-app) "$ctl" -n "$node" start_app ;;
-stop) "$ctl" -n "$node" stop || true ;;
+stop) stop_group TERM ;;
 *) die "usage: rabbitmq.sh start | wait [SECONDS] | stop-app | start-app | stop" ;;
 esac

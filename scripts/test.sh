@@ -65,6 +65,9 @@ trap 'rm -f "$runner"' EXIT
     # the lowest priority, so that it never slows them (a guest once took over 120 s to boot
     # beside it). kvm_queues waits for it.
     printf 'EMBER_RABBITMQ_NICE=19 %q start\n' "$ember_repo/scripts/rabbitmq.sh"
+    # Stopped when the tests end (on a hardware KVM host it would outlive them; a broker left
+    # by a killed run is stopped by the next start).
+    printf 'trap %q EXIT\n' "$ember_repo/scripts/rabbitmq.sh stop"
     echo "export EMBER_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
     for t in "${kvm_tests[@]}"; do
         printf 'echo "== running %s"\n' "$(basename "$t")"
