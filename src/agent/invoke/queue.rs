@@ -165,7 +165,10 @@ impl AsyncQueue {
             retry_delays,
             outbox,
         });
-        tokio::spawn(write_batches(store, rx));
+        std::thread::Builder::new()
+            .name("ember-queue-writer".into())
+            .spawn(move || write_batches(store, rx))
+            .map_err(|source| StoreError::Io { what: "start the queue's writer thread".into(), source })?;
         tokio::spawn(dispatch(inner.clone()));
         Ok(AsyncQueue { inner })
     }
@@ -238,9 +241,11 @@ impl Inner {
     }
 }
 
-/// The writer: commits what arrived while the last batch committed, in one transaction.
-async fn write_batches(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(QueueWrite, Reply)>) {
-    while let Some(first) = rx.recv().await {
+/// The writer, on a thread of its own: commits what arrived while the last batch committed, in
+/// one transaction, and answers each write itself, so that the next batch starts as soon as
+/// one commit is over (no hand-off through the runtime between commits).
+fn write_batches(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(QueueWrite, Reply)>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -249,30 +254,18 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(Queue
             }
         }
         let (writes, replies): (Vec<QueueWrite>, Vec<Reply>) = batch.into_iter().unzip();
-        let s = store.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            match s.write_queue(&writes) {
-                Ok(written) => written.into_iter().map(Ok).collect(),
-                // One bad write must not fail the others: each on its own, then.
-                Err(_) if writes.len() > 1 => writes
-                    .iter()
-                    .map(|w| s.write_queue(std::slice::from_ref(w)).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
-                    .collect(),
-                Err(e) => vec![Err(e.to_string())],
-            }
-        })
-        .await;
-        match result {
-            Ok(results) => {
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(r);
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(format!("the store's thread failed: {e}")));
-                }
-            }
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match store.write_queue(&writes) {
+            Ok(written) => written.into_iter().map(Ok).collect(),
+            // One bad write must not fail the others: each on its own, then.
+            Err(_) if writes.len() > 1 => writes
+                .iter()
+                .map(|w| store.write_queue(std::slice::from_ref(w)).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => vec![Err(e.to_string())],
+        }))
+        .unwrap_or_else(|_| vec![Err("the queue's writer panicked".to_string()); replies.len()]);
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
         }
     }
 }
