@@ -28,7 +28,10 @@
 #   kernel modules to load in L1, such as tun; about 1 s more), EMBER_L1_MACHINE (microvm,
 #   the default, or q35), EMBER_L1_IDLE (poll, the default, or halt: L1's idle loop),
 #   EMBER_L1_RW_CACHE (9p cache mode of the read-write shares: loose, the
-#   default, or mmap, which is slower to read but keeps nothing).
+#   default, or mmap, which is slower to read but keeps nothing), EMBER_L1_DRIVE (a raw disk
+#   image on this machine, attached as a virtio block device, /dev/vda in L1, with QEMU's
+#   cache=none: a flush in L1 is an fdatasync of the image here; the command formats and mounts
+#   it, loading virtio_blk and its filesystem through EMBER_L1_MODULES).
 # Limits: unix sockets cannot live on the 9p shares (QEMU refuses special files there): put
 # them under /tmp or /run, which are L1's own tmpfs.
 # Exit status: COMMAND's; 124 on timeout; 125 when L1 could not be set up or died before
@@ -79,28 +82,42 @@ mkdir -p "$l1_dir" || die "cannot create $l1_dir"
 ember_apt_install qemu-system-x86 busybox-static cpio kmod xz-utils ||
     die "cannot install the packages L1 needs"
 
-# --- The L1 kernel: Debian's generic flavour, unpacked into the cache ------------------------
+# --- The L1 kernel: Debian 12's Linux 6.12 (generic flavour), unpacked into the cache ---------
+# From Debian 12's backports suite, which this script adds to apt's sources pinned at priority 1:
+# only what is asked for by name comes from there, nothing on this machine is upgraded from it.
+# 6.12 rather than bookworm's own 6.1: it has KVM_PRE_FAULT_MEMORY (6.10).
 # (The cloud flavour has no 9p: CONFIG_NET_9P is not set there.)
-kernel_pkg=${EMBER_L1_KERNEL_PACKAGE:-linux-image-amd64}
+kernel_pkg=${EMBER_L1_KERNEL_PACKAGE:-linux-image-amd64/bookworm-backports}
 
-# The unpacked kernel in the cache (the last by name if several), if any.
-find_cached_kernel() {
-    local d best=
-    for d in "$l1_dir"/linux-*/; do
-        [ -e "$d.complete" ] || continue
-        best=${d%/}
-    done
-    [ -n "$best" ] && echo "$best"
+add_backports() {
+    local src=/etc/apt/sources.list.d/ember-bookworm-backports.sources
+    local pin=/etc/apt/preferences.d/ember-bookworm-backports
+    [ -f "$src" ] && [ -f "$pin" ] && return 0
+    printf '%s\n' 'Package: *' 'Pin: release n=bookworm-backports' 'Pin-Priority: 1' |
+        _ember_as_root tee "$pin" >/dev/null || return 1
+    printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+        'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
+        _ember_as_root tee "$src" >/dev/null || return 1
+    unset EMBER_APT_UPDATED
 }
 
-fetch_kernel() {
-    local real kver tmp deb off
-    ember_apt_update || return 1
-    # linux-image-amd64 is a metapackage: take the versioned image it depends on.
-    real=$(apt-cache depends "$kernel_pkg" 2>/dev/null |
-        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
-    [ -n "$real" ] || real=$kernel_pkg
-    kver=${real#linux-image-}
+# The versioned image package $kernel_pkg stands for (linux-image-amd64 is a metapackage: the
+# image it depends on), from apt's lists, updated once if they do not know it.
+kernel_package() {
+    local real= try
+    case $kernel_pkg in */bookworm-backports) add_backports || return 1 ;; esac
+    for try in 1 2; do
+        real=$(apt-cache depends "$kernel_pkg" 2>/dev/null |
+            awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+        [ -n "$real" ] && break
+        apt-cache show "${kernel_pkg%/*}" >/dev/null 2>&1 && { real=${kernel_pkg%/*}; break; }
+        [ "$try" = 1 ] && { ember_apt_update || return 1; }
+    done
+    [ -n "$real" ] && echo "$real"
+}
+
+fetch_kernel() { # PACKAGE KVER
+    local real=$1 kver=$2 tmp deb off
     echo "kvm-host: fetching $real for L1 (once)" >&2
     tmp=$l1_dir/tmp.$$
     rm -rf "$tmp" && mkdir -p "$tmp" || return 1
@@ -130,12 +147,12 @@ fetch_kernel() {
 # One run at a time fetches the kernel or builds the initramfs.
 exec 9>"$l1_dir/.lock"
 flock 9 || die "cannot lock $l1_dir/.lock"
-kdir=$(find_cached_kernel) || true
-if [ -z "$kdir" ]; then
-    fetch_kernel || die "cannot fetch the L1 kernel ($kernel_pkg)"
-    kdir=$(find_cached_kernel) || die "no L1 kernel in $l1_dir"
+pkg=$(kernel_package) || die "apt knows no package $kernel_pkg (the L1 kernel)"
+kver=${pkg#linux-image-}
+kdir=$l1_dir/linux-$kver
+if [ ! -e "$kdir/.complete" ]; then
+    fetch_kernel "$pkg" "$kver" || die "cannot fetch the L1 kernel ($pkg)"
 fi
-kver=$(cat "$kdir/kver")
 kmoddir=$kdir/lib/modules/$kver
 if [ -f "$kdir/boot/vmlinux-$kver" ]; then
     kernel=$kdir/boot/vmlinux-$kver
@@ -180,18 +197,24 @@ mod_closure() {
     echo "$name"
 }
 
-# Copies a module without its appended signature: checking it costs about 25 ms per MB under
-# TCG, and without the kernel's certificates (see initcall_blacklist) it only taints anyway.
+# Copies a module, uncompressed (6.12's are xz-compressed) and without its appended signature:
+# checking it costs about 25 ms per MB under TCG, and without the kernel's certificates (see
+# initcall_blacklist) it only taints anyway.
 copy_module() {
     local src=$1 dst=$2 size siglen
-    if [ "$(tail -c 28 "$src")" = "~Module signature appended~" ]; then
-        size=$(stat -c %s "$src")
+    case $src in
+    *.xz) xz -dcq "$src" >"$dst.raw" || return 1 ;;
+    *) cp "$src" "$dst.raw" || return 1 ;;
+    esac
+    if [ "$(tail -c 28 "$dst.raw")" = "~Module signature appended~" ]; then
+        size=$(stat -c %s "$dst.raw")
         # struct module_signature (12 bytes, big-endian signature length last) before the marker
-        siglen=$(tail -c 40 "$src" | head -c 12 | od -An -tu1 |
+        siglen=$(tail -c 40 "$dst.raw" | head -c 12 | od -An -tu1 |
             awk '{ print ((($9 * 256) + $10) * 256 + $11) * 256 + $12 }')
-        head -c $((size - 40 - siglen)) "$src" >"$dst"
+        head -c $((size - 40 - siglen)) "$dst.raw" >"$dst" || return 1
+        rm -f "$dst.raw"
     else
-        cp "$src" "$dst"
+        mv "$dst.raw" "$dst"
     fi
 }
 
@@ -383,6 +406,12 @@ qemu=(qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max
     -chardev "file,id=ttyS1,path=$tmp/ttyS1" -device isa-serial,chardev=ttyS1,index=1
     -monitor "unix:$tmp/monitor,server=on,wait=off"
     "${fsdev_args[@]}" "${net_args[@]}")
+if [ -n "${EMBER_L1_DRIVE:-}" ]; then
+    [ -f "$EMBER_L1_DRIVE" ] || die "EMBER_L1_DRIVE: no such file: $EMBER_L1_DRIVE"
+    case $EMBER_L1_DRIVE in *,*) die "EMBER_L1_DRIVE cannot have a comma: $EMBER_L1_DRIVE" ;; esac
+    qemu+=(-drive "file=$EMBER_L1_DRIVE,format=raw,if=none,id=drive0,cache=none,aio=threads"
+        -device "virtio-blk-$vdev,drive=drive0")
+fi
 [ -n "$verbose" ] && echo "kvm-host: ${qemu[*]}" >&2
 
 # ttyS0: the command's stdout, the kernel's console and the exit marker, which is taken out.
