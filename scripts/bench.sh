@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # scripts/bench.sh NAME [ARGS...]: runs `ember bench NAME ARGS...` on a KVM host (the emulated
-# one where this machine has no hardware KVM) and passes its output through. For `events` the
-# agent's data dir is on this machine's disk (target/bench-events), so that accepts pay a real
-# fsync, and a RabbitMQ broker is started there first (scripts/rabbitmq.sh) for the event source
-# mapping.
+# one where this machine has no hardware KVM) and passes its output through. For `events` a
+# RabbitMQ broker is started there first (scripts/rabbitmq.sh) for the event source mapping, and
+# the agent's data dir is on a disk of its own, as on a production host: on the emulated host an
+# ext4 filesystem on a virtio block device whose flushes are fdatasyncs of an image file on this
+# machine's disk (target/bench-events.img), so that every commit pays a real fsync; and that
+# host gets two CPUs (EMBER_L1_CPUS, unless set), because with one it spends the whole CPU on
+# both ends of the HTTP requests and on its own kernel's block I/O, so that eight clients could
+# not show what grouping commits does (measured on 2026-12-03, agent alone, Python clients:
+# one CPU, c1 83/s and c8 164/s; two CPUs, c1 93/s and c8 574/s).
 # For `boot` it also runs the peer (scripts/bench-peer.sh: QEMU -M microvm on the same kernel,
 # image and KVM, in the same host run) and prints the ratio last:
 #   boot ratio_vs_qemu=<ember p50 / qemu p50>
@@ -23,8 +28,17 @@ cargo build --release --locked --bin ember >&2
 exe=$ember_exe
 
 runner=$(mktemp "$ember_repo/target/bench.XXXXXX.sh")
+l1_drive=
+if [ "$name" = events ] && ! ember_have_hw_kvm; then
+    l1_drive=$ember_repo/target/bench-events.img
+    rm -f "$l1_drive"
+    truncate -s 4G "$l1_drive"
+    mkfs.ext4 -q -F "$l1_drive"
+    export EMBER_L1_DRIVE=$l1_drive EMBER_L1_CPUS=${EMBER_L1_CPUS:-2}
+    export EMBER_L1_MODULES="${EMBER_L1_MODULES:+$EMBER_L1_MODULES }virtio_blk ext4"
+fi
 out=$(mktemp)
-trap 'rm -f "$runner" "$out"' EXIT
+trap 'rm -f "$runner" "$out" ${l1_drive:+"$l1_drive"}' EXIT
 # The benchmark's own arguments, quoted, to end a command line in the runner.
 args() {
     [ $# -eq 0 ] || printf ' %q' "$@"
@@ -44,14 +58,19 @@ args() {
             "$ember_repo/scripts/bench-peer.sh"
         args "$@"
     elif [ "$name" = events ]; then
-        # The agent's store on this machine's disk (a read-write share of the repository), not
-        # the emulated host's tmpfs /tmp, where an fsync costs nothing and grouping commits
-        # could show nothing.
-        mkdir -p "$ember_repo/target/bench-events"
+        # The agent's store on a disk of its own (not the emulated host's tmpfs /tmp, where an
+        # fsync costs nothing and grouping commits could show nothing; nor the 9p share of
+        # this machine's files, where each of SQLite's locks and writes is a round trip to
+        # QEMU). Where this machine has hardware KVM, this machine's disk (target/bench-events).
+        if [ -n "$l1_drive" ]; then
+            echo 'data=/run/ember-bench-disk; mkdir -p "$data"; mount -t ext4 /dev/vda "$data"'
+        else
+            printf 'data=%q; mkdir -p "$data"\n' "$ember_repo/target/bench-events"
+        fi
         # The mappings' broker, starting while the first parts run (the bench waits for it).
         printf '%q start\n' "$ember_repo/scripts/rabbitmq.sh"
         printf 'trap %q EXIT\n' "$ember_repo/scripts/rabbitmq.sh stop"
-        printf '%q bench events --data-dir %q' "$exe" "$ember_repo/target/bench-events"
+        printf '%q bench events --data-dir "$data"' "$exe"
         args "$@"
     else
         printf '%q bench %q' "$exe" "$name"
