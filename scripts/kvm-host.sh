@@ -21,10 +21,11 @@
 #   --fwd PORT       forward 127.0.0.1:PORT here to 127.0.0.1:PORT inside L1 (repeatable)
 #   --env NAME[=VALUE]  pass one more environment variable (repeatable)
 #   --verbose        show the L1 kernel's boot messages and the QEMU command line
-# Environment: EMBER_L1_CPUS (default 1: with 2, L1's kernel oopses under heavy nested load,
-#   "stack guard page was hit" in a vCPU thread right after VMRUN, and the test suite runs no
-#   faster on this 2-core machine), EMBER_L1_MEM_MIB (default 6144),
-#   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64), EMBER_L1_RW, EMBER_L1_MODULES (more
+# Environment: EMBER_L1_CPUS (default 1: with 2, L1's 6.1 kernel oopsed under heavy nested
+#   load, "stack guard page was hit" in a vCPU thread right after VMRUN, and the test suite runs
+#   no faster on this 2-core machine), EMBER_L1_MEM_MIB (default 6144),
+#   EMBER_L1_KERNEL_PACKAGE (default linux-image-amd64/bookworm-backports, Linux 6.12; apt's
+#   NAME/SUITE or a versioned image package), EMBER_L1_RW, EMBER_L1_MODULES (more
 #   kernel modules to load in L1, such as tun; about 1 s more), EMBER_L1_MACHINE (microvm,
 #   the default, or q35), EMBER_L1_IDLE (poll, the default, or halt: L1's idle loop),
 #   EMBER_L1_RW_CACHE (9p cache mode of the read-write shares: loose, the
