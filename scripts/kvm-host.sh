@@ -105,14 +105,18 @@ add_backports() {
 # The versioned image package $kernel_pkg stands for (linux-image-amd64 is a metapackage: the
 # image it depends on), from apt's lists, updated once if they do not know it.
 kernel_package() {
-    local real= try
+    local real= try name=${kernel_pkg%/*}
     case $kernel_pkg in */bookworm-backports) add_backports || return 1 ;; esac
     for try in 1 2; do
-        real=$(apt-cache depends "$kernel_pkg" 2>/dev/null |
-            awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+        if [[ $name =~ ^linux-image-[0-9] ]]; then
+            apt-cache show "$kernel_pkg" >/dev/null 2>&1 && real=$name
+        else
+            real=$(apt-cache depends "$kernel_pkg" 2>/dev/null |
+                awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+        fi
         [ -n "$real" ] && break
-        apt-cache show "${kernel_pkg%/*}" >/dev/null 2>&1 && { real=${kernel_pkg%/*}; break; }
-        [ "$try" = 1 ] && { ember_apt_update || return 1; }
+        # Lists from before the suite was added, or too old: update them, once.
+        [ "$try" = 1 ] && { unset EMBER_APT_UPDATED; ember_apt_update || return 1; }
     done
     [ -n "$real" ] && echo "$real"
 }
