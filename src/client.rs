@@ -1942,7 +1942,10 @@ mod tests {
             })
         );
         let (method, path, body) = sent(&["update-event-source-mapping", "--uuid", "u-1", "--enabled", "false"]);
-        assert_eq!((method, path.as_str(), body), (Method::PUT, "/2015-03-31/event-source-mappings/u-1", json!({"Enabled": false})));
+        assert_eq!(
+            (method, path.as_str(), body),
+            (Method::PUT, "/2015-03-31/event-source-mappings/u-1", json!({"Enabled": false}))
+        );
         let (method, path, _) = sent(&["get-event-source-mapping", "--uuid", "u-1"]);
         assert_eq!((method, path.as_str()), (Method::GET, "/2015-03-31/event-source-mappings/u-1"));
         let (method, path, _) = sent(&["delete-event-source-mapping", "--uuid", "u-1"]);

@@ -13,8 +13,8 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::net::UnixStream;
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(op(Method::GET, "/2015-03-31/functions/f/a/b"), Routed::Unknown);
         assert_eq!(op(Method::GET, "/2015-03-31/functionsx"), Routed::Unknown);
         assert_eq!(op(Method::GET, "/2015-03-31/functions/%zz"), Routed::Unknown);
-        assert_eq!(op(Method::POST, "/2015-03-31/event-source-mappings/"), Routed::Op(Op::CreateEventSourceMapping, vec![]));
+        assert_eq!(
+            op(Method::POST, "/2015-03-31/event-source-mappings/"),
+            Routed::Op(Op::CreateEventSourceMapping, vec![])
+        );
         assert_eq!(
             op(Method::DELETE, "/2015-03-31/event-source-mappings/u-1"),
             Routed::Op(Op::DeleteEventSourceMapping, vec!["u-1".into()])

@@ -47,7 +47,8 @@ pub(crate) fn test_agent() -> TestAgent {
     let limits = HostLimits { concurrent: 10, min_unreserved: 1 };
     let control = Control::new(store.clone(), pool.clone(), logs.clone(), limits);
     let invoker = Invoker::new(store.clone(), pool.clone());
-    let queue = AsyncQueue::start(store.clone(), invoker.clone(), pool, DEFAULT_RETRY_DELAYS, Default::default()).unwrap();
+    let queue =
+        AsyncQueue::start(store.clone(), invoker.clone(), pool, DEFAULT_RETRY_DELAYS, Default::default()).unwrap();
     let scheduler = crate::agent::triggers::schedule::Scheduler::start(store, queue.clone()).unwrap();
     let agent = Agent { control, invoker, queue, scheduler, logs, consumers: None };
     TestAgent { agent: Arc::new(agent), dir }

@@ -69,13 +69,8 @@ pub struct Consumers {
 impl Consumers {
     /// Starts the supervisor, which starts a consumer for every enabled mapping.
     pub fn start(store: Arc<Store>, broker: Arc<Broker>, invoker: Invoker) -> Consumers {
-        let inner = Arc::new(Inner {
-            store,
-            broker,
-            invoker,
-            wake: Notify::new(),
-            results: Mutex::new(HashMap::new()),
-        });
+        let inner =
+            Arc::new(Inner { store, broker, invoker, wake: Notify::new(), results: Mutex::new(HashMap::new()) });
         tokio::spawn(supervise(inner.clone()));
         Consumers { inner }
     }
@@ -371,7 +366,9 @@ async fn run(
 ) -> Result<crate::agent::pool::InvokeOutput, crate::agent::invoke::Error> {
     let qualifier = match m.qualifier.as_str() {
         "" => None,
-        q => Some(Qualifier::parse(q).map_err(|e| crate::agent::invoke::Error::Store(StoreError::NotFound(e.to_string())))?),
+        q => Some(
+            Qualifier::parse(q).map_err(|e| crate::agent::invoke::Error::Store(StoreError::NotFound(e.to_string())))?,
+        ),
     };
     let target = invoker.resolve(&FunctionRef { name: m.function.clone(), qualifier })?;
     let request = InvokeRequest {

@@ -27,8 +27,10 @@ impl Control {
         marker: Option<String>,
         max: usize,
     ) -> Result<Page<Arc<Mapping>>, Error> {
-        self.blocking(move |s| Ok(s.list_mappings(function.as_deref(), source_arn.as_deref(), marker.as_deref(), max)?))
-            .await
+        self.blocking(move |s| {
+            Ok(s.list_mappings(function.as_deref(), source_arn.as_deref(), marker.as_deref(), max)?)
+        })
+        .await
     }
 
     /// Replaces a mapping with `changed` (the function it names must exist).

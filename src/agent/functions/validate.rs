@@ -385,11 +385,9 @@ pub fn max_concurrency(n: i64) -> Result<u32, Error> {
 /// `FunctionResponseTypes`: empty, or `ReportBatchItemFailures`; whether it is set.
 pub fn response_types(types: &[String]) -> Result<bool, Error> {
     match types.iter().find(|t| *t != "ReportBatchItemFailures") {
-        Some(t) => Err(constraint(
-            t,
-            "functionResponseTypes",
-            "Member must satisfy enum value set: [ReportBatchItemFailures]",
-        )),
+        Some(t) => {
+            Err(constraint(t, "functionResponseTypes", "Member must satisfy enum value set: [ReportBatchItemFailures]"))
+        }
         None => Ok(!types.is_empty()),
     }
 }

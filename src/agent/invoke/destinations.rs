@@ -109,7 +109,10 @@ mod tests {
     #[test]
     fn destinations_are_functions_or_queues() {
         let arn = "arn:aws:lambda:us-east-1:000000000000:function:collector";
-        assert_eq!(parse(arn, false), Ok(Destination::Function(FunctionRef { name: "collector".into(), qualifier: None })));
+        assert_eq!(
+            parse(arn, false),
+            Ok(Destination::Function(FunctionRef { name: "collector".into(), qualifier: None }))
+        );
         assert_eq!(
             parse(&format!("{arn}:2"), false),
             Ok(Destination::Function(FunctionRef {

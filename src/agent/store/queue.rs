@@ -489,8 +489,9 @@ mod tests {
         assert_eq!(queued_ids(&store), ["b", "rec"]);
         // A destination function that does not exist gets nothing; the event still goes.
         let b = store.queued().unwrap()[0].seq;
-        let written =
-            store.write_queue(&[QueueWrite::Finish { seq: b, then: Some(event("x", "nobody", None)), publish: vec![] }]).unwrap();
+        let written = store
+            .write_queue(&[QueueWrite::Finish { seq: b, then: Some(event("x", "nobody", None)), publish: vec![] }])
+            .unwrap();
         assert_eq!(written, [Written::Finished(None, false)]);
         assert_eq!(queued_ids(&store), ["rec"]);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -478,7 +478,8 @@ mod tests {
         let config = PoolConfig { max_instances: 4, max_boots: 2, idle_memory_kib: u64::MAX };
         let pool = Pool::new(config, logs, snapshots, fake.clone());
         let invoker = Invoker::new(store.clone(), pool.clone());
-        let queue = AsyncQueue::start(store.clone(), invoker, pool, [Duration::from_millis(1); 2], Default::default()).unwrap();
+        let queue =
+            AsyncQueue::start(store.clone(), invoker, pool, [Duration::from_millis(1); 2], Default::default()).unwrap();
         let scheduler = Scheduler::start(store.clone(), queue.clone()).unwrap();
         // A one-time run two seconds ahead, deleted after it; a disabled schedule.
         let at = chrono::DateTime::from_timestamp_millis(ids::unix_ms() as i64 + 2000).unwrap();
