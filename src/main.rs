@@ -140,6 +140,10 @@ struct ServeArgs {
     /// Seconds a boot plus the runtime's init may take.
     #[arg(long, default_value_t = 10)]
     init_timeout_s: u64,
+    /// Restore SnapStart snapshots without loading their working set first (the pages the
+    /// first instance restored from a snapshot touched in its first invocation).
+    #[arg(long)]
+    no_restore_prefetch: bool,
     /// The most private memory idle instances may hold together, in MiB (each VMM's own memory
     /// and the guest pages it wrote; a restored guest's unwritten pages are shared); past it
     /// the least recently used idle instances stop (provisioned ones never do).
@@ -246,6 +250,8 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
             console,
             tmp_dir: std::env::temp_dir(),
             vsock_uds: args.vsock_uds.clone(),
+            // `ember boot --restore` is a test of the snapshot alone: nothing recorded, nothing loaded.
+            prefetch: false,
         };
         return match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::restore(&config, vm)) {
             Ok(vmm) => {
@@ -385,6 +391,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             init_timeout: Duration::from_secs(args.init_timeout_s),
             keep_alive: Duration::from_secs(args.keep_alive_s),
             console_dir: args.console_dir,
+            prefetch: !args.no_restore_prefetch,
         },
         vmm_binary,
         cpu_shares: true,

@@ -107,7 +107,16 @@ pub struct Instance {
     pub init_duration: Duration,
     /// Whether it was restored from a snapshot.
     pub restored: bool,
+    /// Restored, and its first invocation not over yet: when it is, the VMM is told to record
+    /// the working set (it does if its restore found none to load).
+    record_pending: bool,
+    /// Restored and not capped yet: its memory size, and when the cap applies at the latest
+    /// (see [`Instance::cap`]).
+    uncapped: Option<(u32, tokio::time::Instant)>,
 }
+
+/// How long a restored instance may run uncapped waiting for its first invocation.
+const RESUME_UNCAPPED: Duration = Duration::from_secs(10);
 
 /// Spawns the VMM and waits until the runtime asks for its first event. Runtime output during
 /// init goes to `log`.
@@ -175,6 +184,8 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
         init_duration: Duration::ZERO,
         restored: restoring,
+        record_pending: restoring,
+        uncapped: None,
     };
     loop {
         let frame = tokio::select! {
@@ -215,8 +226,11 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     }
     std::mem::forget(guard);
     instance.init_duration = started.elapsed();
-    if let Some(cgroup) = &instance.cgroup {
-        cgroup.limit(spec.vm.memory_mib);
+    // A booted instance's init is over: from now on, its share. A restored one's resume is not
+    // over until its first invocation is (see `Instance::cap`).
+    instance.uncapped = Some((spec.vm.memory_mib, tokio::time::Instant::now() + RESUME_UNCAPPED));
+    if !restoring {
+        instance.cap();
     }
     Ok(instance)
 }
@@ -444,6 +458,9 @@ fn unexpected(f: &Frame) -> Error {
     Error::Protocol(format!("unexpected {:?} frame", f.kind))
 }
 
+/// How long an instance's actor waits for its VMM to record a working set.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Removes an instance directory unless defused with `mem::forget`.
 struct DirGuard(Option<PathBuf>);
 
@@ -507,6 +524,32 @@ impl Instance {
         };
         self.destroy().await;
         result
+    }
+
+    /// Caps the instance at its memory's CPU share, if it is not yet: a booted instance once its
+    /// init is over, a restored one once its resume is, that is when its first invocation ends
+    /// (the guest has paged in what it needed, from its working set or by faults that then
+    /// count against nobody's share), or [`RESUME_UNCAPPED`] after its restore if none comes.
+    /// Like init, the resume runs unthrottled: Lambda bills and caps a restore apart from the
+    /// invocations (`Restore Duration`).
+    fn cap(&mut self) {
+        if let (Some((memory_mib, _)), Some(cgroup)) = (self.uncapped.take(), &self.cgroup) {
+            cgroup.limit(memory_mib);
+        }
+    }
+
+    /// Asks the VMM to record the working set of its restore (after the first invocation; it
+    /// does if it loaded none) and waits for it to be written (at most [`RECORD_TIMEOUT`]), so
+    /// that an instance ended right after its first invocation still leaves one. A failed
+    /// request is the VM's end, which the actor sees next.
+    async fn record_working_set(&mut self) {
+        let mut line = serde_json::to_vec(&Control::RecordWorkingSet).expect("a request serializes");
+        line.push(b'\n');
+        if self.control.get_mut().write_all(&line).await.is_err() {
+            return;
+        }
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(RECORD_TIMEOUT, self.control.read_line(&mut answer)).await;
     }
 
     /// Kills the VMM and removes the instance's directory and cgroup.
@@ -669,8 +712,14 @@ pub fn spawn_actor(instance: Instance, owner: Arc<dyn Owner>, keep_alive: Durati
 
 async fn actor(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc<dyn Owner>, keep_alive: Duration) {
     loop {
+        let cap_at = instance.uncapped.map(|(_, at)| at);
         let job = tokio::select! {
             job = jobs.recv() => job,
+            // A restored instance that no invocation came to within its time: capped now.
+            () = async { tokio::time::sleep_until(cap_at.expect("guarded")).await }, if cap_at.is_some() => {
+                instance.cap();
+                continue;
+            }
             // Idle: watch the VM, and retire after the keep-alive.
             ended = instance.next_frame() => {
                 match ended {
@@ -710,6 +759,10 @@ async fn actor(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc
         if !reusable {
             instance.destroy().await;
             return;
+        }
+        instance.cap();
+        if std::mem::take(&mut instance.record_pending) {
+            instance.record_working_set().await;
         }
     }
 }

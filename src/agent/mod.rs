@@ -189,6 +189,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         cgroup::CpuShares::off()
     });
     let spares = instance::Spares::new(options.vmm_binary.clone(), options.pool.max_boots.max(1), shares);
+    if options.vmm.prefetch && !crate::vmm::kvm_pre_faults() {
+        eprintln!(
+            "ember: restore prefetch: this kernel's KVM has no KVM_PRE_FAULT_MEMORY (Linux 6.10): working sets are \
+             loaded into host memory only, and the guest still faults each page into KVM's tables"
+        );
+    }
     let launcher = Arc::new(pool::launch::VmmLauncher::new(options.vmm.clone(), spares));
     let pool = pool::Pool::new(options.pool.clone(), logs.clone(), snapshots, launcher);
     pool.start_spares();

@@ -22,6 +22,7 @@ pub mod process;
 pub mod snapshot;
 mod sparse;
 pub mod vstate;
+pub mod working_set;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -284,6 +285,27 @@ pub struct RestoreConfig {
     pub tmp_dir: PathBuf,
     /// The vsock device's host socket (required if the snapshot has a vsock device).
     pub vsock_uds: Option<PathBuf>,
+    /// Load the snapshot's working set before the guest runs (see [`working_set`]), or, if it
+    /// has none that is valid, record one when asked ([`Vmm::working_set_recorder`]).
+    pub prefetch: bool,
+}
+
+/// Records the working set of a VM restored without one, into its snapshot's directory.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    regions: Vec<working_set::Region>,
+    path: PathBuf,
+    snapshot: [u8; 32],
+}
+
+impl Recorder {
+    /// Records the pages the guest has touched since its restore and writes them as the
+    /// snapshot's working set. Returns how many pages it holds.
+    pub fn record(&self) -> Result<u64, working_set::Error> {
+        let ws = working_set::WorkingSet::record(&self.regions)?;
+        ws.write(&self.path, &self.snapshot)?;
+        Ok(ws.pages())
+    }
 }
 
 /// A running microVM.
@@ -299,6 +321,7 @@ pub struct Vmm {
     events_tx: Sender<VmEvent>,
     /// What ember-init reported, filled in by [`Vmm::wait`].
     pub ready: Option<(Instant, ReadyInfo)>,
+    recorder: Option<Recorder>,
 }
 
 impl Vmm {
@@ -364,7 +387,8 @@ impl Vmm {
     /// device listens on `config.vsock_uds` and tells the guest that its old connections are
     /// gone.
     pub fn restore(config: &RestoreConfig, vm: EmptyVm) -> Result<Vmm, Error> {
-        let snap: VmSnapshot = snapshot::read_state(&config.snapshot_dir.join(snapshot::STATE_FILE))?;
+        let (snap, snapshot_id): (VmSnapshot, _) =
+            snapshot::read_state_and_id(&config.snapshot_dir.join(snapshot::STATE_FILE))?;
         let count = u8::try_from(snap.vcpus.len()).unwrap_or(0);
         validate_shape(snap.memory_mib, count)?;
         let mem_size = u64::from(snap.memory_mib) << 20;
@@ -382,6 +406,7 @@ impl Vmm {
             .enumerate()
             .map(|(id, state)| Vcpu::restore(&vm, id as u8, count, state))
             .collect::<Result<Vec<_>, _>>()?;
+        let recorder = if config.prefetch { prefetch(&config.snapshot_dir, &vm, &vcpus[0], snapshot_id) } else { None };
         let (events_tx, events) = channel();
 
         let mut devices = Devices::default();
@@ -397,7 +422,14 @@ impl Vmm {
         let mut vmm = Vmm::launch(vm, vcpus, devices, pio, console_tail, events_tx, events)?;
         let info = ReadyInfo { memory_mib: snap.memory_mib, vcpus: u32::from(count), exits: 0 };
         vmm.ready = Some((Instant::now(), info));
+        vmm.recorder = recorder;
         Ok(vmm)
+    }
+
+    /// What records this VM's working set into its snapshot: for a VM restored (with
+    /// prefetch) from a snapshot that had no valid working set.
+    pub fn working_set_recorder(&self) -> Option<Recorder> {
+        self.recorder.clone()
     }
 
     /// Starts the device event loop and the vCPU threads of a VM that is set up.
@@ -457,6 +489,7 @@ impl Vmm {
             vcpu_threads,
             events_tx,
             ready: None,
+            recorder: None,
         })
     }
 
@@ -697,6 +730,58 @@ impl Devices {
         self.transports.push((kind, transport));
         Ok((base, irq))
     }
+}
+
+/// Whether this host's KVM has `KVM_PRE_FAULT_MEMORY` (Linux 6.10).
+pub fn kvm_pre_faults() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        kvm_ioctls::Kvm::new()
+            .is_ok_and(|kvm| kvm.check_extension_raw(kvm_bindings::KVM_CAP_PRE_FAULT_MEMORY.into()) > 0)
+    })
+}
+
+/// Loads the working set of the snapshot in `dir` into `vm` before its guest runs: the host
+/// mapping first (page-cache pages for what the guest read, private copies for what it wrote),
+/// then, where KVM has it, KVM's own page tables through `vcpu`. A working set that is
+/// missing, damaged or another snapshot's is skipped with a line in the log (the agent's), and
+/// then the returned [`Recorder`] records one.
+fn prefetch(dir: &Path, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Recorder> {
+    let regions: Vec<working_set::Region> = vm
+        .memory()
+        .iter()
+        .filter_map(|r| {
+            let host = vm.memory().get_host_address(r.start_addr()).ok()? as u64;
+            Some(working_set::Region { gpa: r.start_addr().0, host, len: r.len() })
+        })
+        .collect();
+    let mem_end = regions.iter().map(|r| r.gpa + r.len).max().unwrap_or(0);
+    let path = dir.join(working_set::FILE);
+    let recorder = Recorder { regions, path, snapshot };
+    let ws = match working_set::WorkingSet::read(&recorder.path, &snapshot, mem_end) {
+        Ok(ws) => ws,
+        Err(working_set::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("ember: restore: {}: no working set yet; this instance records one", dir.display());
+            return Some(recorder);
+        }
+        Err(e) => {
+            eprintln!("ember: restore: working set ignored, this instance records another: {e}");
+            return Some(recorder);
+        }
+    };
+    if let Err(e) = ws.populate(&recorder.regions) {
+        eprintln!("ember: restore: {}: loading the working set failed: {e}", recorder.path.display());
+        return None;
+    }
+    if kvm_pre_faults() {
+        for r in &ws.ranges {
+            if let Err(e) = vcpu.pre_fault(r.gpa, r.pages * 4096) {
+                eprintln!("ember: restore: KVM_PRE_FAULT_MEMORY at {:#x}: {e}", r.gpa);
+                break;
+            }
+        }
+    }
+    None
 }
 
 /// COM1 (writing to `console`, keeping its tail), the i8042 and the status port, with COM1's

@@ -6,8 +6,10 @@
 //! need; it is named [`SPARE_NAME`] until the spec comes, [`VMM_NAME`] after. The VMM boots
 //! the spec (or restores the snapshot it names) and, when the VM ends, writes one [`VmmExit`]
 //! line and exits. While the VM runs the
-//! agent may send one [`Control`] line: a snapshot request, after which the VMM pauses the VM,
-//! writes the snapshot, reports `snapshotted` (or why not) and exits. Closing the agent's end,
+//! agent may send [`Control`] lines: a request to record the working set (a restored VM's, after
+//! its first invocation), which the VMM answers with one [`WorkingSetReply`] line while the VM
+//! runs on; or a snapshot request, after which the VMM pauses the VM, writes the snapshot,
+//! reports `snapshotted` (or why not) and exits. Closing the agent's end,
 //! or anything else on it (or the agent dying: the process asks for SIGKILL when its parent
 //! goes), ends the VM at once, so no VMM outlives its agent. The agent never maps guest memory.
 
@@ -100,6 +102,9 @@ pub struct VmmSpec {
     /// `tmp_dir` and the vsock device listens on `vsock_uds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<PathBuf>,
+    /// For a restore: load the snapshot's working set first, or record one when asked.
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 /// What the agent may ask of a running VMM.
@@ -108,6 +113,18 @@ pub struct VmmSpec {
 pub enum Control {
     /// Pause the VM for good and write its snapshot into this directory.
     Snapshot(PathBuf),
+    /// The first invocation of a restored VM is over: record its working set, if its restore
+    /// found none to load (else nothing to do). The VM runs on.
+    RecordWorkingSet,
+}
+
+/// The VMM's answer to [`Control::RecordWorkingSet`], one line on the control socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingSetReply {
+    /// Pages recorded (0 when nothing was: the restore had loaded one, or recording failed).
+    pub pages: u64,
+    /// What happened, for a human.
+    pub message: String,
 }
 
 /// How the VM ended, as `ember vmm` reports it.
@@ -179,8 +196,13 @@ fn boot(control: &UnixStream) -> Result<VmmExit, String> {
     let console = spec.console.map_or(Console::Off, Console::File);
     let mut vmm = match spec.restore {
         Some(snapshot_dir) => {
-            let config =
-                RestoreConfig { snapshot_dir, console, tmp_dir: spec.tmp_dir, vsock_uds: Some(spec.vsock_uds) };
+            let config = RestoreConfig {
+                snapshot_dir,
+                console,
+                tmp_dir: spec.tmp_dir,
+                vsock_uds: Some(spec.vsock_uds),
+                prefetch: spec.prefetch,
+            };
             Vmm::restore(&config, vm)
         }
         None => Vmm::start(
@@ -206,17 +228,36 @@ fn boot(control: &UnixStream) -> Result<VmmExit, String> {
     // agent, its end closing included, ends the VM without ceremony: the kernel tears the VM
     // down with the process.
     let controller = vmm.controller();
+    let mut recorder = vmm.working_set_recorder();
+    let mut replies = control.try_clone().map_err(|e| format!("clone control socket: {e}"))?;
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
+        .spawn(move || loop {
             let mut line = String::new();
-            if (&mut reader).take(MAX_SPEC).read_line(&mut line).is_ok() {
-                if let Ok(Control::Snapshot(dir)) = serde_json::from_str::<Control>(&line) {
+            if !matches!((&mut reader).take(MAX_SPEC).read_line(&mut line), Ok(n) if n > 0) {
+                std::process::exit(0);
+            }
+            match serde_json::from_str::<Control>(&line) {
+                Ok(Control::Snapshot(dir)) => {
                     let _ = controller.send(VmEvent::SnapshotRequested(dir));
                     return;
                 }
+                // Once: the pages touched up to the end of the first invocation.
+                Ok(Control::RecordWorkingSet) => {
+                    let reply = match recorder.take().map(|r| r.record()) {
+                        Some(Ok(pages)) => WorkingSetReply { pages, message: format!("recorded {pages} pages") },
+                        Some(Err(e)) => {
+                            eprintln!("ember: restore: recording the working set failed: {e}");
+                            WorkingSetReply { pages: 0, message: format!("recording failed: {e}") }
+                        }
+                        None => WorkingSetReply { pages: 0, message: "nothing to record".into() },
+                    };
+                    let mut line = serde_json::to_vec(&reply).expect("a reply serializes");
+                    line.push(b'\n');
+                    let _ = replies.write_all(&line);
+                }
+                Err(_) => std::process::exit(0),
             }
-            std::process::exit(0);
         })
         .map_err(|e| format!("spawn control thread: {e}"))?;
     match vmm.wait(false, Duration::from_secs(spec.boot_timeout_s), started) {

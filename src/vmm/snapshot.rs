@@ -138,6 +138,12 @@ pub fn write_state<T: Serialize>(path: &Path, state: &T) -> Result<(), Error> {
 /// Reads a state file written by [`write_state`], checking its magic, version, length and
 /// checksum first.
 pub fn read_state<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
+    read_state_and_id(path).map(|(state, _)| state)
+}
+
+/// [`read_state`], with the payload's SHA-256: what names this snapshot (its working set
+/// says which snapshot it was recorded on).
+pub fn read_state_and_id<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, [u8; 32]), Error> {
     let corrupt = |why: String| Error::Corrupt { path: path.to_owned(), why };
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut header = [0u8; HEADER_LEN];
@@ -172,7 +178,7 @@ pub fn read_state<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error>
     if used != payload.len() {
         return Err(corrupt("state shorter than its payload".into()));
     }
-    Ok(state)
+    Ok((state, header[20..52].try_into().expect("32 bytes")))
 }
 
 /// Writes `regions` (guest RAM, in guest address order) back to back into a new file at

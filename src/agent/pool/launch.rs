@@ -86,6 +86,9 @@ pub struct VmmConfig {
     pub keep_alive: Duration,
     /// Keep each instance's serial console in `<dir>/<instance id>.console`.
     pub console_dir: Option<PathBuf>,
+    /// Restores load their snapshot's working set, recorded by the first invocation of the
+    /// first instance restored from it (`ember serve --no-restore-prefetch` turns it off).
+    pub prefetch: bool,
 }
 
 /// Launches instances as `ember vmm` processes, each one microVM.
@@ -147,6 +150,7 @@ impl VmmLauncher {
                 console: config.console_dir.as_ref().map(|d| d.join(format!("{id}.console"))),
                 boot_timeout_s: config.init_timeout.as_secs().max(1),
                 restore,
+                prefetch: config.prefetch,
             },
             dir,
             runtime,

@@ -16,6 +16,7 @@
 //! that interrupt would be missing from the snapshot, and the restored guest would wait for
 //! it for ever. A restore builds the vCPU from that state with [`Vcpu::restore`].
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -277,6 +278,31 @@ impl Vcpu {
     /// The vCPU fd (for its statistics).
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
+    }
+
+    /// Maps guest-physical `[gpa, gpa + size)` into KVM's page tables before the guest runs
+    /// (`KVM_PRE_FAULT_MEMORY`, Linux 6.10; the host pages should be present already), so that
+    /// the guest's first touch of them takes no nested page fault. The vCPU's state must be
+    /// set: the mapping follows its paging mode.
+    pub fn pre_fault(&self, gpa: u64, size: u64) -> std::io::Result<()> {
+        // _IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory), which kvm-ioctls does not wrap.
+        const KVM_PRE_FAULT_MEMORY: libc::c_ulong = (3 << 30)
+            | ((std::mem::size_of::<kvm_bindings::kvm_pre_fault_memory>() as libc::c_ulong) << 16)
+            | (0xae << 8)
+            | 0xd5;
+        let mut range = kvm_bindings::kvm_pre_fault_memory { gpa, size, ..Default::default() };
+        while range.size > 0 {
+            // SAFETY: KVM_PRE_FAULT_MEMORY reads and updates the kvm_pre_fault_memory it is
+            // given, which lives for the call; the fd is this vCPU's.
+            let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_PRE_FAULT_MEMORY as _, &mut range) };
+            if ret < 0 {
+                let e = std::io::Error::last_os_error();
+                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs the vCPU until the guest ends the VM or KVM fails; reports why on `ctx.events`.
