@@ -386,9 +386,12 @@ struct RestoreRuns {
 /// (the agent keeps no idle instance, and every answer's REPORT must show a restore), the
 /// restore alone (REPORT's Restore Duration), and cold invokes of the same function without
 /// SnapStart. Then the snapshot time of a 1024 MiB function, the restore at 2048 MiB, and, on a
-/// second agent, provisioned concurrency of up to `density_max` idle restored 128 MiB instances:
-/// their private memory (each VMM process's Private_Dirty: its own memory plus the guest pages
-/// it wrote) and how many fit a 16 GiB budget.
+/// second agent, provisioned concurrency of up to `density_max` idle restored 128 MiB instances
+/// (after one invocation, so that they load its working set): their private memory (each VMM
+/// process's Private_Dirty: its own memory plus the guest pages it wrote) and how many fit a
+/// 16 GiB budget. Both runtimes' restores are measured again on a third agent without prefetch
+/// (`--no-restore-prefetch`); every agent's first restore of a snapshot is not counted (with
+/// prefetch it records the working set).
 pub fn restore(runs: usize, cold_runs: usize, density_max: u32) -> Result<String, Error> {
     if runs == 0 || cold_runs == 0 || density_max == 0 {
         return Err(Error::NoRuns);
@@ -397,6 +400,7 @@ pub fn restore(runs: usize, cold_runs: usize, density_max: u32) -> Result<String
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("a")).map_err(io("create temp dir"))?;
     std::fs::create_dir_all(dir.join("b")).map_err(io("create temp dir"))?;
+    std::fs::create_dir_all(dir.join("c")).map_err(io("create temp dir"))?;
     let result = restore_in(&dir, runs, cold_runs, density_max);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -429,18 +433,54 @@ fn restore_in(dir: &Path, runs: usize, cold_runs: usize, density_max: u32) -> Re
     let _ = agent.kill();
     let _ = agent.wait();
     let (per_runtime, snapshot_ms, big) = measured?;
+    let ws_pages = |tag: &str| -> Result<u64, Error> {
+        let snap = a.join("data/snapshots").join(format!("snap-{tag}")).join("1");
+        let (_, id) = vmm::snapshot::read_state_and_id::<vmm::snapshot::VmSnapshot>(&snap.join("state"))
+            .map_err(|e| Error::Run { run: 0, detail: e.to_string() })?;
+        let ws = vmm::working_set::WorkingSet::read(&snap.join(vmm::working_set::FILE), &id, u64::MAX)
+            .map_err(|e| Error::Run { run: 0, detail: format!("no working set was recorded: {e}") })?;
+        Ok(ws.pages())
+    };
+    let ws = [ws_pages("provided")?, ws_pages("python3")?];
+
+    // Agent C: the same restores without prefetch.
+    let c = dir.join("c");
+    let mut agent = spawn_agent(&c, &["--keep-alive-s", "0", "--no-restore-prefetch"])?;
+    let without = rt.block_on(async {
+        let mut conn = AgentConn::open(&c.join("ember.sock")).await?;
+        let mut per_runtime = Vec::new();
+        for (runtime, handler, zip) in &functions {
+            per_runtime.push(restore_runs(&mut conn, runtime, handler, zip, 128, runs, 0).await?);
+        }
+        Ok::<_, Error>(per_runtime)
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let without = without?;
 
     // Agent B holds idle restored instances: provisioned concurrency.
     let b = dir.join("b");
     let max = (density_max + 1).to_string();
-    let mut agent = spawn_agent(&b, &["--keep-alive-s", "3600", "--max-instances", &max])?;
+    let mut agent = spawn_agent(&b, &["--keep-alive-s", "3600", "--max-instances", &max, "--min-unreserved", "0"])?;
     let agent_pid = agent.id();
     let density = rt.block_on(density_runs(&b, agent_pid, &functions[0].2, density_max));
     let _ = agent.kill();
     let _ = agent.wait();
     let (idle_kib, held) = density?;
 
+    let prefault = if vmm::kvm_pre_faults() { "kvm" } else { "populate" };
     let mut out = String::new();
+    for (i, (runtime, _, _)) in functions.iter().enumerate() {
+        out.push_str(&format!(
+            "restore prefetch runtime={runtime} off_invoke_ms p50={} on_invoke_ms p50={} off_restore_ms p50={} \
+             on_restore_ms p50={} ws_pages={} prefault={prefault}\n",
+            median(&without[i].invoke_ms),
+            median(&per_runtime[i].invoke_ms),
+            median(&without[i].restore_ms),
+            median(&per_runtime[i].restore_ms),
+            ws[i],
+        ));
+    }
     for ((runtime, _, _), m) in functions.iter().zip(&per_runtime) {
         out.push_str(&format!("restore runtime={runtime}\n"));
         out.push_str(&format!(
@@ -496,6 +536,9 @@ async fn restore_runs(
     // Publishing makes the snapshot; the version's cold starts restore it.
     let version = publish_active(conn, &name).await?;
     let path = format!("/2015-03-31/functions/{name}:{version}/invocations");
+    // The first restore of the snapshot records its working set (with prefetch on; without,
+    // it is a restore like the others): not counted, so that every counted one loads it.
+    conn.call_with("POST", &path, tail, &event).await?;
     let mut attempts = 0;
     while result.invoke_ms.len() < runs {
         attempts += 1;
@@ -557,8 +600,10 @@ async fn density_runs(dir: &Path, agent_pid: u32, zip: &[u8], max: u32) -> Resul
     }))
     .expect("serializes");
     conn.call("POST", "/2015-03-31/functions", &create).await?;
-    // Publishing makes the snapshot, so that every provisioned instance is a restore.
+    // Publishing makes the snapshot, so that every provisioned instance is a restore; one
+    // invocation records its working set, which every provisioned restore then loads.
     let version = publish_active(&mut conn, "dense").await?;
+    conn.call("POST", &format!("/2015-03-31/functions/dense:{version}/invocations"), b"{}").await?;
     let path = &format!("/2019-09-30/functions/dense/provisioned-concurrency?Qualifier={version}");
     let put = serde_json::to_vec(&serde_json::json!({ "ProvisionedConcurrentExecutions": max })).expect("serializes");
     conn.call("PUT", path, &put).await?;
@@ -963,6 +1008,7 @@ async fn queue_only(data: &Path, dir: &Path, zip: &[u8], runs: usize) -> Result<
         init_timeout: Duration::from_secs(10),
         keep_alive: Duration::from_secs(10),
         console_dir: None,
+        prefetch: false,
     };
     let config = PoolConfig { max_instances: 8, max_boots: 1, idle_memory_kib: 1 << 20 };
     let pool = Pool::new(config, logs, snapshots, Arc::new(VmmLauncher::new(vmm, spares)));
@@ -1148,7 +1194,8 @@ async fn broker_channel(amqp_url: &str) -> Result<(lapin::Connection, lapin::Cha
 /// Messages ready in `queue` (not delivered to a consumer).
 async fn ready(ch: &lapin::Channel, queue: &str) -> Result<u32, Error> {
     let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-    let q = ch.queue_declare(queue.into(), options, Default::default()).await.map_err(|e| Error::Broker(e.to_string()))?;
+    let q =
+        ch.queue_declare(queue.into(), options, Default::default()).await.map_err(|e| Error::Broker(e.to_string()))?;
     Ok(q.message_count())
 }
 
