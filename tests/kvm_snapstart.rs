@@ -3,7 +3,9 @@
 //! then), its cold starts restore from it while `$LATEST` boots; the runtime's snapshot hooks
 //! (awslambdaric's `snapshot_restore_py`), uniqueness after a restore, and what happens to a
 //! snapshot when a new version is published, the agent restarts or the snapshot is damaged;
-//! provisioned concurrency on an alias and the idle-memory budget.
+//! working sets (recorded by a restored instance's first invocation, loaded by the next
+//! restores, ignored when missing, truncated or another snapshot's); provisioned concurrency
+//! on an alias and the idle-memory budget.
 //!
 //! Like the other KVM tests these need a KVM host that runs Linux guests; scripts/test.sh runs
 //! them in the right place, and anywhere else they fail and say why.
@@ -121,7 +123,9 @@ async fn python_snapstart_restores_unique_clones_and_keeps_init_state() {
     assert!(hook <= first["time"].as_f64().unwrap());
     assert_eq!(first["tmp_mib"].as_u64().map(|m| m > 400 && m <= 512), Some(true), "/tmp is the 512 MB drive: {first}");
 
-    // Two at once: the idle instance takes one, a second clone of the same snapshot the other.
+    // Two at once: the idle instance takes one, a second clone of the same snapshot the other,
+    // which loads the working set that the first one's invocation recorded.
+    wait_for_file(&snapshot_dir(&agent, "snap:1").join("working_set")).await;
     let sent = now_s();
     let (a, b) = tokio::join!(ok(&agent, "snap:1", json!({"ms": 2000})), ok(&agent, "snap:1", json!({"ms": 2000})));
     let answered = now_s();
@@ -206,7 +210,9 @@ async fn provided_snapstart_at_2048_mib_and_failures() {
     // $LATEST boots.
     let (_, tail) = ok(&agent, "big", json!({})).await;
     assert!(tail.contains("Init Duration:") && !tail.contains("Restore Duration:"), "{tail}");
-    // Two clones give different numbers from the rand crate.
+    // Two clones give different numbers from the rand crate; the second restore loads the
+    // working set the first one's invocation recorded.
+    wait_for_file(&snapshot_dir(&agent, &v1).join("working_set")).await;
     let (a, b) = tokio::join!(
         ok(&agent, &v1, json!({"random": true, "sleep_ms": 1500})),
         ok(&agent, &v1, json!({"random": true, "sleep_ms": 1500}))
@@ -327,5 +333,98 @@ async fn idle_instances_past_the_memory_budget_stop() {
         let (_, tail) = ok(&agent, "tiny", json!({"n": 1})).await;
         assert!(tail.contains("Init Duration:"), "an idle instance outlived the budget: {tail}");
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+/// Waits up to 30 s for `path` to exist.
+async fn wait_for_file(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !path.is_file() {
+        assert!(std::time::Instant::now() < deadline, "{} never appeared", path.display());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn working_sets_are_recorded_loaded_and_bad_ones_ignored() {
+    require_kvm_host();
+    // No idle instance is kept: every invoke is a restore.
+    let agent = Agent::start_logged("snap-ws", &["--keep-alive-s", "0"]);
+    let created = agent
+        .create(
+            "ws",
+            "provided.al2023",
+            "bootstrap",
+            "rust.zip",
+            json!({"MemorySize": 128, "Timeout": 30, "SnapStart": {"ApplyOn": "PublishedVersions"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", body(&created));
+    let v1 = publish(&agent, "ws").await;
+    let ws = snapshot_dir(&agent, &v1).join("working_set");
+    // Restores and answers, whatever the working set's state. (The last instance may still be
+    // idle for a moment after its invocation, recording, before its zero keep-alive ends it:
+    // an answer from it is not a restore, and the invoke is made again.)
+    let restore = |n: u32| {
+        let agent = &agent;
+        let v1 = &v1;
+        async move {
+            for _ in 0..20 {
+                let (echo, tail) = ok(agent, v1, json!({"n": n})).await;
+                assert_eq!(echo, json!({"n": n}));
+                if tail.contains("Restore Duration:") {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            panic!("no invoke landed on a restored instance");
+        }
+    };
+
+    // The first restore has none to load; its first invocation records one.
+    restore(1).await;
+    wait_for_file(&ws).await;
+    assert!(agent.log().contains("no working set yet"), "{}", agent.log());
+    let recorded = std::fs::read(&ws).unwrap();
+    assert!(recorded.len() > 8 + 32 + 8 + 32, "an empty working set");
+    // The next restores load it, and record nothing new.
+    restore(2).await;
+    restore(3).await;
+    assert_eq!(std::fs::read(&ws).unwrap(), recorded);
+    assert!(!agent.log().contains("working set ignored"), "{}", agent.log());
+
+    // Truncated: ignored with a line in the log; the restore works and records a good one
+    // (the answer comes first; the recording is over when the agent ends the instance).
+    let truncated = &recorded[..recorded.len() - 5];
+    std::fs::write(&ws, truncated).unwrap();
+    restore(4).await;
+    assert!(agent.log().contains("working set ignored") && agent.log().contains("truncated"), "{}", agent.log());
+    rewritten(&ws, truncated).await;
+
+    // Another snapshot's (whole, with a good checksum, but naming another state): ignored.
+    let mut foreign = std::fs::read(&ws).unwrap();
+    let body_len = foreign.len() - 32;
+    foreign[8..40].fill(0x5a);
+    use sha2::Digest as _;
+    let sum = sha2::Sha256::digest(&foreign[..body_len]);
+    foreign[body_len..].copy_from_slice(&sum);
+    std::fs::write(&ws, &foreign).unwrap();
+    restore(5).await;
+    assert!(agent.log().contains("taken of another snapshot"), "{}", agent.log());
+    rewritten(&ws, &foreign).await;
+
+    // Missing: the restore works, and records one.
+    std::fs::remove_file(&ws).unwrap();
+    restore(6).await;
+    assert_eq!(agent.log().matches("no working set yet").count(), 2, "{}", agent.log());
+    wait_for_file(&ws).await;
+}
+
+/// Waits up to 30 s for the file at `path` to hold something other than `old`.
+async fn rewritten(path: &std::path::Path, old: &[u8]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read(path).map_or(true, |b| b == old) {
+        assert!(std::time::Instant::now() < deadline, "{} was not written again", path.display());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -20,6 +20,8 @@ pub struct Agent {
     pub data_dir: PathBuf,
     pub run_dir: PathBuf,
     pub tcp_port: Option<u16>,
+    /// Where the agent's stderr goes (appended), if not to the test's.
+    pub stderr_file: Option<PathBuf>,
     extra: Vec<String>,
 }
 
@@ -57,20 +59,26 @@ impl Agent {
 
     /// Starts an agent whose data dir `prepare` has filled first.
     pub fn start_with(name: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Agent {
+        let mut agent = Self::unstarted(name, extra);
+        prepare(&agent.data_dir);
+        agent.spawn();
+        agent
+    }
+
+    /// An agent's directories, fresh, and no agent running yet.
+    fn unstarted(name: &str, extra: &[&str]) -> Agent {
         let root = std::env::temp_dir().join(format!("ember-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("data")).unwrap();
-        prepare(&root.join("data"));
-        let mut agent = Agent {
+        Agent {
             child: Command::new("true").spawn().unwrap(),
             socket: root.join("ember.sock"),
             data_dir: root.join("data"),
             run_dir: root.join("run"),
             tcp_port: None,
+            stderr_file: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// Starts the agent process (again) on the same data dir.
@@ -88,8 +96,16 @@ impl Agent {
             .arg(&self.run_dir)
             .args(["--init-timeout-s", "120"])
             .args(&self.extra)
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::inherit());
+        match &self.stderr_file {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("agent log");
+                cmd.stderr(file);
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
         if let Some(port) = self.tcp_port {
             cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
         }
@@ -102,6 +118,20 @@ impl Agent {
             assert!(Instant::now() < deadline, "ember serve did not open its socket");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts an agent whose stderr (its log, and its VMMs') goes to a file, for
+    /// [`Agent::log`].
+    pub fn start_logged(name: &str, extra: &[&str]) -> Agent {
+        let mut agent = Self::unstarted(name, extra);
+        agent.stderr_file = Some(agent.data_dir.with_file_name("agent.log"));
+        agent.spawn();
+        agent
+    }
+
+    /// What the agent wrote to its log so far ([`Agent::start_logged`]).
+    pub fn log(&self) -> String {
+        self.stderr_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
     /// Kills the agent with SIGKILL.
