@@ -134,10 +134,34 @@ impl Agent {
         self.stderr_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
-    /// Kills the agent with SIGKILL.
+    /// Kills the agent with SIGKILL, and checks that it is really gone: its VMMs with it (within
+    /// 30 s), and nothing answering on its socket or TCP port, so that an agent started again
+    /// next is the one its clients reach.
     pub fn kill9(&mut self) {
+        let pid = self.child.id();
+        let vmms = children_of(pid);
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive: Vec<u32> = vmms.iter().copied().filter(|p| is_running(*p)).collect();
+            if alive.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the VMMs {alive:?} of the SIGKILLed agent {pid} are still running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            std::os::unix::net::UnixStream::connect(&self.socket).is_err(),
+            "something still answers on the SIGKILLed agent's socket {}",
+            self.socket.display()
+        );
+        if let Some(port) = self.tcp_port {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "something still answers on the SIGKILLed agent's port {port}"
+            );
+        }
     }
 
     /// One request on the Unix socket.
@@ -180,6 +204,29 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| stat_fields(*p).is_some_and(|(_, ppid)| ppid == pid))
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn is_running(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// The state and parent of process `pid`, from `/proc/PID/stat`.
+fn stat_fields(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command, which is in parentheses and may hold anything.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// One HTTP/1.1 request over a Unix socket.
