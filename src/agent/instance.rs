@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cgroup::{CpuShares, VmmCgroup};
 use super::logs::{FunctionLog, InvocationLog};
-use crate::vmm::process::{Control, VmmExit, VmmSpec, CONTROL_FD};
+use crate::vmm::process::{Control, VmmExit, VmmSpec, WorkingSetReply, CONTROL_FD};
 
 /// Why an instance could not start or stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,9 @@ pub struct Instance {
     /// Restored and not capped yet: its memory size, and when the cap applies at the latest
     /// (see [`Instance::cap`]).
     uncapped: Option<(u32, tokio::time::Instant)>,
+    /// Its first invocation not over yet: what starts the replacement of the spare its launch
+    /// took, and when at the latest (see [`Instance::settle`]).
+    refill: Option<(Refill, tokio::time::Instant)>,
 }
 
 /// How long a restored instance may run uncapped waiting for its first invocation.
@@ -128,10 +131,12 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     let listener = UnixListener::bind(with_port(&vsock, runtime::RUNTIME_PORT)).map_err(host("bind runtime socket"))?;
     spec.vm.vsock_uds = vsock;
 
-    let VmmProcess { mut child, mut control, cgroup } = spec.vmms.take()?;
-    // The replacement spare is started once this launch is over, however it ends: on a host
-    // short of CPU, starting it meanwhile would slow the very launch it is meant to speed up.
-    let _refill = Refill(Arc::clone(&spec.vmms));
+    let VmmProcess { mut child, mut control, cgroup } = spec.vmms.take().await?;
+    // The replacement spare is started once this launch has failed, or once the instance's
+    // first invocation is over (see `Instance::settle`): on a host short of CPU, starting it
+    // meanwhile would slow the very start it is meant to speed up (a spawn costs ~70 ms of CPU
+    // in the emulated host).
+    let refill = Refill(Arc::clone(&spec.vmms));
     let mut line = serde_json::to_vec(&spec.vm).expect("spec serializes");
     line.push(b'\n');
     control.get_mut().write_all(&line).await.map_err(host("send spec"))?;
@@ -186,6 +191,7 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         restored: restoring,
         record_pending: restoring,
         uncapped: None,
+        refill: None,
     };
     loop {
         let frame = tokio::select! {
@@ -228,7 +234,9 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     instance.init_duration = started.elapsed();
     // A booted instance's init is over: from now on, its share. A restored one's resume is not
     // over until its first invocation is (see `Instance::cap`).
-    instance.uncapped = Some((spec.vm.memory_mib, tokio::time::Instant::now() + RESUME_UNCAPPED));
+    let settle_at = tokio::time::Instant::now() + RESUME_UNCAPPED;
+    instance.uncapped = Some((spec.vm.memory_mib, settle_at));
+    instance.refill = Some((refill, settle_at));
     if !restoring {
         instance.cap();
     }
@@ -288,9 +296,24 @@ pub struct Spares {
     want: usize,
     shares: Arc<CpuShares>,
     ready: std::sync::Mutex<Vec<VmmProcess>>,
-    /// Wakes the thread that starts spares (see [`Spares::fill`]), once there is one.
-    spawner: std::sync::OnceLock<std::sync::mpsc::Sender<()>>,
+    /// Asks the thread that starts spares, once there is one (see [`Spares::ask`]).
+    spawner: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Ask>>>,
+    /// Asks the thread that starts VMMs for launches when no spare is ready, once there is one:
+    /// not the spares', whose spawns at a spare's low weight it would wait behind.
+    starter: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Ask>>>,
 }
+
+/// What the thread that starts VMMs is asked.
+enum Ask {
+    /// Start spares until there are enough.
+    TopUp,
+    /// A VMM for a launch now: a spare if one is ready by then, else a new one.
+    Launch(tokio::sync::oneshot::Sender<Result<VmmProcess, Error>>),
+}
+
+/// How long a launch waits for a new VMM process (its fork, cgroup move and exec; ~70 ms in the
+/// emulated host) before it fails as the host's error.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Spares {
     /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them.
@@ -301,6 +324,7 @@ impl Spares {
             shares,
             ready: std::sync::Mutex::default(),
             spawner: std::sync::OnceLock::new(),
+            starter: std::sync::OnceLock::new(),
         })
     }
 
@@ -316,51 +340,87 @@ impl Spares {
     }
 
     /// A VMM for a launch, at an instance's CPU weight: a spare that is still alive, else a
-    /// new process.
-    fn take(&self) -> Result<VmmProcess, Error> {
+    /// new process, started by the spares' thread and waited for at most [`SPAWN_TIMEOUT`]
+    /// (the start runs in the kernel, where the move into its cgroup waits for an RCU grace
+    /// period, and it must hold up neither a worker of the agent's runtime nor, for ever, the
+    /// launch).
+    async fn take(self: &Arc<Self>) -> Result<VmmProcess, Error> {
+        if let Some(p) = self.pop_live() {
+            return Ok(p);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.ask(Ask::Launch(reply)) {
+            return self.spawn(true);
+        }
+        match tokio::time::timeout(SPAWN_TIMEOUT, answer).await {
+            Ok(Ok(started)) => started,
+            Ok(Err(_)) => Err(Error::Host("the thread that starts VMMs ended".into())),
+            Err(_) => Err(Error::Host(format!("a new VMM process did not start within {} s", SPAWN_TIMEOUT.as_secs()))),
+        }
+    }
+
+    /// A spare that is still alive, now at an instance's CPU weight.
+    fn pop_live(&self) -> Option<VmmProcess> {
         loop {
-            let Some(mut p) = self.lock().pop() else { return self.spawn(true) };
+            let mut p = self.lock().pop()?;
             // One that died waiting (its VM could not be created, say) is dropped.
             if matches!(p.child.try_wait(), Ok(None)) {
                 if let Some(cgroup) = &p.cgroup {
                     cgroup.launching();
                 }
-                return Ok(p);
+                return Some(p);
             }
         }
     }
 
     /// Starts spares, off the caller's path, until there are `want`.
-    ///
-    /// On a thread of their own, `ember-spares`, which lives as long as this: a spawn waits
-    /// for the child's exec, which comes after the child joins its cgroup (an RCU grace period)
-    /// at a spare's low weight, so it must not hold up a worker of the agent's runtime. And not
-    /// on tokio's blocking pool, whose idle threads exit: a VMM gets `PR_SET_PDEATHSIG`, which
-    /// fires when the *thread* that forked it ends, and would kill every VMM it had started.
     pub fn fill(self: &Arc<Self>) {
-        // Nothing to do in a runtime that is shutting down (a launch dropped with it).
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let wake = self.spawner.get_or_init(|| {
-            let (wake, woken) = std::sync::mpsc::channel::<()>();
+        self.ask(Ask::TopUp);
+    }
+
+    /// Hands `ask` to its thread (`ember-spares` for top-ups, `ember-vmm-start` for launches),
+    /// starting it first if need be; false if there is none (it could not start, or no runtime
+    /// is running: one shutting down).
+    ///
+    /// Each thread lives as long as this. A spawn waits for the child's exec, which comes after
+    /// the child joins its cgroup (an RCU grace period), so it must not hold up a worker of the
+    /// agent's runtime. And not on tokio's blocking pool, whose idle threads exit: a VMM gets
+    /// `PR_SET_PDEATHSIG`, which fires when the *thread* that forked it ends, and would kill
+    /// every VMM it had started.
+    fn ask(self: &Arc<Self>, ask: Ask) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
+        let (cell, name) = match ask {
+            Ask::TopUp => (&self.spawner, "ember-spares"),
+            Ask::Launch(_) => (&self.starter, "ember-vmm-start"),
+        };
+        let sender = cell.get_or_init(|| {
+            let (sender, asks) = std::sync::mpsc::channel::<Ask>();
             // Weak: the thread ends when the spares do (their sender drops with them).
             let spares = Arc::downgrade(self);
-            let started = std::thread::Builder::new().name("ember-spares".into()).spawn(move || {
+            let started = std::thread::Builder::new().name(name.into()).spawn(move || {
                 let _runtime = runtime.enter();
-                while woken.recv().is_ok() {
-                    match spares.upgrade() {
-                        Some(spares) => spares.top_up(),
-                        None => return,
+                while let Ok(ask) = asks.recv() {
+                    let Some(spares) = spares.upgrade() else { return };
+                    match ask {
+                        Ask::TopUp => spares.top_up(),
+                        Ask::Launch(reply) => {
+                            let p = spares.pop_live().map_or_else(|| spares.spawn(true), Ok);
+                            // A launch that stopped waiting drops what it asked for (a VMM is
+                            // killed when dropped).
+                            let _ = reply.send(p);
+                        }
                     }
                 }
             });
-            if let Err(e) = started {
-                eprintln!("ember: spare VMMs: cannot start their thread: {e}");
+            match started {
+                Ok(_) => Some(sender),
+                Err(e) => {
+                    eprintln!("ember: cannot start the thread {name}: {e}");
+                    None
+                }
             }
-            wake
         });
-        // Fails only if the thread could not start: then there are no spares, and launches
-        // start their VMM themselves.
-        let _ = wake.send(());
+        sender.as_ref().is_some_and(|s| s.send(ask).is_ok())
     }
 
     fn top_up(&self) {
@@ -438,20 +498,41 @@ struct Exit {
 /// Reads the VMM's exit line; whatever happens, the VM is over.
 async fn read_exit(control: &mut BufReader<UnixStream>) -> Exit {
     let mut line = String::new();
-    let message = match control.read_line(&mut line).await {
-        Ok(n) if n > 0 => match serde_json::from_str::<VmmExit>(&line) {
-            Ok(exit) => return Exit { vmm_error: exit.outcome == "vmm_error", message: exit.message },
-            Err(e) => format!("the VMM sent a bad exit line: {e}"),
-        },
-        Ok(_) => "the VMM process died".into(),
-        Err(e) => format!("the VMM's control socket failed: {e}"),
-    };
-    Exit { vmm_error: false, message }
+    loop {
+        line.clear();
+        let message = match control.read_line(&mut line).await {
+            Ok(n) if n > 0 => match serde_json::from_str::<VmmExit>(&line) {
+                Ok(exit) => return Exit { vmm_error: exit.outcome == "vmm_error", message: exit.message },
+                // The answer to a working-set request that came after its wait was over
+                // (RECORD_TIMEOUT): not the VM's end.
+                Err(_) if serde_json::from_str::<WorkingSetReply>(&line).is_ok() => continue,
+                Err(e) => format!("the VMM sent a bad exit line: {e}"),
+            },
+            Ok(_) => "the VMM process died".into(),
+            Err(e) => format!("the VMM's control socket failed: {e}"),
+        };
+        return Exit { vmm_error: false, message };
+    }
 }
 
 async fn kill(child: &mut Child, why: Error) -> Error {
-    let _ = child.kill().await;
+    kill_vmm(child).await;
     why
+}
+
+/// How long a SIGKILLed VMM may take to die before the agent stops waiting for it.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// SIGKILLs a VMM and waits for it to die, at most [`KILL_WAIT`]: one stuck in the kernel (an
+/// uninterruptible wait) must not hold up the launch or the actor that ends it. Such a one is
+/// reported with where it waits, and reaped by tokio whenever it does die.
+async fn kill_vmm(child: &mut Child) {
+    let _ = child.start_kill();
+    if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+        let pid = child.id().unwrap_or_default();
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        eprintln!("ember: VMM {pid} has not died {} s after SIGKILL (waiting in {wchan:?})", KILL_WAIT.as_secs());
+    }
 }
 
 fn unexpected(f: &Frame) -> Error {
@@ -538,6 +619,21 @@ impl Instance {
         }
     }
 
+    /// The instance's start is over: its first invocation ended, or none came within
+    /// [`RESUME_UNCAPPED`]. It is capped (if it was not yet) and the replacement of the spare
+    /// it took is started now, not during its first invocation.
+    fn settle(&mut self) {
+        self.cap();
+        self.refill = None;
+    }
+
+    /// When [`Instance::settle`] is due at the latest, if it has not happened.
+    fn settle_at(&self) -> Option<tokio::time::Instant> {
+        let cap = self.uncapped.map(|(_, at)| at);
+        let refill = self.refill.as_ref().map(|(_, at)| *at);
+        cap.into_iter().chain(refill).min()
+    }
+
     /// Asks the VMM to record the working set of its restore (after the first invocation; it
     /// does if it loaded none) and waits for it to be written (at most [`RECORD_TIMEOUT`]), so
     /// that an instance ended right after its first invocation still leaves one. A failed
@@ -554,7 +650,7 @@ impl Instance {
 
     /// Kills the VMM and removes the instance's directory and cgroup.
     pub async fn destroy(mut self) {
-        let _ = self.child.kill().await;
+        kill_vmm(&mut self.child).await;
         drop(self.cgroup.take());
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
@@ -712,12 +808,12 @@ pub fn spawn_actor(instance: Instance, owner: Arc<dyn Owner>, keep_alive: Durati
 
 async fn actor(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc<dyn Owner>, keep_alive: Duration) {
     loop {
-        let cap_at = instance.uncapped.map(|(_, at)| at);
+        let settle_at = instance.settle_at();
         let job = tokio::select! {
             job = jobs.recv() => job,
-            // A restored instance that no invocation came to within its time: capped now.
-            () = async { tokio::time::sleep_until(cap_at.expect("guarded")).await }, if cap_at.is_some() => {
-                instance.cap();
+            // An instance that no invocation came to within its time: settled now.
+            () = async { tokio::time::sleep_until(settle_at.expect("guarded")).await }, if settle_at.is_some() => {
+                instance.settle();
                 continue;
             }
             // Idle: watch the VM, and retire after the keep-alive.
@@ -760,9 +856,60 @@ async fn actor(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc
             instance.destroy().await;
             return;
         }
-        instance.cap();
         if std::mem::take(&mut instance.record_pending) {
             instance.record_working_set().await;
         }
+        instance.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for `ember vmm`: a script that waits until it is killed.
+    fn fake_vmm(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("ember-fake-vmm-{name}-{}", std::process::id()));
+        std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_launch_takes_a_live_spare_or_gets_a_new_vmm_and_spares_are_refilled() {
+        let binary = fake_vmm("spares");
+        let spares = Spares::new(binary.clone(), 2, Arc::new(CpuShares::off()));
+        // None ready: the launch gets a new one, from the starting thread.
+        let first = spares.take().await.unwrap();
+        assert!(first.child.id().is_some());
+        spares.fill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while spares.lock().len() < 2 {
+            assert!(Instant::now() < deadline, "the spares were not started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // One that died waiting is passed over.
+        let mut dead = spares.lock().pop().unwrap();
+        let dead_pid = dead.child.id();
+        dead.child.start_kill().unwrap();
+        dead.child.wait().await.unwrap();
+        spares.lock().insert(0, dead);
+        let taken = spares.take().await.unwrap();
+        assert_ne!(taken.child.id(), dead_pid);
+        assert!(spares.take().await.unwrap().child.id().is_some(), "the dead one skipped, a new one started");
+        assert!(spares.lock().is_empty());
+        drop((first, taken));
+        let _ = std::fs::remove_file(binary);
+    }
+
+    #[tokio::test]
+    async fn killing_a_vmm_that_dies_returns_at_once() {
+        let binary = fake_vmm("kill");
+        let mut p = VmmProcess::spawn(&binary, None).unwrap();
+        let started = Instant::now();
+        kill_vmm(&mut p.child).await;
+        assert!(started.elapsed() < KILL_WAIT);
+        assert!(p.child.try_wait().unwrap().is_some(), "reaped");
+        let _ = std::fs::remove_file(binary);
     }
 }
