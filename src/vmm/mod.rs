@@ -455,11 +455,7 @@ impl Vmm {
             msr_indices: OnceLock::new(),
             save_gate: vstate::vcpu::SaveGate::default(),
         });
-        let guest_ranges = vm
-            .memory()
-            .iter()
-            .filter_map(|r| vm.memory().get_host_address(r.start_addr()).ok().map(|h| (h as u64, r.len())))
-            .collect();
+        let guest_ranges = guest_regions(&vm).iter().map(|r| (r.host, r.len)).collect();
         let stop_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(os("eventfd"))?;
         let loop_stop = stop_loop.try_clone().map_err(os("eventfd"))?;
         let handlers = devices.handlers;
@@ -732,7 +728,19 @@ impl Devices {
     }
 }
 
-/// Whether this host's KVM has `KVM_PRE_FAULT_MEMORY` (Linux 6.10).
+/// Each region of `vm`'s guest memory: where it is in the guest and in this process.
+fn guest_regions(vm: &Vm) -> Vec<working_set::Region> {
+    vm.memory()
+        .iter()
+        .filter_map(|r| {
+            let host = vm.memory().get_host_address(r.start_addr()).ok()? as u64;
+            Some(working_set::Region { gpa: r.start_addr().0, host, len: r.len() })
+        })
+        .collect()
+}
+
+/// Whether this host's KVM has `KVM_PRE_FAULT_MEMORY` (Linux 6.10), for the agent and the
+/// bench to say (a VMM asks its own VM: [`Vm::has_pre_fault`]).
 pub fn kvm_pre_faults() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -747,14 +755,7 @@ pub fn kvm_pre_faults() -> bool {
 /// missing, damaged or another snapshot's is skipped with a line in the log (the agent's), and
 /// then the returned [`Recorder`] records one.
 fn prefetch(dir: &Path, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Recorder> {
-    let regions: Vec<working_set::Region> = vm
-        .memory()
-        .iter()
-        .filter_map(|r| {
-            let host = vm.memory().get_host_address(r.start_addr()).ok()? as u64;
-            Some(working_set::Region { gpa: r.start_addr().0, host, len: r.len() })
-        })
-        .collect();
+    let regions = guest_regions(vm);
     let mem_end = regions.iter().map(|r| r.gpa + r.len).max().unwrap_or(0);
     let path = dir.join(working_set::FILE);
     let recorder = Recorder { regions, path, snapshot };
@@ -769,14 +770,17 @@ fn prefetch(dir: &Path, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Reco
             return Some(recorder);
         }
     };
-    if let Err(e) = ws.populate(&recorder.regions) {
+    // Where KVM pre-faults, it faults in the host pages of what the guest read itself: only the
+    // written ones need loading first, as private copies (a pre-fault is a read).
+    let pre_fault = vm.has_pre_fault();
+    if let Err(e) = ws.populate(&recorder.regions, !pre_fault) {
         eprintln!("ember: restore: {}: loading the working set failed: {e}", recorder.path.display());
         return None;
     }
-    if kvm_pre_faults() {
-        for r in &ws.ranges {
-            if let Err(e) = vcpu.pre_fault(r.gpa, r.pages * 4096) {
-                eprintln!("ember: restore: KVM_PRE_FAULT_MEMORY at {:#x}: {e}", r.gpa);
+    if pre_fault {
+        for (gpa, len) in ws.spans() {
+            if let Err(e) = vcpu.pre_fault(gpa, len) {
+                eprintln!("ember: restore: KVM_PRE_FAULT_MEMORY at {gpa:#x}: {e}");
                 break;
             }
         }

@@ -72,6 +72,13 @@ pub struct Range {
     pub written: bool,
 }
 
+impl Range {
+    /// Its length in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.pages * PAGE
+    }
+}
+
 /// The guest pages one invocation touched, in guest-physical order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkingSet {
@@ -106,7 +113,7 @@ impl WorkingSet {
             let page = gpa + i as u64 * PAGE;
             let written = entry & PM_FILE == 0;
             match self.ranges.last_mut() {
-                Some(r) if r.written == written && r.gpa + r.pages * PAGE == page => r.pages += 1,
+                Some(r) if r.written == written && r.gpa + r.bytes() == page => r.pages += 1,
                 _ => self.ranges.push(Range { gpa: page, pages: 1, written }),
             }
         }
@@ -190,21 +197,37 @@ impl WorkingSet {
     }
 
     /// Loads the working set into this process's mapping of `regions` (guest memory mapped
-    /// private from a snapshot's memory file): pages read become mapped page-cache pages,
-    /// still shared with every other clone of the snapshot; pages written become this VM's
-    /// private copies now, as the guest's first write would have made them. Returns the pages
-    /// loaded.
-    pub fn populate(&self, regions: &[Region]) -> Result<u64, std::io::Error> {
-        for r in &self.ranges {
+    /// private from a snapshot's memory file): pages written become this VM's private copies
+    /// now, as the guest's first write would have made them; with `reads`, pages read become
+    /// mapped page-cache pages too, still shared with every other clone of the snapshot
+    /// (without, they are left to `KVM_PRE_FAULT_MEMORY`, which maps them itself). Returns
+    /// the pages loaded.
+    pub fn populate(&self, regions: &[Region], reads: bool) -> Result<u64, std::io::Error> {
+        let mut loaded = 0;
+        for r in self.ranges.iter().filter(|r| r.written || reads) {
             let host = host_range(regions, r)?;
             let advice = if r.written { libc::MADV_POPULATE_WRITE } else { libc::MADV_POPULATE_READ };
             // SAFETY: [host, host + len) lies inside one live mapping of guest memory (checked by
             // host_range); populating it changes what is resident, never what it holds.
-            if unsafe { libc::madvise(host as *mut libc::c_void, (r.pages * PAGE) as usize, advice) } != 0 {
+            if unsafe { libc::madvise(host as *mut libc::c_void, r.bytes() as usize, advice) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            loaded += r.pages;
         }
-        Ok(self.pages())
+        Ok(loaded)
+    }
+
+    /// The working set as runs of guest memory, `(gpa, bytes)`, read and written pages alike:
+    /// adjacent ranges are one run, one `KVM_PRE_FAULT_MEMORY` call.
+    pub fn spans(&self) -> Vec<(u64, u64)> {
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for r in &self.ranges {
+            match spans.last_mut() {
+                Some((gpa, len)) if *gpa + *len == r.gpa => *len += r.bytes(),
+                _ => spans.push((r.gpa, r.bytes())),
+            }
+        }
+        spans
     }
 
     /// Writes the working set of the snapshot `snapshot` to `path` (through a temporary file
@@ -268,6 +291,12 @@ mod tests {
     }
 
     #[test]
+    fn adjacent_ranges_are_one_span_to_pre_fault() {
+        // Read, written and read again back to back, then a gap.
+        assert_eq!(ws().spans(), vec![(0, 2 * PAGE), (3 * PAGE, 3 * PAGE), (1 << 20, PAGE)]);
+    }
+
+    #[test]
     fn a_file_reads_back_only_whole_and_for_its_own_snapshot() {
         let id = [7u8; 32];
         let path = Path::new("ws");
@@ -317,11 +346,12 @@ mod tests {
                 Range { gpa: 9 * PAGE, pages: 2, written: true },
             ],
         };
-        assert_eq!(ws.populate(&[region]).unwrap(), 5);
+        assert_eq!(ws.populate(&[region], false).unwrap(), 2, "only what was written");
+        assert_eq!(ws.populate(&[region], true).unwrap(), 5);
         let seen = WorkingSet::record(&[region]).unwrap();
         // A range outside the mapping is refused, not loaded.
         let outside = WorkingSet { ranges: vec![Range { gpa: 15 * PAGE, pages: 2, written: false }] };
-        assert!(outside.populate(&[region]).is_err());
+        assert!(outside.populate(&[region], true).is_err());
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(raw, len) };
         let _ = std::fs::remove_dir_all(&dir);

@@ -191,6 +191,12 @@ impl Vm {
         Ok(Vm { fd, supported_cpuid, mem })
     }
 
+    /// Whether KVM can fault guest memory in ahead of the guest (`KVM_PRE_FAULT_MEMORY`,
+    /// Linux 6.10), asked of this VM.
+    pub fn has_pre_fault(&self) -> bool {
+        self.fd.check_extension_raw(kvm_bindings::KVM_CAP_PRE_FAULT_MEMORY.into()) > 0
+    }
+
     /// The VM fd.
     pub fn fd(&self) -> &VmFd {
         &self.fd
