@@ -856,8 +856,10 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         latest_warm_us.push(t.elapsed().as_micros() as u64);
     }
 
-    // Eight clients: first bring up eight instances (eight overlapping slow invokes), then
-    // count the warm invokes they finish in a fixed window.
+    // Eight clients: first bring up eight instances (eight overlapping slow invokes), warm
+    // them as the one client's instance was warmed (invokes not timed: a new instance's
+    // first invokes page its runtime in), then count the warm invokes they finish in a fixed
+    // window.
     let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
     let mut conns = Vec::new();
     for _ in 0..8 {
@@ -868,6 +870,23 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         .map(|mut c| {
             let slow = slow.clone();
             tokio::spawn(async move { c.call("POST", path, &slow).await.map(|_| c) })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for w in warmups {
+        conns.push(w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??);
+    }
+    let warmups: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let event = event.clone();
+            let n = runs.min(100) / 8 + 1;
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    c.call("POST", path, &event).await?;
+                }
+                Ok::<_, Error>(c)
+            })
         })
         .collect();
     let mut conns = Vec::new();
