@@ -26,6 +26,10 @@ fi
 # botocore never moves boto3's.
 python3 -c 'import boto3' 2>/dev/null || python3 -m pip install --quiet boto3
 python3 -c 'import pika' 2>/dev/null || python3 -m pip install --quiet pika
+# The tests run the interpreter itself, not a version manager's shim on PATH: pyenv's costs
+# about 4 s a start in the emulated host, where the tests start Python some twenty times.
+python_bin=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
+export PATH="$python_bin:$PATH"
 awscli="$ember_cache/awscli"
 if ! "$awscli/bin/aws" --version >/dev/null 2>&1; then
     rm -rf "$awscli"
