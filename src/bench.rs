@@ -857,9 +857,9 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     }
 
     // Eight clients: first bring up eight instances (eight overlapping slow invokes), warm
-    // them as the one client's instance was warmed (invokes not timed: a new instance's
-    // first invokes page its runtime in), then count the warm invokes they finish in a fixed
-    // window.
+    // each as the one client's instance was warmed (the same number of invokes, not timed: a
+    // new instance's first invokes page its runtime in), then count the warm invokes they
+    // finish in a fixed window.
     let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
     let mut conns = Vec::new();
     for _ in 0..8 {
@@ -880,7 +880,7 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         .into_iter()
         .map(|mut c| {
             let event = event.clone();
-            let n = runs.min(100) / 8 + 1;
+            let n = runs.min(100);
             tokio::spawn(async move {
                 for _ in 0..n {
                     c.call("POST", path, &event).await?;
