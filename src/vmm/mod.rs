@@ -749,11 +749,12 @@ pub fn kvm_pre_faults() -> bool {
     })
 }
 
-/// Loads the working set of the snapshot in `dir` into `vm` before its guest runs: the host
-/// mapping first (page-cache pages for what the guest read, private copies for what it wrote),
-/// then, where KVM has it, KVM's own page tables through `vcpu`. A working set that is
-/// missing, damaged or another snapshot's is skipped with a line in the log (the agent's), and
-/// then the returned [`Recorder`] records one.
+/// Loads the working set of the snapshot in `dir` into `vm` before its guest runs: private
+/// copies of what the guest wrote into the host mapping first, then, where KVM has it, every
+/// page into KVM's own page tables through `vcpu` (which maps what was read from the page cache
+/// itself); where KVM has no pre-fault, the read pages go into the host mapping too. A working
+/// set that is missing, damaged or another snapshot's is skipped with a line in the log (the
+/// agent's), and then the returned [`Recorder`] records one.
 fn prefetch(dir: &Path, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Recorder> {
     let regions = guest_regions(vm);
     let mem_end = regions.iter().map(|r| r.gpa + r.len).max().unwrap_or(0);
