@@ -221,7 +221,7 @@ fn echo_vm(dir: &Path) -> Result<(Vmm, UnixStream), Error> {
         tmp_dir: PathBuf::from(dir),
         vsock_uds: Some(uds.clone()),
     };
-    let mut vm = Vmm::start(&config, vmm::EmptyVm::create().map_err(vmm::Error::from)?)?;
+    let mut vm = Vmm::start(&config, vmm::EmptyVm::create().map_err(vmm::Error::from)?, None)?;
     match vm.wait(true, Duration::from_secs(120), Instant::now()) {
         Outcome::Ready => {}
         other => return Err(Error::NotReady(other)),
@@ -562,7 +562,7 @@ async fn restore_runs(
         conn.call("POST", "/2015-03-31/functions", &create(&name, false)).await?;
         let path = format!("/2015-03-31/functions/{name}/invocations");
         while result.cold_ms.len() < cold_runs {
-            let started = Instant::now();
+                let started = Instant::now();
             let (headers, _) = conn.call_with("POST", &path, tail, &event).await?;
             if report_field(&headers, "Init Duration: ").is_some() {
                 result.cold_ms.push(started.elapsed().as_millis() as u64);
@@ -1020,7 +1020,7 @@ async fn queue_only(data: &Path, dir: &Path, zip: &[u8], runs: usize) -> Result<
     let snapshots = crate::agent::snapshots::Snapshots::open(&data.join("snapshots"))
         .map_err(|e| failed("open snapshots", e.to_string()))?;
     let exe = std::env::current_exe().map_err(io("current_exe"))?;
-    let spares = crate::agent::instance::Spares::new(exe, 0, Arc::new(crate::agent::cgroup::CpuShares::off()));
+    let spares = crate::agent::instance::Spares::new(exe, None, 0, Arc::new(crate::agent::cgroup::CpuShares::off()));
     let vmm = VmmConfig {
         guest_dir: vmm::default_guest_dir(),
         run_dir: dir.join("queue-run"),

@@ -35,7 +35,12 @@ enum Command {
     Serve(ServeArgs),
     /// Run one microVM for the agent, controlled over the socket on fd 3 (internal).
     #[command(hide = true)]
-    Vmm,
+    Vmm {
+        /// Make the /tmp drive of a function of the default size here while waiting for the
+        /// spec.
+        #[arg(long)]
+        scratch_dir: Option<PathBuf>,
+    },
     /// Lambda's operations, as a client of the agent (create-function, invoke, ...).
     #[command(flatten)]
     Client(client::ClientCommand),
@@ -253,7 +258,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
             // `ember boot --restore` is a test of the snapshot alone: nothing recorded, nothing loaded.
             prefetch: false,
         };
-        return match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::restore(&config, vm)) {
+        return match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::restore(&config, vm, None)) {
             Ok(vmm) => {
                 println!("restore_ms={:.1}", started.elapsed().as_secs_f64() * 1000.0);
                 run_to_end(vmm, &args, started)
@@ -278,7 +283,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         tmp_dir: std::env::temp_dir(),
         vsock_uds: args.vsock_uds.clone(),
     };
-    let mut vmm = match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::start(&config, vm)) {
+    let mut vmm = match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::start(&config, vm, None)) {
         Ok(vmm) => vmm,
         Err(e) => {
             eprintln!("ember: error: {e}");
@@ -433,7 +438,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot(args, started),
         Command::Client(command) => client::run(command),
         Command::Serve(args) => serve(args),
-        Command::Vmm => ExitCode::from(ember::vmm::process::run()),
+        Command::Vmm { scratch_dir } => ExitCode::from(ember::vmm::process::run(scratch_dir.as_deref())),
         Command::Bench { bench } => {
             let report = match bench {
                 Bench::Boot { runs, memory_mib } => ember::bench::boot(runs, memory_mib),

@@ -276,9 +276,10 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    fn spawn(binary: &Path, cgroup: Option<VmmCgroup>) -> Result<VmmProcess, Error> {
+    fn spawn(binary: &Path, scratch_dir: Option<&Path>, cgroup: Option<VmmCgroup>) -> Result<VmmProcess, Error> {
         let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
-        let child = spawn_vmm(binary, OwnedFd::from(vmm_end), cgroup.as_ref().map(VmmCgroup::procs))?;
+        let procs = cgroup.as_ref().map(VmmCgroup::procs);
+        let child = spawn_vmm(binary, scratch_dir, OwnedFd::from(vmm_end), procs)?;
         agent_end.set_nonblocking(true).map_err(host("control socket"))?;
         let control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
         Ok(VmmProcess { child, control, cgroup })
@@ -292,6 +293,8 @@ impl VmmProcess {
 /// own from `shares`, at the lowest CPU weight (see [`super::cgroup`]).
 pub struct Spares {
     binary: PathBuf,
+    /// Where spares make the /tmp drive of a default-sized function ahead of their spec.
+    scratch_dir: Option<PathBuf>,
     /// How many to keep.
     want: usize,
     shares: Arc<CpuShares>,
@@ -316,10 +319,12 @@ enum Ask {
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Spares {
-    /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them.
-    pub fn new(binary: PathBuf, want: usize, shares: Arc<CpuShares>) -> Arc<Spares> {
+    /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them;
+    /// with `scratch_dir`, each makes a default-sized /tmp drive there while it waits.
+    pub fn new(binary: PathBuf, scratch_dir: Option<PathBuf>, want: usize, shares: Arc<CpuShares>) -> Arc<Spares> {
         Arc::new(Spares {
             binary,
+            scratch_dir,
             want,
             shares,
             ready: std::sync::Mutex::default(),
@@ -336,7 +341,7 @@ impl Spares {
         if let (true, Some(cgroup)) = (for_launch, &cgroup) {
             cgroup.launching();
         }
-        VmmProcess::spawn(&self.binary, cgroup)
+        VmmProcess::spawn(&self.binary, self.scratch_dir.as_deref(), cgroup)
     }
 
     /// A VMM for a launch, at an instance's CPU weight: a spare that is still alive, else a
@@ -449,14 +454,22 @@ impl Drop for Refill {
     }
 }
 
-/// Starts `ember vmm` with `control` as its control socket, in the cgroup whose `cgroup.procs`
-/// is given (joined before exec, so that none of its start runs outside; if it cannot be
-/// joined, the process stays in the agent's).
-fn spawn_vmm(binary: &Path, control: OwnedFd, cgroup_procs: Option<&CStr>) -> Result<Child, Error> {
+/// Starts `ember vmm` with `control` as its control socket (and `--scratch-dir`), in the cgroup
+/// whose `cgroup.procs` is given (joined before exec, so that none of its start runs outside;
+/// if it cannot be joined, the process stays in the agent's).
+fn spawn_vmm(
+    binary: &Path,
+    scratch_dir: Option<&Path>,
+    control: OwnedFd,
+    cgroup_procs: Option<&CStr>,
+) -> Result<Child, Error> {
     let fd = control.as_raw_fd();
     let cgroup_procs = cgroup_procs.map(CStr::to_owned);
     let mut cmd = Command::new(binary);
     cmd.arg("vmm").stdin(Stdio::null()).stdout(Stdio::null()).kill_on_drop(true);
+    if let Some(dir) = scratch_dir {
+        cmd.arg("--scratch-dir").arg(dir);
+    }
     // SAFETY: the closure runs in the child between fork and exec and only calls open, write,
     // close, dup2 and fcntl, which are async-signal-safe; it allocates nothing (the path is a
     // CString made before the fork, which the closure owns) and touches no other memory
@@ -878,7 +891,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_launch_takes_a_live_spare_or_gets_a_new_vmm_and_spares_are_refilled() {
         let binary = fake_vmm("spares");
-        let spares = Spares::new(binary.clone(), 2, Arc::new(CpuShares::off()));
+        let spares = Spares::new(binary.clone(), None, 2, Arc::new(CpuShares::off()));
         // None ready: the launch gets a new one, from the starting thread.
         let first = spares.take().await.unwrap();
         assert!(first.child.id().is_some());
@@ -905,7 +918,7 @@ mod tests {
     #[tokio::test]
     async fn killing_a_vmm_that_dies_returns_at_once() {
         let binary = fake_vmm("kill");
-        let mut p = VmmProcess::spawn(&binary, None).unwrap();
+        let mut p = VmmProcess::spawn(&binary, None, None).unwrap();
         let started = Instant::now();
         kill_vmm(&mut p.child).await;
         assert!(started.elapsed() < KILL_WAIT);

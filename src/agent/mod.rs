@@ -188,7 +188,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     } else {
         cgroup::CpuShares::off()
     });
-    let spares = instance::Spares::new(options.vmm_binary.clone(), options.pool.max_boots.max(1), shares);
+    let spares =
+        instance::Spares::new(options.vmm_binary.clone(), Some(run_dir.clone()), options.pool.max_boots.max(1), shares);
     if options.vmm.prefetch && !crate::vmm::kvm_pre_faults() {
         eprintln!(
             "ember: restore prefetch: this kernel's KVM has no KVM_PRE_FAULT_MEMORY (Linux 6.10): working sets are \

@@ -41,7 +41,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use arch::{boot, layout, mptable};
 use devices::legacy::{ConsoleSink, PioDevices, SerialSnapshot};
-use devices::virtio::block::{Block, MAX_SCRATCH_MIB, MIN_SCRATCH_MIB};
+use devices::virtio::block::{Block, ScratchFile, MAX_SCRATCH_MIB, MIN_SCRATCH_MIB};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{Interrupt, VirtioDevice};
@@ -325,8 +325,9 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// Builds the VM described by `config` in `vm` and starts its vCPUs.
-    pub fn start(config: &VmConfig, vm: EmptyVm) -> Result<Vmm, Error> {
+    /// Builds the VM described by `config` in `vm` and starts its vCPUs. A `scratch` file made
+    /// ahead is its /tmp drive if it has the size asked for.
+    pub fn start(config: &VmConfig, vm: EmptyVm, scratch: Option<ScratchFile>) -> Result<Vmm, Error> {
         config.validate()?;
         let mem_size = u64::from(config.memory_mib) << 20;
         let mem = create_memory(mem_size, config.hugepages)?;
@@ -365,7 +366,7 @@ impl Vmm {
             kinds.push(DeviceKind::Vsock);
             param(&mut cmdline, ember_proto::cmdline::VSOCK, "1")?;
         }
-        let mut devices = Devices::default();
+        let mut devices = Devices { scratch, ..Devices::default() };
         for kind in kinds {
             let (base, irq) = devices.attach(&vm, kind, &config.tmp_dir, config.vsock_uds.as_deref(), false)?;
             cmdline
@@ -385,8 +386,8 @@ impl Vmm {
     /// where they stopped. Guest memory is the snapshot's memory file mapped private; the drives are
     /// opened again from their paths (a fresh /tmp drive in `config.tmp_dir`), the vsock
     /// device listens on `config.vsock_uds` and tells the guest that its old connections are
-    /// gone.
-    pub fn restore(config: &RestoreConfig, vm: EmptyVm) -> Result<Vmm, Error> {
+    /// gone. A `scratch` file made ahead is its /tmp drive if it has the snapshot's size.
+    pub fn restore(config: &RestoreConfig, vm: EmptyVm, scratch: Option<ScratchFile>) -> Result<Vmm, Error> {
         let (snap, snapshot_id): (VmSnapshot, _) =
             snapshot::read_state_and_id(&config.snapshot_dir.join(snapshot::STATE_FILE))?;
         let count = u8::try_from(snap.vcpus.len()).unwrap_or(0);
@@ -409,7 +410,7 @@ impl Vmm {
         let recorder = if config.prefetch { prefetch(&config.snapshot_dir, &vm, &vcpus[0], snapshot_id) } else { None };
         let (events_tx, events) = channel();
 
-        let mut devices = Devices::default();
+        let mut devices = Devices { scratch, ..Devices::default() };
         for saved in &snap.devices {
             devices.attach(&vm, saved.kind.clone(), &config.tmp_dir, config.vsock_uds.as_deref(), true)?;
             let transport = &devices.transports.last().expect("just attached").1;
@@ -676,6 +677,8 @@ struct Devices {
     mmio: MmioBus,
     handlers: Vec<event_loop::Handler>,
     transports: Vec<(DeviceKind, Arc<Mutex<MmioTransport>>)>,
+    /// A /tmp drive file made ahead, taken by a scratch drive of its size.
+    scratch: Option<ScratchFile>,
 }
 
 impl Devices {
@@ -694,7 +697,10 @@ impl Devices {
     ) -> Result<(u64, u32), Error> {
         let device: Arc<Mutex<dyn VirtioDevice>> = match &kind {
             DeviceKind::Image { path, id } => Arc::new(Mutex::new(Block::open(path, true, id)?)),
-            DeviceKind::Scratch { mib, id } => Arc::new(Mutex::new(Block::scratch(tmp_dir, *mib, id)?)),
+            DeviceKind::Scratch { mib, id } => Arc::new(Mutex::new(match self.scratch.take() {
+                Some(made) if made.mib() == *mib => Block::from_scratch(made, id),
+                _ => Block::scratch(tmp_dir, *mib, id)?,
+            })),
             DeviceKind::Vsock => {
                 let uds = vsock_uds.ok_or_else(|| Error::InvalidConfig("the VM needs a vsock socket path".into()))?;
                 Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds)?))

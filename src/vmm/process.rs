@@ -16,11 +16,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::io::FromRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::devices::virtio::block::{ScratchFile, DEFAULT_SCRATCH_MIB};
 use super::{Console, EmptyVm, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm};
 
 /// The fd of the control socket in an `ember vmm` process.
@@ -154,8 +155,9 @@ impl VmmExit {
 }
 
 /// Runs `ember vmm`: reads the spec from [`CONTROL_FD`], runs the VM, reports how it ended.
-/// Returns the process's exit status.
-pub fn run() -> u8 {
+/// With `scratch_dir`, it makes a /tmp drive of the default size there while it waits for the
+/// spec. Returns the process's exit status.
+pub fn run(scratch_dir: Option<&Path>) -> u8 {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     // SAFETY: getppid has no preconditions.
@@ -166,7 +168,7 @@ pub fn run() -> u8 {
     set_name(SPARE_NAME);
     // SAFETY: the agent passes the control socket as fd 3; nothing else in this process owns it.
     let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let (exit, code) = match boot(&control) {
+    let (exit, code) = match boot(&control, scratch_dir) {
         Ok(exit) => (exit, 0),
         Err(message) => (VmmExit { outcome: "vmm_error".into(), status: 0, message }, 1),
     };
@@ -176,13 +178,17 @@ pub fn run() -> u8 {
     code
 }
 
-fn boot(control: &UnixStream) -> Result<VmmExit, String> {
+fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, String> {
     // Before the spec: the agent may start this process well ahead of the work. A failure
     // here is the host's (out of memory, too many VMs), never a snapshot's.
     let vm = match EmptyVm::create() {
         Ok(vm) => vm,
         Err(e) => return Ok(VmmExit { outcome: "host_error".into(), status: 0, message: e.to_string() }),
     };
+    // The /tmp drive of a function of Lambda's default ephemeral storage, which most have (a
+    // copy of the empty filesystem, ~12 ms in the emulated host); one that cannot be made now
+    // is made after the spec, whose error then says why.
+    let scratch = scratch_dir.and_then(|dir| ScratchFile::create(dir, DEFAULT_SCRATCH_MIB).ok());
     let mut reader = BufReader::new(control.try_clone().map_err(|e| format!("clone control socket: {e}"))?);
     let mut line = String::new();
     (&mut reader).take(MAX_SPEC).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
@@ -203,7 +209,7 @@ fn boot(control: &UnixStream) -> Result<VmmExit, String> {
                 vsock_uds: Some(spec.vsock_uds),
                 prefetch: spec.prefetch,
             };
-            Vmm::restore(&config, vm)
+            Vmm::restore(&config, vm, scratch)
         }
         None => Vmm::start(
             &VmConfig {
@@ -221,6 +227,7 @@ fn boot(control: &UnixStream) -> Result<VmmExit, String> {
                 vsock_uds: Some(spec.vsock_uds),
             },
             vm,
+            scratch,
         ),
     }
     .map_err(|e| e.to_string())?;

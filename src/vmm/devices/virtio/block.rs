@@ -147,6 +147,39 @@ fn kernel_copy(from: &File, to: &File, at: u64, len: u64) -> io::Result<u64> {
 pub const MIN_SCRATCH_MIB: u32 = 512;
 /// Largest scratch drive, in MiB.
 pub const MAX_SCRATCH_MIB: u32 = 10240;
+/// The scratch drive of a function that sets no size, in MiB (Lambda's default, its minimum).
+pub const DEFAULT_SCRATCH_MIB: u32 = MIN_SCRATCH_MIB;
+
+/// The backing file of a fresh scratch drive (/tmp): a sparse file of exactly its size, a copy
+/// of an empty ext4 filesystem of that size ([`scratch_template`]), opened and then unlinked,
+/// so that it disappears with this process however it ends and never grows past its size (the
+/// drive refuses writes past its capacity). A spare VMM makes one for the default size while it
+/// waits for its spec: the copy is then off the start's critical path.
+pub struct ScratchFile {
+    mib: u32,
+    file: File,
+}
+
+impl ScratchFile {
+    /// Makes one of `mib` MiB in `dir`.
+    pub fn create(dir: &Path, mib: u32) -> Result<Self, OpenError> {
+        let size = u64::from(mib) << 20;
+        let template = scratch_template(mib)
+            .map_err(|source| OpenError::Open { path: format!("the {mib} MiB ext4 template"), source })?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let path = dir.join(format!("ember-scratch-{}-{nanos}.ext4", std::process::id()));
+        let err = |source| OpenError::Open { path: path.display().to_string(), source };
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(err)?;
+        let result = file.set_len(size).and_then(|()| copy_data(&template, &file)).map_err(err);
+        let _ = std::fs::remove_file(&path);
+        result.map(|()| ScratchFile { mib, file })
+    }
+
+    /// Its size in MiB.
+    pub fn mib(&self) -> u32 {
+        self.mib
+    }
+}
 
 /// Why a request failed; the guest sees only the status byte.
 #[derive(Debug, PartialEq, Eq)]
@@ -182,30 +215,24 @@ impl Block {
         let err = |source| OpenError::Open { path: path.display().to_string(), source };
         let file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(err)?;
         let len = file.metadata().map_err(err)?.len();
+        Ok(Block::with_file(file, len, read_only, id))
+    }
+
+    fn with_file(file: File, len: u64, read_only: bool, id: &str) -> Self {
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Ok(Block { file, read_only, capacity_sectors: len >> SECTOR_SHIFT, id: id_bytes, active: None })
+        Block { file, read_only, capacity_sectors: len >> SECTOR_SHIFT, id: id_bytes, active: None }
     }
 
-    /// A fresh read-write scratch drive of exactly `mib` MiB: a sparse file in `dir`, a copy of
-    /// an empty ext4 filesystem of that size ([`scratch_template`]), opened and then unlinked,
-    /// so that it disappears with this process however it ends and never grows past its size
-    /// (writes past the capacity are refused).
+    /// A fresh read-write scratch drive of exactly `mib` MiB ([`ScratchFile::create`] in `dir`).
     pub fn scratch(dir: &Path, mib: u32, id: &str) -> Result<Self, OpenError> {
-        let size = u64::from(mib) << 20;
-        let template = scratch_template(mib)
-            .map_err(|source| OpenError::Open { path: format!("the {mib} MiB ext4 template"), source })?;
-        let path = dir.join(format!("ember-scratch-{}-{id}.ext4", std::process::id()));
-        let err = |source| OpenError::Open { path: path.display().to_string(), source };
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(err)?;
-        let result = file
-            .set_len(size)
-            .and_then(|()| copy_data(&template, &file))
-            .map_err(err)
-            .and_then(|()| Block::open(&path, false, id));
-        let _ = std::fs::remove_file(&path);
-        result
+        Ok(Block::from_scratch(ScratchFile::create(dir, mib)?, id))
+    }
+
+    /// The scratch drive whose file was made ahead.
+    pub fn from_scratch(scratch: ScratchFile, id: &str) -> Self {
+        Block::with_file(scratch.file, u64::from(scratch.mib) << 20, false, id)
     }
 
     /// The drive's size in 512-byte sectors.
