@@ -371,6 +371,13 @@ struct InvokeRuns {
     latest_warm_us: Vec<u64>,
 }
 
+/// How long `bench restore` lets the agent rest before each counted invoke, restored or cold:
+/// long enough for the last instance to be torn down and the spare it took to be replaced
+/// (~70 ms of CPU in the emulated host, at the lowest weight). Back to back on one CPU, that
+/// work lands in the next start instead, which then often finds no spare and starts a VMM
+/// process itself: the bench would measure the queue for the CPU, not the start.
+const AT_REST: Duration = Duration::from_millis(500);
+
 /// The memory budget `bench restore` fills with idle restored instances, in KiB.
 const DENSITY_BUDGET_KIB: u64 = 16 << 20;
 
@@ -385,7 +392,7 @@ struct RestoreRuns {
 /// python3.11), a 1 KiB echo at 128 MiB: invokes that each land on a freshly restored instance
 /// (the agent keeps no idle instance, and every answer's REPORT must show a restore), the
 /// restore alone (REPORT's Restore Duration), and cold invokes of the same function without
-/// SnapStart. Then the snapshot time of a 1024 MiB function, the restore at 2048 MiB, and, on a
+/// SnapStart, each counted invoke [`AT_REST`] after the last. Then the snapshot time of a 1024 MiB function, the restore at 2048 MiB, and, on a
 /// second agent, provisioned concurrency of up to `density_max` idle restored 128 MiB instances
 /// (after one invocation, so that they load its working set): their private memory (each VMM
 /// process's Private_Dirty: its own memory plus the guest pages it wrote) and how many fit a
@@ -542,6 +549,7 @@ async fn restore_runs(
     let mut attempts = 0;
     while result.invoke_ms.len() < runs {
         attempts += 1;
+        tokio::time::sleep(AT_REST).await;
         let started = Instant::now();
         let (headers, _) = conn.call_with("POST", &path, tail, &event).await?;
         let took = started.elapsed().as_millis() as u64;
@@ -562,7 +570,8 @@ async fn restore_runs(
         conn.call("POST", "/2015-03-31/functions", &create(&name, false)).await?;
         let path = format!("/2015-03-31/functions/{name}/invocations");
         while result.cold_ms.len() < cold_runs {
-                let started = Instant::now();
+            tokio::time::sleep(AT_REST).await;
+            let started = Instant::now();
             let (headers, _) = conn.call_with("POST", &path, tail, &event).await?;
             if report_field(&headers, "Init Duration: ").is_some() {
                 result.cold_ms.push(started.elapsed().as_millis() as u64);
