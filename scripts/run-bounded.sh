@@ -2,7 +2,8 @@
 # scripts/run-bounded.sh SECS CMD [ARGS...]: runs CMD, and if it is still running after SECS
 # seconds, prints what the host's Ember processes are doing (each process and thread, its state
 # and kernel wait channel, the agent's kernel stacks where readable, the VMMs' cgroups) and kills
-# it, exiting 124.
+# it, exiting 124. Otherwise it exits with CMD's status, after a line `run-bounded: NAME took
+# N s`.
 # scripts/test.sh runs each KVM test binary under it, so that a test that hangs fails CI with
 # the clues to why, instead of running into CI's own limit.
 set -u
@@ -39,3 +40,6 @@ while kill -0 "$pid" 2>/dev/null; do
     sleep 2
 done
 wait "$pid"
+status=$?
+echo "run-bounded: $(basename "$1") took $((SECONDS - deadline + limit)) s"
+exit "$status"

@@ -75,7 +75,7 @@ trap 'rm -f "$runner"' EXIT
     echo "export EMBER_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
     for t in "${kvm_tests[@]}"; do
         printf 'echo "== running %s"\n' "$(basename "$t")"
-        # The invoke tests run many VMs each (32 at once in one of them), and the SnapStart
+        # The invoke tests run many VMs each (eight at once in one of them), and the SnapStart
         # tests many restores: one test at a time, so the emulated host is never asked for more
         # memory and CPU than it has (its kernel has died under heavy restore load, with a
         # page-fault loop in a vCPU thread).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 const SCRIPT: &str = r#"set -e
 B=/var/task/busybox
-$B dd if=/dev/urandom of=/tmp/r bs=1048576 count=100 2>/dev/null
+$B dd if=/dev/urandom of=/tmp/r bs=1048576 count=16 2>/dev/null
 S1=$($B md5sum /tmp/r | $B cut -d' ' -f1)
 $B sync
 echo 3 > /proc/sys/vm/drop_caches

@@ -11,21 +11,9 @@
 mod common;
 use common::agent::Agent;
 use common::require_kvm_host;
+use common::script::Script;
 
 use std::process::Command;
-
-fn events_script(port: u16, phase: &str, ids: &std::path::Path) {
-    let zip = common::guest_dir().join("functions/rust.zip");
-    let status = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/test_events.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(zip)
-        .args(["--phase", phase])
-        .arg(ids)
-        .status()
-        .expect("run python3 tests/api/test_events.py (boto3 is installed by scripts/test.sh)");
-    assert!(status.success(), "the event checks ({phase}) failed: {status}");
-}
 
 /// How many events the burst function has logged.
 async fn burst_ran(agent: &Agent) -> usize {
@@ -42,8 +30,17 @@ async fn async_invokes_retry_reach_destinations_and_survive_kill9() {
     agent.kill9();
     agent.spawn();
     let ids = agent.data_dir.with_file_name("burst-ids.json");
-    events_script(port, "setup", &ids);
-    events_script(port, "burst", &ids);
+    let mut script = Script::start(
+        "test_events.py",
+        [
+            format!("http://127.0.0.1:{port}").into(),
+            common::guest_dir().join("functions/rust.zip").into_os_string(),
+            ids.into_os_string(),
+        ],
+        "boto3 is installed by scripts/test.sh",
+    );
+    script.phase("setup");
+    script.phase("burst");
     // The events are accepted and running, two at a time: kill the agent in their midst.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     while burst_ran(&agent).await < 6 {
@@ -61,7 +58,7 @@ async fn async_invokes_retry_reach_destinations_and_survive_kill9() {
         "the SIGKILL came before or after the burst ran ({left} left): it proves nothing"
     );
     agent.spawn();
-    events_script(port, "after-restart", &ids);
+    script.phase("after-restart");
 }
 
 /// Function URLs: configured through boto3, called with curl (tests/api/test_urls.py).

@@ -170,7 +170,7 @@ async fn concurrent_invokes_run_on_several_instances() {
     let created = agent.create("c", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 120})).await;
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     let mut tasks = Vec::new();
-    for i in 0..32 {
+    for i in 0..8 {
         let agent = agent.clone();
         tasks.push(tokio::spawn(async move { agent.invoke("c", json!({"sleep_ms": 300, "i": i})).await }));
     }
@@ -182,7 +182,7 @@ async fn concurrent_invokes_run_on_several_instances() {
     let logs = agent.request("GET", "/2015-03-31/functions/c/logs?bytes=1000000", &[], vec![]).await;
     let logs = String::from_utf8_lossy(&logs.body);
     let cold = logs.matches("Init Duration").count();
-    assert!(cold > 1, "32 concurrent invokes ran on {cold} instance(s)");
+    assert!(cold > 1, "8 concurrent invokes ran on {cold} instance(s)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@
 mod common;
 use common::agent::Agent;
 use common::require_kvm_host;
+use common::script::Script;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,21 +28,6 @@ fn rabbitmq(action: &str) {
         .status()
         .expect("run scripts/rabbitmq.sh");
     assert!(status.success(), "scripts/rabbitmq.sh {action} failed: {status}");
-}
-
-/// One phase of tests/api/test_queues.py, which must pass.
-fn queues_script(port: u16, amqp_url: &str, phase: &str, state: &Path) {
-    let zip = common::guest_dir().join("functions/rust.zip");
-    let status = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/test_queues.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(zip)
-        .arg(amqp_url)
-        .args(["--phase", phase])
-        .arg(state)
-        .status()
-        .expect("run python3 tests/api/test_queues.py (it needs boto3 and pika)");
-    assert!(status.success(), "the queue checks ({phase}) failed: {status}");
 }
 
 #[test]
@@ -61,26 +46,36 @@ fn queue_destinations_dead_letters_and_mappings_survive_broker_and_agent_restart
     agent.kill9();
     agent.spawn();
     let state = agent.data_dir.with_file_name("queues-state.json");
+    let mut script = Script::start(
+        "test_queues.py",
+        [
+            format!("http://127.0.0.1:{port}").into(),
+            common::guest_dir().join("functions/rust.zip").into_os_string(),
+            amqp_url.clone().into(),
+            state.into_os_string(),
+        ],
+        "it needs boto3 and pika",
+    );
 
     // (a) OnSuccess to a queue, (b) a dead-letter queue.
-    queues_script(port, &amqp_url, "destinations", &state);
+    script.phase("destinations");
 
     // (c) 30 records being delivered when the broker's application stops: the agent delivers
     // every one once it is back (at least once).
-    queues_script(port, &amqp_url, "burst", &state);
+    script.phase("burst");
     rabbitmq("stop-app");
     std::thread::sleep(Duration::from_secs(3));
     rabbitmq("start-app");
     rabbitmq("wait");
-    queues_script(port, &amqp_url, "after-broker-restart", &state);
+    script.phase("after-broker-restart");
 
     // (g) the mappings' errors, (d) batches, (e) partial batch responses; the batch mapping is
     // left disabled.
-    queues_script(port, &amqp_url, "mappings", &state);
+    script.phase("mappings");
 
     // (f) The mappings are stored: after a SIGKILL they are listed, and the batch mapping,
     // enabled again, handles new messages.
     agent.kill9();
     agent.spawn();
-    queues_script(port, &amqp_url, "after-restart", &state);
+    script.phase("after-restart");
 }

@@ -10,27 +10,12 @@
 mod common;
 use common::agent::Agent;
 use common::require_kvm_host;
+use common::script::Script;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::json;
 use sha2::Digest;
-
-fn release_script(port: u16, phase: &str, aws: Option<&str>) {
-    let functions = common::guest_dir().join("functions");
-    let mut cmd = Command::new("python3");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/test_release.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(functions.join("python.zip"))
-        .arg(functions.join("rust.zip"))
-        .args(["--phase", phase]);
-    if let Some(aws) = aws {
-        cmd.args(["--aws", aws]);
-    }
-    let status = cmd.status().expect("run python3 tests/api/test_release.py (boto3 is installed by scripts/test.sh)");
-    assert!(status.success(), "the release checks ({phase}) failed: {status}");
-}
 
 #[test]
 fn release_workflow_through_boto3_and_the_aws_cli_survives_kill9() {
@@ -43,10 +28,22 @@ fn release_workflow_through_boto3_and_the_aws_cli_survives_kill9() {
     agent.tcp_port = Some(port);
     agent.kill9();
     agent.spawn();
-    release_script(port, "setup", Some(&aws));
+    let functions = common::guest_dir().join("functions");
+    let mut script = Script::start(
+        "test_release.py",
+        [
+            format!("http://127.0.0.1:{port}").into(),
+            functions.join("python.zip").into_os_string(),
+            functions.join("rust.zip").into_os_string(),
+            "--aws".into(),
+            aws.into(),
+        ],
+        "boto3 is installed by scripts/test.sh",
+    );
+    script.phase("setup");
     agent.kill9();
     agent.spawn();
-    release_script(port, "after-restart", None);
+    script.phase("after-restart");
 }
 
 /// Writes a data dir as the agents before versions left it: their schema, one provided

@@ -1,12 +1,14 @@
-"""What Ember's boto3 scripts share (tests/api/test_*.py): a counted check, a boto3 Lambda
-client for a local endpoint, zips and their CodeSha256, the check of an expected error, and the
-events a test function logged."""
+"""What Ember's boto3 scripts share (tests/api/test_*.py): a counted check, phases run one by
+one or several in one process, a boto3 Lambda client for a local endpoint, zips and their
+CodeSha256, the check of an expected error, and the events a test function logged."""
 
 import base64
 import hashlib
 import io
 import json
+import sys
 import time
+import traceback
 import urllib.request
 import zipfile
 
@@ -29,6 +31,30 @@ def check(cond, what):
 def checks():
     """How many checks have passed."""
     return _checks
+
+
+def run_phases(name, phase, run_phase):
+    """Runs `run_phase(phase)`; with `phase` "-", runs it for each phase named on a line of
+    stdin, in order, and answers each on stdout with `phase <name>: ok` or `phase <name>:
+    failed`, so that a test driving several phases pays for one Python start (with boto3, some
+    12 s in the emulated KVM host) instead of one per phase. Returns the exit status: 1 once a
+    phase failed."""
+    phases = (line.strip() for line in sys.stdin if line.strip()) if phase == "-" else [phase]
+    for p in phases:
+        before = checks()
+        try:
+            run_phase(p)
+            print(f"{name} ({p}): {checks() - before} checks passed", flush=True)
+        except Exception as e:  # noqa: BLE001 - any failure fails the phase, with its story
+            if not isinstance(e, AssertionError):
+                traceback.print_exc()
+            print(f"{name} ({p}): FAILED: {e}", file=sys.stderr, flush=True)
+            if phase == "-":
+                print(f"phase {p}: failed", flush=True)
+            return 1
+        if phase == "-":
+            print(f"phase {p}: ok", flush=True)
+    return 0
 
 
 def lambda_client(endpoint):

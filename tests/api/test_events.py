@@ -2,7 +2,7 @@
 """Asynchronous invocations on Ember through unmodified boto3: retries, destinations, maximum
 event age, and events that outlive the agent.
 
-    python3 tests/api/test_events.py ENDPOINT RUST_ZIP --phase setup|burst|after-restart IDS_FILE
+    python3 tests/api/test_events.py ENDPOINT RUST_ZIP --phase setup|burst|after-restart|- IDS_FILE
 
 ENDPOINT is the agent's loopback TCP endpoint, started with `--async-retry-delays-s 1,2`.
 RUST_ZIP is the Rust test function of scripts/build-test-functions.sh: it echoes its event,
@@ -20,6 +20,9 @@ API through boto3 (Put, Get, Update, List, Delete and its errors).
 `burst`: 100 events accepted for a function with reserved concurrency 2 that sleeps 500 ms on
 each; their request ids go to IDS_FILE. The caller SIGKILLs the agent while they run and starts
 it again; `after-restart` then waits until every id is in the function's log: none is lost.
+
+With `--phase -` the phases are read from stdin, one per line, and each is answered with a
+`phase NAME: ok` (or `failed`) line: one Python start for all of them (see lambda_checks).
 """
 
 import argparse
@@ -27,7 +30,7 @@ import json
 import sys
 import time
 
-from lambda_checks import ROLE, check, checks, events_in, expect_error, lambda_client, wait_for
+from lambda_checks import ROLE, check, events_in, expect_error, lambda_client, run_phases, wait_for
 
 COLLECTOR, FAILING, SUCCEEDING, THROTTLED, BURST = "ev-collector", "ev-failing", "ev-ok", "ev-throttled", "ev-burst"
 ARN = "arn:aws:lambda:us-east-1:000000000000:function:"
@@ -175,20 +178,25 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("endpoint")
     p.add_argument("rust_zip")
-    p.add_argument("--phase", choices=["setup", "burst", "after-restart"], required=True)
+    p.add_argument("--phase", required=True, help="setup, burst or after-restart; - reads them from stdin")
     p.add_argument("ids_file")
     a = p.parse_args()
-    lam = lambda_client(a.endpoint)
     with open(a.rust_zip, "rb") as f:
         zip_bytes = f.read()
-    if a.phase == "setup":
-        setup(a.endpoint, lam, zip_bytes)
-    elif a.phase == "burst":
-        burst(lam, zip_bytes, a.ids_file)
-    else:
-        after_restart(a.endpoint, lam, a.ids_file)
-    print(f"events ({a.phase}): {checks()} checks passed")
-    return 0
+
+    def phase(name):
+        # A client per phase: the agent restarts between them.
+        lam = lambda_client(a.endpoint)
+        if name == "setup":
+            setup(a.endpoint, lam, zip_bytes)
+        elif name == "burst":
+            burst(lam, zip_bytes, a.ids_file)
+        elif name == "after-restart":
+            after_restart(a.endpoint, lam, a.ids_file)
+        else:
+            check(False, f"no phase {name!r}")
+
+    return run_phases("events", a.phase, phase)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Ember's RabbitMQ-backed features through unmodified boto3 and pika: queue destinations,
 dead-letter queues and SQS-style event source mappings.
 
-    python3 tests/api/test_queues.py ENDPOINT RUST_ZIP AMQP_URL --phase PHASE STATE_FILE
+    python3 tests/api/test_queues.py ENDPOINT RUST_ZIP AMQP_URL --phase PHASE|- STATE_FILE
 
 PHASE is one of destinations, burst, after-broker-restart, mappings, after-restart, run in that
 order (tests/kvm_queues.rs does, restarting the broker and the agent between them).
@@ -14,7 +14,9 @@ is the Rust test function of scripts/build-test-functions.sh: it echoes its even
 records whose body is `fail`, and with LOG_EVENTS set prints `event <request id> <event JSON>`
 to its log, which is how these checks see what each invocation received (Ember's log tail,
 GET /2015-03-31/functions/NAME/logs). STATE_FILE carries request ids and mapping UUIDs from one
-phase to the next; `destinations` starts it afresh.
+phase to the next; `destinations` starts it afresh. With `--phase -` the phases are read from stdin, one per
+line, and each is answered with a `phase NAME: ok` (or `failed`) line: one Python start for
+all of them (see lambda_checks).
 
 A queue ARN `arn:aws:sqs:us-east-1:000000000000:NAME` names the broker's durable queue NAME.
 The agent never declares queues: each phase that uses a queue first deletes it and declares it
@@ -59,7 +61,7 @@ import pika
 from botocore.exceptions import ClientError
 
 import lambda_checks
-from lambda_checks import ROLE, check, checks, events_in, expect_error, lambda_client, message
+from lambda_checks import ROLE, check, events_in, expect_error, lambda_client, message, run_phases
 
 # Polled a little more often than the event tests poll.
 wait_for = functools.partial(lambda_checks.wait_for, every_s=0.3)
@@ -71,6 +73,7 @@ SUCCESS_Q, DLQ, BURST_Q = "ember-success", "ember-dlq", "ember-burst"
 BATCH_Q, PARTIAL_Q, PARTIAL_DLX = "ember-batch", "ember-partial", "ember-partial-dlx"
 ALL_QUEUES = (SUCCESS_Q, DLQ, BURST_Q, BATCH_Q, PARTIAL_Q, PARTIAL_DLX)
 
+PHASES = ("destinations", "burst", "after-broker-restart", "mappings", "after-restart")
 FN_ARN = "arn:aws:lambda:us-east-1:000000000000:function:"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:000000000000:"
 NO_UUID = "00000000-0000-0000-0000-000000000000"
@@ -471,35 +474,38 @@ def main():
     p.add_argument("endpoint")
     p.add_argument("rust_zip")
     p.add_argument("amqp_url")
-    p.add_argument("--phase", required=True,
-                   choices=["destinations", "burst", "after-broker-restart", "mappings", "after-restart"])
+    p.add_argument("--phase", required=True, help="one of " + ", ".join(PHASES) + "; - reads them from stdin")
     p.add_argument("state_file")
     a = p.parse_args()
-    lam = lambda_client(a.endpoint)
     with open(a.rust_zip, "rb") as f:
         zip_bytes = f.read()
-    state = {}
-    if a.phase != "destinations" and os.path.exists(a.state_file):
-        with open(a.state_file) as f:
-            state = json.load(f)
-    broker = Broker(a.amqp_url)
-    try:
-        if a.phase == "destinations":
-            destinations(a.endpoint, lam, broker, zip_bytes)
-        elif a.phase == "burst":
-            burst(lam, broker, zip_bytes, state)
-        elif a.phase == "after-broker-restart":
-            after_broker_restart(broker, state)
-        elif a.phase == "mappings":
-            mappings(a.endpoint, lam, broker, zip_bytes, state)
-        else:
-            after_restart(a.endpoint, lam, broker, state)
-    finally:
-        broker.close()
-    with open(a.state_file, "w") as f:
-        json.dump(state, f)
-    print(f"queues ({a.phase}): {checks()} checks passed")
-    return 0
+
+    def phase(name):
+        check(name in PHASES, f"no phase {name!r}")
+        # A client and a broker connection per phase: the agent and the broker restart between them.
+        lam = lambda_client(a.endpoint)
+        state = {}
+        if name != "destinations" and os.path.exists(a.state_file):
+            with open(a.state_file) as f:
+                state = json.load(f)
+        broker = Broker(a.amqp_url)
+        try:
+            if name == "destinations":
+                destinations(a.endpoint, lam, broker, zip_bytes)
+            elif name == "burst":
+                burst(lam, broker, zip_bytes, state)
+            elif name == "after-broker-restart":
+                after_broker_restart(broker, state)
+            elif name == "mappings":
+                mappings(a.endpoint, lam, broker, zip_bytes, state)
+            else:
+                after_restart(a.endpoint, lam, broker, state)
+        finally:
+            broker.close()
+        with open(a.state_file, "w") as f:
+            json.dump(state, f)
+
+    return run_phases("queues", a.phase, phase)
 
 
 if __name__ == "__main__":

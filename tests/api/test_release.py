@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lambda's release workflow on Ember through unmodified boto3 (and one flow through the aws CLI).
 
-    python3 tests/api/test_release.py ENDPOINT PYTHON_ZIP RUST_ZIP --phase setup|after-restart
+    python3 tests/api/test_release.py ENDPOINT PYTHON_ZIP RUST_ZIP --phase setup|after-restart|-
                                       [--aws PATH] [--no-invoke]
 
 ENDPOINT is the agent's loopback TCP endpoint. PYTHON_ZIP and RUST_ZIP are the test functions of
@@ -19,6 +19,9 @@ and with --aws one release flow through the aws CLI. It leaves its functions in 
 `after-restart`, run against an agent restarted on the same data dir (after SIGKILL), checks that
 the versions, aliases, layers, tags and reservations are all there and invoke, then deletes
 everything. --no-invoke skips what needs a microVM. Exits 0 when all checks pass.
+
+With `--phase -` the phases are read from stdin, one per line, and each is answered with a
+`phase NAME: ok` (or `failed`) line: one Python start for all of them (see lambda_checks).
 """
 
 import argparse
@@ -35,20 +38,21 @@ import zipfile
 
 from botocore.exceptions import ClientError
 
-from lambda_checks import ROLE, check, checks, expect_error, lambda_client, message, sha256_b64, with_extra_file
+from lambda_checks import ROLE, check, expect_error, lambda_client, message, run_phases, sha256_b64, with_extra_file
 
 PY, LAYERED, RS, SNAP, SNAP_FAIL, PC, CLI = (
     "rel-py", "rel-layers", "rel-rs", "rel-snap", "rel-snapfail", "rel-pc", "rel-cli",
 )
 LAYERS = ("rel-layer-a", "rel-layer-b")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def step(what):
     print(f"release: {what}", flush=True)
 
 
-def make_zip(files):
-    """A zip of {name: (content, mode)}."""
+def make_zip(files, level=6):
+    """A zip of {name: (content, mode)}, deflated at `level`."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for name, (content, mode) in files.items():
@@ -56,7 +60,7 @@ def make_zip(files):
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3
             info.external_attr = (0o100000 | mode) << 16
-            z.writestr(info, content)
+            z.writestr(info, content, compresslevel=level)
     return out.getvalue()
 
 
@@ -150,13 +154,16 @@ def versions_and_aliases(lam, python_zip, run):
     check("live" in message(e), f"the refusal names the alias: {message(e)}")
     e = expect_error("InvalidParameterValueException", 400, lam.delete_function, FunctionName=PY, Qualifier="$LATEST")
     if run:
+        # 40 invokes (each ~0.5 s of boto3 in the emulated host): version 2 runs 12 times on
+        # average; fewer than 3 or more than 23 is a chance of about 2 in 10,000. The weights'
+        # arithmetic is unit-tested (agent::invoke).
         counts = {"1": 0, "2": 0}
-        for _ in range(100):
+        for _ in range(40):
             r, ctx = invoke(lam, f"{PY}:live")
             counts[r["ExecutedVersion"]] += 1
             check(ctx["invoked_function_arn"].endswith(f":{PY}:live"), f"invoked by {ctx['invoked_function_arn']}")
-        check(15 <= counts["2"] <= 45, f"version 2 ran {counts['2']} of 100 times through a 30% alias")
-        step(f"aliases: {counts} of 100 invokes through live")
+        check(3 <= counts["2"] <= 23, f"version 2 ran {counts['2']} of 40 times through a 30% alias")
+        step(f"aliases: {counts} of 40 invokes through live")
     revision = lam.get_alias(FunctionName=PY, Name="live")["RevisionId"]
     expect_error("PreconditionFailedException", 412, lam.update_alias, FunctionName=PY, Name="live",
                  FunctionVersion="2", RevisionId="stale")
@@ -200,7 +207,8 @@ def layers(lam, python_zip, run):
     e = expect_error("InvalidParameterValueException", 400, create, lam=lam, name="rel-six", runtime="python3.11",
                      handler="handler.echo", zip_bytes=python_zip, Layers=six)
     check("5" in message(e), message(e))
-    big = make_zip({"big.bin": (b"\0" * (130 << 20), 0o644)})
+    # Deflated fast: at the default level, 130 MB take ~10 s in the emulated host.
+    big = make_zip({"big.bin": (b"\0" * (130 << 20), 0o644)}, level=1)
     big_layers = [lam.publish_layer_version(LayerName=f"rel-big-{i}", Content={"ZipFile": big})["LayerVersionArn"]
                   for i in range(2)]
     e = expect_error("InvalidParameterValueException", 400, create, lam=lam, name="rel-big", runtime="python3.11",
@@ -355,13 +363,21 @@ def aws_cli(aws, endpoint, rust_zip, run):
     env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDEMBERTEST", AWS_SECRET_ACCESS_KEY="ember-test-secret",
                AWS_DEFAULT_REGION="us-east-1", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
 
-    def cli(*args):
-        out = subprocess.run([aws, "--endpoint-url", endpoint, "--output", "json", "lambda", *args],
-                             env=env, capture_output=True, text=True, timeout=600)
-        check(out.returncode == 0, f"aws lambda {' '.join(args)}: {out.stderr}")
-        return json.loads(out.stdout) if out.stdout.strip() else {}
+    # The CLI's commands run one after another in one process of its own Python (see
+    # aws_cli_session.py): a process each would cost ~15 s of imports apiece in the emulated host.
+    session = subprocess.Popen([os.path.join(os.path.dirname(aws), "python"), os.path.join(HERE, "aws_cli_session.py")],
+                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    def cli(*args):
+        session.stdin.write(json.dumps(["--endpoint-url", endpoint, "--output", "json", "lambda", *args]) + "\n")
+        session.stdin.flush()
+        line = session.stdout.readline()
+        check(line, f"aws lambda {' '.join(args)}: the aws CLI's process ended")
+        out = json.loads(line)
+        check(out["rc"] == 0, f"aws lambda {' '.join(args)}: exit status {out['rc']}: {out['stderr']}")
+        return json.loads(out["stdout"]) if out["stdout"].strip() else {}
+
+    with session, tempfile.TemporaryDirectory() as tmp:
         zip_path = os.path.join(tmp, "rust.zip")
         with open(zip_path, "wb") as f:
             f.write(rust_zip)
@@ -424,33 +440,34 @@ def main():
     parser.add_argument("endpoint")
     parser.add_argument("python_zip")
     parser.add_argument("rust_zip")
-    parser.add_argument("--phase", choices=["setup", "after-restart"], required=True)
+    parser.add_argument("--phase", required=True, help="setup or after-restart; - reads them from stdin")
     parser.add_argument("--aws", help="the aws CLI to run one release flow with")
     parser.add_argument("--no-invoke", action="store_true", help="skip what needs a microVM")
     args = parser.parse_args()
     python_zip = open(args.python_zip, "rb").read()
     rust_zip = open(args.rust_zip, "rb").read()
     run = not args.no_invoke
-    lam = lambda_client(args.endpoint)
-    if args.phase == "setup":
-        versions_and_aliases(lam, python_zip, run)
-        layers(lam, python_zip, run)
-        reserved_concurrency(lam, rust_zip, run)
-        snap_start(lam, python_zip, rust_zip, run)
-        provisioned_alias(lam, rust_zip, run)
-        tags(lam)
-        unsupported(lam, python_zip)
-        if args.aws:
-            aws_cli(args.aws, args.endpoint, rust_zip, run)
-    else:
-        after_restart(lam, run)
-    print(f"release: all {checks()} checks passed ({args.phase}){' (invocations skipped)' if not run else ''}")
-    return 0
+
+    def phase(name):
+        # A client per phase: the agent restarts between them.
+        lam = lambda_client(args.endpoint)
+        if name == "setup":
+            versions_and_aliases(lam, python_zip, run)
+            layers(lam, python_zip, run)
+            reserved_concurrency(lam, rust_zip, run)
+            snap_start(lam, python_zip, rust_zip, run)
+            provisioned_alias(lam, rust_zip, run)
+            tags(lam)
+            unsupported(lam, python_zip)
+            if args.aws:
+                aws_cli(args.aws, args.endpoint, rust_zip, run)
+        elif name == "after-restart":
+            after_restart(lam, run)
+        else:
+            check(False, f"no phase {name!r}")
+
+    return run_phases("release", args.phase, phase)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AssertionError as e:
-        print(f"release: FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod script;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
