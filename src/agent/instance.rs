@@ -14,6 +14,7 @@
 
 use std::ffi::CStr;
 use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -552,6 +553,9 @@ fn unexpected(f: &Frame) -> Error {
     Error::Protocol(format!("unexpected {:?} frame", f.kind))
 }
 
+/// How long a closed runtime channel waits for the VMM's account of why.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// How long an instance's actor waits for its VMM to record a working set.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -580,12 +584,36 @@ impl Instance {
             }
             tokio::select! {
                 n = self.channel.read(&mut self.read_buf) => match n {
-                    Ok(0) => return Err(Error::VmEnded("the guest closed the runtime channel".into())),
+                    Ok(0) => return Err(Error::VmEnded(self.why_closed().await)),
                     Ok(n) => self.decoder.push(&self.read_buf[..n]),
                     Err(e) => return Err(Error::VmEnded(format!("runtime channel: {e}"))),
                 },
-                ended = read_exit(&mut self.control) => return Err(Error::VmEnded(ended.message)),
+                ended = read_exit(&mut self.control) => {
+                    return Err(Error::VmEnded(self.with_signal(ended.message).await))
+                }
             }
+        }
+    }
+
+    /// Why the guest's end of the runtime channel closed: it closes with the VM, so the VMM's
+    /// own account (a guest that crashed or powered off, a VMM that failed, or one that was
+    /// killed, with its signal) if it gives one within [`EXIT_GRACE`].
+    async fn why_closed(&mut self) -> String {
+        let closed = "the guest closed the runtime channel";
+        match tokio::time::timeout(EXIT_GRACE, read_exit(&mut self.control)).await {
+            Ok(exit) => format!("{closed}: {}", self.with_signal(exit.message).await),
+            Err(_) => closed.into(),
+        }
+    }
+
+    /// `message` about the VMM's end, with the signal that killed it if one did (the OOM
+    /// killer's SIGKILL, say) and it is gone within [`EXIT_GRACE`].
+    async fn with_signal(&mut self, message: String) -> String {
+        match tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
+            Ok(Ok(status)) if status.signal().is_some() => {
+                format!("{message} (killed by signal {})", status.signal().unwrap_or_default())
+            }
+            _ => message,
         }
     }
 
@@ -880,17 +908,23 @@ async fn actor(mut instance: Instance, mut jobs: mpsc::Receiver<Job>, owner: Arc
 mod tests {
     use super::*;
 
-    /// A stand-in for `ember vmm`: a script that waits until it is killed.
-    fn fake_vmm(name: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("ember-fake-vmm-{name}-{}", std::process::id()));
-        std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        path
+    /// A stand-in for `ember vmm`: a script that waits until it is killed. Written once for all
+    /// the tests: a test that forks while another writes its own copy would hold that one open
+    /// for writing in the child until its exec, and the other's exec would fail (ETXTBSY).
+    fn fake_vmm() -> PathBuf {
+        static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let path = std::env::temp_dir().join(format!("ember-fake-vmm-{}", std::process::id()));
+            std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            path
+        })
+        .clone()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_launch_takes_a_live_spare_or_gets_a_new_vmm_and_spares_are_refilled() {
-        let binary = fake_vmm("spares");
+        let binary = fake_vmm();
         let spares = Spares::new(binary.clone(), None, 2, Arc::new(CpuShares::off()));
         // None ready: the launch gets a new one, from the starting thread.
         let first = spares.take().await.unwrap();
@@ -912,17 +946,46 @@ mod tests {
         assert!(spares.take().await.unwrap().child.id().is_some(), "the dead one skipped, a new one started");
         assert!(spares.lock().is_empty());
         drop((first, taken));
-        let _ = std::fs::remove_file(binary);
+    }
+
+    #[tokio::test]
+    async fn a_channel_closed_by_a_killed_vmm_says_so() {
+        let binary = fake_vmm();
+        let VmmProcess { child, control, cgroup } = VmmProcess::spawn(&binary, None, None).unwrap();
+        let (ours, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut instance = Instance {
+            id: "i".into(),
+            cgroup,
+            dir: std::env::temp_dir().join(format!("ember-closed-{}", std::process::id())),
+            child,
+            control,
+            channel: UnixStream::from_std(ours).unwrap(),
+            decoder: Decoder::new(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            init_duration: Duration::ZERO,
+            restored: false,
+            record_pending: false,
+            uncapped: None,
+            refill: None,
+        };
+        // The VMM is killed (as by the OOM killer) and its end of the channel goes with it.
+        instance.child.start_kill().unwrap();
+        drop(guest);
+        match instance.next_frame().await {
+            // Whichever of its two ends the actor saw close first.
+            Err(Error::VmEnded(why)) => assert!(why.ends_with("the VMM process died (killed by signal 9)"), "{why}"),
+            other => panic!("{:?}", other.map(|f| f.kind)),
+        }
     }
 
     #[tokio::test]
     async fn killing_a_vmm_that_dies_returns_at_once() {
-        let binary = fake_vmm("kill");
+        let binary = fake_vmm();
         let mut p = VmmProcess::spawn(&binary, None, None).unwrap();
         let started = Instant::now();
         kill_vmm(&mut p.child).await;
         assert!(started.elapsed() < KILL_WAIT);
         assert!(p.child.try_wait().unwrap().is_some(), "reaped");
-        let _ = std::fs::remove_file(binary);
     }
 }
