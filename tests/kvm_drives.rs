@@ -20,7 +20,7 @@ $B sync
 echo 3 > /proc/sys/vm/drop_caches
 S2=$($B md5sum /tmp/r | $B cut -d' ' -f1)
 [ "$S1" = "$S2" ] && echo "CHECK tmp-checksum-ok"
-if $B dd if=/dev/zero of=/tmp/fill bs=1048576 2>/run/dd.err; then
+if $B dd if=/dev/zero of=/tmp/fill bs=4194304 oflag=direct 2>/run/dd.err; then
     echo "CHECK fill-succeeded"
 else
     $B grep -q "No space left on device" /run/dd.err && echo "CHECK enospc-ok"

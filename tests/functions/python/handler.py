@@ -3,8 +3,6 @@
 Zipped to target/guest/functions/python.zip by scripts/build-test-functions.sh.
 """
 
-import ctypes
-import mmap
 import os
 import time
 import uuid
@@ -68,48 +66,6 @@ def sleep(event, context):
     ms = event["ms"]
     time.sleep(ms / 1000)
     return ms
-
-
-def exit(event, context):  # noqa: A001 - the handler's name is part of the tests' contract
-    """Ends the runtime process at once with status 3, answering nothing."""
-    os._exit(3)
-
-
-def panic(event, context):
-    """Panics the guest kernel: turns on panic_on_oom, then eats memory until the OOM.
-
-    The guest kernel has no sysrq, so this is how a test crashes the VM from inside.
-    It writes 2 rather than 1 to panic_on_oom: with 1 the kernel panics only on a system-wide OOM and
-    just kills this process when the OOM is confined to a memory cgroup (or cpuset or
-    mempolicy); 2 panics in every case.
-    """
-    with open("/proc/sys/vm/panic_on_oom", "w") as f:
-        f.write("2")
-    # Always overcommit: every allocation succeeds and the OOM comes from touching the memory,
-    # at once, instead of the heuristic refusing big allocations (MemoryError) first.
-    with open("/proc/sys/vm/overcommit_memory", "w") as f:
-        f.write("1")
-    # Lock this process's pages, present and future: without it the kernel first evicts and
-    # re-reads our own code (file pages) for a long while before it gives up and OOMs.
-    ctypes.CDLL(None, use_errno=True).mlockall(3)  # MCL_CURRENT | MCL_FUTURE
-    # Touch one byte a page: the fastest way to use up memory (copying big buffers is slow
-    # under emulation), and each touch is a real page the kernel must find.
-    size = 1 << 34
-    hog = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        hog[offset] = 1
-
-
-def oom(event, context):
-    """Uses up the guest's memory without panicking it: the kernel's OOM killer kills this
-    process (the runtime), which Lambda reports as Runtime.ExitError, "signal: killed"."""
-    with open("/proc/sys/vm/overcommit_memory", "w") as f:
-        f.write("1")
-    ctypes.CDLL(None, use_errno=True).mlockall(3)  # MCL_CURRENT | MCL_FUTURE, as in panic
-    size = 1 << 34
-    hog = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        hog[offset] = 1
 
 
 def big(event, context):

@@ -4,6 +4,11 @@
 //!   reports the Rust type name of the error) and errorMessage `boom`;
 //! - `{"sleep_ms": n}`: sleeps n milliseconds, then echoes the event;
 //! - `{"random": true}`: answers `{"random": <a u64 from the rand crate's thread RNG>}`;
+//! - `{"exit": n}`: ends the runtime process at once with status n, answering nothing;
+//! - `{"oom": true}`: uses up the guest's memory, so that the kernel's OOM killer kills the
+//!   runtime (Lambda reports `Runtime.ExitError`, "signal: killed");
+//! - `{"panic": true}`: panics the guest kernel, through an OOM with `panic_on_oom` set (the
+//!   guest kernel has no sysrq);
 //! - a function URL event (payload format 2.0) for path `/fail`: fails as `{"fail": true}`;
 //!   for path `/respond`: answers the JSON of the request's body (so a client chooses the
 //!   status, headers and cookies it gets back);
@@ -60,6 +65,17 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
     if let Some(response) = sqs_batch_response(&payload) {
         return Ok(response);
     }
+    if let Some(status) = payload.get("exit").and_then(Value::as_i64) {
+        std::process::exit(status as i32);
+    }
+    if payload.get("panic") == Some(&Value::Bool(true)) {
+        // 2, not 1: with 1 the kernel panics only on a system-wide OOM, and just kills the
+        // process when the OOM is confined to a memory cgroup (or cpuset or mempolicy).
+        eat_memory(Some("2"));
+    }
+    if payload.get("oom") == Some(&Value::Bool(true)) {
+        eat_memory(None);
+    }
     if payload.get("random") == Some(&Value::Bool(true)) {
         return Ok(serde_json::json!({ "random": rand::random::<u64>() }));
     }
@@ -67,6 +83,30 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     Ok(payload)
+}
+
+/// Touches memory until the kernel's OOM killer (or, with `panic_on_oom`, a panic) ends it.
+fn eat_memory(panic_on_oom: Option<&str>) -> ! {
+    if let Some(value) = panic_on_oom {
+        std::fs::write("/proc/sys/vm/panic_on_oom", value).expect("set panic_on_oom");
+    }
+    // Always overcommit: the OOM comes from touching the memory, at once, not from a refused
+    // allocation first.
+    std::fs::write("/proc/sys/vm/overcommit_memory", "1").expect("set overcommit_memory");
+    // SAFETY: mlockall takes flags and changes only this process's paging: its pages, present
+    // and future, stay in RAM, so that the kernel does not first evict and re-read this
+    // program's own code for a long while before it gives up and OOMs.
+    unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
+    let mut hog: Vec<Box<[u8]>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 1 << 20].into_boxed_slice();
+        // One byte a page: each touch is a real page the kernel must find.
+        for page in chunk.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        // Kept, and seen to be kept: the optimizer must not drop the touches.
+        hog.push(std::hint::black_box(chunk));
+    }
 }
 
 /// The partial batch response to an SQS event: its records whose body is `fail` failed. None
