@@ -609,11 +609,10 @@ impl Instance {
     /// `message` about the VMM's end, with the signal that killed it if one did (the OOM
     /// killer's SIGKILL, say) and it is gone within [`EXIT_GRACE`].
     async fn with_signal(&mut self, message: String) -> String {
-        match tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
-            Ok(Ok(status)) if status.signal().is_some() => {
-                format!("{message} (killed by signal {})", status.signal().unwrap_or_default())
-            }
-            _ => message,
+        let status = tokio::time::timeout(EXIT_GRACE, self.child.wait()).await.ok().and_then(Result::ok);
+        match status.and_then(|status| status.signal()) {
+            Some(signal) => format!("{message} (killed by signal {signal})"),
+            None => message,
         }
     }
 
