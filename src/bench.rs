@@ -392,8 +392,8 @@ struct RestoreRuns {
 /// python3.11), a 1 KiB echo at 128 MiB: invokes that each land on a freshly restored instance
 /// (the agent keeps no idle instance, and every answer's REPORT must show a restore), the
 /// restore alone (REPORT's Restore Duration), and cold invokes of the same function without
-/// SnapStart, each counted invoke [`AT_REST`] after the last. Then the snapshot time of a 1024 MiB function, the restore at 2048 MiB, and, on a
-/// second agent, provisioned concurrency of up to `density_max` idle restored 128 MiB instances
+/// SnapStart, each counted invoke [`AT_REST`] after the last. Then the snapshot time of a
+/// 1024 MiB function, the restore at 2048 MiB, and, on a second agent, provisioned concurrency of up to `density_max` idle restored 128 MiB instances
 /// (after one invocation, so that they load its working set): their private memory (each VMM
 /// process's Private_Dirty: its own memory plus the guest pages it wrote) and how many fit a
 /// 16 GiB budget. Both runtimes' restores are measured again on a third agent without prefetch
