@@ -178,6 +178,42 @@ pub fn run(scratch_dir: Option<&Path>) -> u8 {
     code
 }
 
+/// Maps into this process's page table, from the page cache, every page of its executable's
+/// read-only segments (code and constants): shared pages, no memory of this process's own.
+/// Returns the bytes mapped.
+fn map_own_code() -> std::io::Result<u64> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut mapped = 0;
+    for (start, end) in read_only_segments(&maps, &exe) {
+        // SAFETY: [start, end) is a whole mapping of this process's executable, as the kernel
+        // listed it, and nothing unmaps it; populating changes what is resident, never what it
+        // holds.
+        if unsafe { libc::madvise(start as *mut libc::c_void, (end - start) as usize, libc::MADV_POPULATE_READ) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        mapped += end - start;
+    }
+    Ok(mapped)
+}
+
+/// The address ranges of `exe`'s read-only mappings (readable, not writable) in a
+/// `/proc/PID/maps` text.
+fn read_only_segments(maps: &str, exe: &Path) -> Vec<(u64, u64)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let path = fields.nth(3)?;
+            if Path::new(path) != exe || !perms.starts_with("r-") {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?))
+        })
+        .collect()
+}
+
 fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, String> {
     // Before the spec: the agent may start this process well ahead of the work. A failure
     // here is the host's (out of memory, too many VMs), never a snapshot's.
@@ -189,6 +225,10 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
     // copy of the empty filesystem, ~12 ms in the emulated host); one that cannot be made now
     // is made after the spec, whose error then says why.
     let scratch = scratch_dir.and_then(|dir| ScratchFile::create(dir, DEFAULT_SCRATCH_MIB).ok());
+    // And this binary's code and read-only data, mapped now: the VM's setup would otherwise
+    // take a page fault for each page of code it runs for the first time (~14 ms of a
+    // restore in the emulated host, measured 2026-12-04).
+    let _ = map_own_code();
     let mut reader = BufReader::new(control.try_clone().map_err(|e| format!("clone control socket: {e}"))?);
     let mut line = String::new();
     (&mut reader).take(MAX_SPEC).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
@@ -285,5 +325,31 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
             Ok(exit)
         }
         outcome => Ok(VmmExit::from_outcome(outcome)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_only_segments_of_the_executable_are_found() {
+        let maps = "\
+5555a000-5555b000 r--p 00000000 08:01 12 /opt/ember/ember
+5555b000-5555f000 r-xp 00001000 08:01 12 /opt/ember/ember
+5555f000-55560000 rw-p 00005000 08:01 12 /opt/ember/ember
+55560000-55561000 r-xp 00000000 08:01 13 /opt/ember/ember-old
+7fff0000-7fff1000 rw-p 00000000 00:00 0 [stack]
+7fff2000-7fff3000 r-xp 00000000 00:00 0
+";
+        assert_eq!(
+            read_only_segments(maps, Path::new("/opt/ember/ember")),
+            [(0x5555_a000, 0x5555_b000), (0x5555_b000, 0x5555_f000)]
+        );
+    }
+
+    #[test]
+    fn this_process_maps_its_own_code() {
+        assert!(map_own_code().unwrap() > 0);
     }
 }
