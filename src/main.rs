@@ -424,7 +424,28 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// `ember vmm` as the agent starts it (`vmm [--scratch-dir DIR]`), run without building the
+/// whole command line's parser: every spare VMM is a new process, and clap's setup of this
+/// CLI's every subcommand was most of its start's CPU (tens of ms in the emulated host).
+/// Anything else, `--help` included, goes through clap.
+fn vmm_as_spawned() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != "vmm" {
+        return None;
+    }
+    let rest: Vec<_> = args.collect();
+    let scratch_dir = match rest.as_slice() {
+        [] => None,
+        [flag, dir] if flag == "--scratch-dir" && !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => return None,
+    };
+    Some(ExitCode::from(ember::vmm::process::run(scratch_dir.as_deref())))
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = vmm_as_spawned() {
+        return code;
+    }
     let started = Instant::now();
     // Usage errors exit 1 like other VMM errors, so that 2 always means a guest crash.
     let cli = match Cli::try_parse() {

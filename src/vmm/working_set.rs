@@ -39,13 +39,6 @@ const PM_PRESENT: u64 = 1 << 63;
 /// pagemap: the page is a file page or shared anonymous memory (not a private copy).
 const PM_FILE: u64 = 1 << 61;
 const FLAG_WRITTEN: u64 = 1;
-/// The widest gap between two ranges that [`WorkingSet::spans`] pre-faults across. A call
-/// costs more than the pages of such a gap (in the emulated host, 2026-12-04, the ~115 spans
-/// of a provided restore's working set: its restored invoke took ~116 ms with no gap bridged,
-/// ~100 with 8 or 32 pages, more again with 1,024); the gap's pages are mapped as they are (read-only, shared with the page
-/// cache), and a guest's first write to one faults as it would have anyway. Far below the
-/// memory hole between guest memory regions.
-const SPAN_GAP: u64 = 32 * PAGE;
 
 /// Errors reading, recording or writing a working set.
 #[derive(Debug, thiserror::Error)]
@@ -224,14 +217,13 @@ impl WorkingSet {
         Ok(loaded)
     }
 
-    /// The working set as runs of guest memory, `(gpa, bytes)`, read and written pages alike,
-    /// one `KVM_PRE_FAULT_MEMORY` call each: ranges less than [`SPAN_GAP`] apart are one run,
-    /// the pages between them included.
+    /// The working set as runs of guest memory, `(gpa, bytes)`, read and written pages alike:
+    /// adjacent ranges are one run, one `KVM_PRE_FAULT_MEMORY` call.
     pub fn spans(&self) -> Vec<(u64, u64)> {
         let mut spans: Vec<(u64, u64)> = Vec::new();
         for r in &self.ranges {
             match spans.last_mut() {
-                Some((gpa, len)) if *gpa + *len + SPAN_GAP > r.gpa => *len = r.gpa + r.bytes() - *gpa,
+                Some((gpa, len)) if *gpa + *len == r.gpa => *len += r.bytes(),
                 _ => spans.push((r.gpa, r.bytes())),
             }
         }
@@ -299,14 +291,9 @@ mod tests {
     }
 
     #[test]
-    fn ranges_close_together_are_one_span_to_pre_fault() {
-        // Read, a hole, written and read again back to back: one span; then one far away.
-        assert_eq!(ws().spans(), vec![(0, 6 * PAGE), (1 << 20, PAGE)]);
-        let mut far = WorkingSet::default();
-        far.add_entries(0, [P]);
-        far.add_entries(SPAN_GAP + PAGE, [P]);
-        far.add_entries(2 * SPAN_GAP + PAGE, [W]);
-        assert_eq!(far.spans(), vec![(0, PAGE), (SPAN_GAP + PAGE, SPAN_GAP + PAGE)]);
+    fn adjacent_ranges_are_one_span_to_pre_fault() {
+        // Read, written and read again back to back, then a gap.
+        assert_eq!(ws().spans(), vec![(0, 2 * PAGE), (3 * PAGE, 3 * PAGE), (1 << 20, PAGE)]);
     }
 
     #[test]
