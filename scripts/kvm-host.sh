@@ -28,6 +28,7 @@
 #   NAME/SUITE or a versioned image package), EMBER_L1_RW, EMBER_L1_MODULES (more
 #   kernel modules to load in L1, such as tun; about 1 s more), EMBER_L1_MACHINE (microvm,
 #   the default, or q35), EMBER_L1_IDLE (poll, the default, or halt: L1's idle loop),
+#   EMBER_L1_ASLR (off, the default, or on: address randomization of L1's processes),
 #   EMBER_L1_RW_CACHE (9p cache mode of the read-write shares: loose, the
 #   default, or mmap, which is slower to read but keeps nothing), EMBER_L1_DRIVE (a raw disk
 #   image on this machine, attached as a virtio block device, /dev/vda in L1, with QEMU's
@@ -388,6 +389,15 @@ fi
 # the watchdog below; an NMI did not wake it either), and a CPU that never halts cannot miss its
 # wake-up. It costs one host core while L1 is idle. EMBER_L1_IDLE=halt goes back to halting.
 [ "${EMBER_L1_IDLE:-poll}" = poll ] && append+=" idle=poll"
+# L1's processes load at fixed addresses (norandmaps): QEMU 7.2's TCG keys the code it
+# translates by virtual address (x86 translations became position-independent in QEMU 8.0), so
+# a position-independent executable loaded at a new address has all its code translated anew,
+# a cost no CPU has. Every `ember vmm` paid it on the VMM code it ran: measured 2026-12-04 with
+# `ember bench restore`, one run each way and order, a 128 MiB provided.al2023 restore took
+# 94-124 ms p50 randomized and 58-62 ms not. (QEMU 10 from bookworm-backports has no such cost,
+# 63-69 ms either way, but its nested page faults are slower: a restore without prefetch 234
+# against 166-197 ms.) The guests and Ember itself are untouched; EMBER_L1_ASLR=on randomizes.
+[ "${EMBER_L1_ASLR:-off}" = on ] || append+=" norandmaps"
 [ -n "${EMBER_L1_APPEND:-}" ] && append+=" $EMBER_L1_APPEND"
 if [ -n "$verbose" ]; then
     append+=" loglevel=7"
