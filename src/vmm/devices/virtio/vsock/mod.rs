@@ -105,7 +105,9 @@ pub enum Error {
 /// A vsock device.
 pub struct Vsock {
     guest_cid: u64,
-    muxer: Muxer,
+    /// The host side (connections, handshakes); public only for the fuzz targets.
+    #[doc(hidden)]
+    pub muxer: Muxer,
     active: Option<Activation>,
     /// Payload bytes on their way between a socket and guest memory.
     scratch: Vec<u8>,
