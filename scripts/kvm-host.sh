@@ -402,7 +402,11 @@ fi
 # code or a corrupted kernel stack; a guest's triple fault; a guest hung) and in one of three
 # randomized ones, 2026-12-04. EMBER_L1_ASLR=on or off overrides.
 l1_aslr=${EMBER_L1_ASLR:-$([ "${EMBER_L1_CPUS:-1}" = 1 ] && echo off || echo on)}
-[ "$l1_aslr" = on ] || append+=" norandmaps"
+case $l1_aslr in
+on) ;;
+off) append+=" norandmaps" ;;
+*) die "EMBER_L1_ASLR must be on or off" ;;
+esac
 [ -n "${EMBER_L1_APPEND:-}" ] && append+=" $EMBER_L1_APPEND"
 if [ -n "$verbose" ]; then
     append+=" loglevel=7"
