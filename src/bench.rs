@@ -339,10 +339,13 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
     let (rtts, _) = round_trips(&vm, &mut s, runs)?;
     Ok(format!(
         "invoke warm_split in_instance_us p50={} outside_us p50={}\n\
+         invoke cpu_us_per_invoke c1 {} c8 {}\n\
          invoke qualified alias_warm_us p50={} latest_warm_us p50={}\n\
          invoke cold_ms p50={} warm_us p50={} p99={} rps_c1={} rps_c8={} vsock_rtt_us={}\n",
         median(&r.in_instance_us),
         median(&r.outside_us),
+        r.cpu_c1,
+        r.cpu_c8,
         median(&r.alias_warm_us),
         median(&r.latest_warm_us),
         median(&r.cold_ms),
@@ -354,12 +357,71 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
     ))
 }
 
+/// The host's CPU time, by kind, from the `cpu` line of `/proc/stat`: what the guests ran
+/// (KVM counts it as `guest`), the rest of user time (the agent, the VMMs' own code, the bench
+/// client), the kernel's (system calls, KVM's exits, interrupts) and idle. In ticks when read,
+/// in microseconds per invoke once divided.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct CpuTimes {
+    guest: u64,
+    user: u64,
+    kernel: u64,
+    idle: u64,
+}
+
+impl CpuTimes {
+    fn read() -> Result<Self, Error> {
+        let stat = std::fs::read_to_string("/proc/stat").map_err(io("read /proc/stat"))?;
+        Self::parse(&stat).ok_or_else(|| Error::Io("parse /proc/stat", std::io::ErrorKind::InvalidData.into()))
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal guest guest_nice; user and nice
+        // include guest and guest_nice.
+        let guest = at(8) + at(9);
+        Some(CpuTimes {
+            guest,
+            user: (at(0) + at(1)).saturating_sub(guest),
+            kernel: at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+        })
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        CpuTimes {
+            guest: self.guest.saturating_sub(before.guest),
+            user: self.user.saturating_sub(before.user),
+            kernel: self.kernel.saturating_sub(before.kernel),
+            idle: self.idle.saturating_sub(before.idle),
+        }
+    }
+
+    /// Ticks over `invokes` invokes, as microseconds per invoke.
+    fn per_invoke(&self, invokes: u64) -> Self {
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
+        let us = |ticks: u64| ticks * 1_000_000 / hz / invokes.max(1);
+        CpuTimes { guest: us(self.guest), user: us(self.user), kernel: us(self.kernel), idle: us(self.idle) }
+    }
+}
+
+impl std::fmt::Display for CpuTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "guest={} user={} kernel={} idle={}", self.guest, self.user, self.kernel, self.idle)
+    }
+}
+
 /// What `bench invoke` measured through the agent.
 struct InvokeRuns {
     cold_ms: Vec<u64>,
     warm_us: Vec<u64>,
     rps_c1: u64,
     rps_c8: u64,
+    /// The host's CPU time per warm invoke, by kind, with one client and with eight.
+    cpu_c1: CpuTimes,
+    cpu_c8: CpuTimes,
     /// Of a warm invoke, the time in the instance: REPORT's Duration, from the event's hand-off
     /// to the instance's actor to its answer (the VMM, the vsock, the guest and its runtime).
     in_instance_us: Vec<u64>,
@@ -814,6 +876,7 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         conn.call("POST", path, &event).await?;
     }
     let mut warm = Vec::with_capacity(runs);
+    let cpu_before = CpuTimes::read()?;
     let started = Instant::now();
     for _ in 0..runs {
         let t = Instant::now();
@@ -821,6 +884,7 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         warm.push(t.elapsed().as_micros() as u64);
     }
     let rps_c1 = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
+    let cpu_c1 = CpuTimes::read()?.since(&cpu_before).per_invoke(runs as u64);
 
     // The split of a warm invoke, on further invokes that ask for the log tail (which the ones
     // timed above do not, to time exactly what a client that does not ask pays).
@@ -902,12 +966,18 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     for w in warmups {
         conns.push(w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??);
     }
+    let cpu_before = CpuTimes::read()?;
+    let started = Instant::now();
     let rps_c8 = requests_per_s(conns, path, &[], &event).await?;
+    let invokes = (rps_c8 as f64 * started.elapsed().as_secs_f64()) as u64;
+    let cpu_c8 = CpuTimes::read()?.since(&cpu_before).per_invoke(invokes);
     Ok(InvokeRuns {
         cold_ms: cold,
         warm_us: warm,
         rps_c1,
         rps_c8,
+        cpu_c1,
+        cpu_c8,
         in_instance_us,
         outside_us,
         alias_warm_us,
@@ -1316,6 +1386,16 @@ async fn mapping_throughput(socket: &Path, amqp_url: &str) -> Result<u64, Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_split_guest_time_out_of_user_time() {
+        let stat = "cpu  1000 10 300 5000 20 5 7 0 400 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1\n";
+        let t = CpuTimes::parse(stat).unwrap();
+        assert_eq!(t, CpuTimes { guest: 400, user: 610, kernel: 312, idle: 5020 });
+        let later = CpuTimes { guest: 500, user: 710, kernel: 412, idle: 5020 };
+        assert_eq!(later.since(&t), CpuTimes { guest: 100, user: 100, kernel: 100, idle: 0 });
+        assert!(CpuTimes::parse("cpu0 1 2\n").is_none());
+    }
 
     #[test]
     fn percentiles() {
