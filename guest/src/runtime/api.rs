@@ -15,7 +15,8 @@
 //!   answered id is a 400 `InvalidRequestID`. A body over [`MAX_RESPONSE`] is a 413 to the
 //!   runtime and a `Function.ResponseSizeTooLarge` error to the agent.
 //! - `POST /runtime/init/error`: a [`Kind::InitError`] frame (a body over the limit becomes a
-//!   `Function.ResponseSizeTooLarge` one, as for the other two).
+//!   `Function.ResponseSizeTooLarge` one, as for the other two); after the runtime's first
+//!   `/next` (its init is over), a 403 `InvalidStateTransition`, as Lambda answers.
 //! - SnapStart only (`ember.snapstart=1`; elsewhere a 404): `GET /runtime/restore/next` sends
 //!   [`Kind::Ready`] (the agent snapshots the VM now) and answers once the guest has been
 //!   restored ([`Api::restored`]); `POST /runtime/restore/error` (a failed after-restore hook)
@@ -99,6 +100,8 @@ enum ApiError {
     BadBody(hyper::Error),
     /// The channel to the agent is gone; ember-init is powering off.
     ShuttingDown,
+    /// An init error after the init is over (the runtime has asked for its first event).
+    InvalidStateTransition,
 }
 
 impl ApiError {
@@ -115,6 +118,11 @@ impl ApiError {
             ApiError::ShuttingDown => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "ShuttingDown", "the runtime channel is closed".to_string())
             }
+            ApiError::InvalidStateTransition => (
+                StatusCode::FORBIDDEN,
+                "InvalidStateTransition",
+                "State transition from Ready to InitError failed for runtime: the init is over".to_string(),
+            ),
         };
         let body = serde_json::json!({ "errorMessage": message, "errorType": error_type });
         reply(status, &body.to_string())
@@ -381,6 +389,12 @@ impl Api {
     }
 
     async fn init_error(&self, error_type: Option<String>, body: Incoming) -> Result<Reply, ApiError> {
+        // Once the runtime has asked for an event its init is over; an init error now would
+        // end an instance that may be serving an invocation.
+        if self.ready_sent.load(Ordering::Acquire) {
+            drain(body).await;
+            return Err(ApiError::InvalidStateTransition);
+        }
         match read_body(body).await? {
             Read::Complete(error) => {
                 self.after_output().await;
@@ -747,6 +761,14 @@ mod tests {
         assert_eq!(r.status, 202);
         let meta: InvokeError = host.recv().meta().unwrap();
         assert_eq!((meta.request_id.as_str(), meta.error_type), ("e2", None));
+
+        // The init is over: a late init error is refused and reaches nobody.
+        let r = client.request("POST", "/2018-06-01/runtime/init/error", &[header], body);
+        assert_eq!(r.status, 403);
+        host.send_invoke(&invoke("e3"), b"{}");
+        assert_eq!(client.request("GET", NEXT, &[], b"").status, 200);
+        assert_eq!(client.request("POST", "/2018-06-01/runtime/invocation/e3/response", &[], b"1").status, 202);
+        assert_response_frame(&host.recv(), "e3", b"1");
     }
 
     #[test]
