@@ -95,23 +95,64 @@ fn boot_once(run: usize, memory_mib: u32, extra: &[&str]) -> Result<String, Erro
 }
 
 /// `ember bench boot`: `runs` cold boots of a `memory_mib` guest, then the VMM's own memory
-/// with an idle 128 MiB guest.
+/// with an idle 128 MiB guest. Where this process is root, each boot is followed by one jailed
+/// as the agent jails its VMMs (its own namespaces, root and uid: `ember boot --jail-root`),
+/// and the jail's set-up alone and the jailed boots' time to ready are printed too.
 pub fn boot(runs: usize, memory_mib: u32) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
     }
+    let work = std::env::temp_dir().join(format!("ember-bench-boot-{}", std::process::id()));
+    let jails = if nix::unistd::geteuid().is_root() {
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(work.join("tmp")).map_err(io("create the jailed boots' dir"))?;
+        Some(
+            crate::agent::jail::Jails::new(&work.join("run"), crate::agent::jail::DEFAULT_UID_BASE, 16)
+                .map_err(|e| Error::Run { run: 0, detail: format!("jail: {e}") })?,
+        )
+    } else {
+        None
+    };
     let mut ready = Vec::with_capacity(runs);
     let mut exits = Vec::with_capacity(runs);
-    for run in 0..runs {
-        let out = boot_once(run, memory_mib, &[])?;
-        ready.push(field(&out, "ready_ms").unwrap_or(0));
-        exits.push(field(&out, "exits").unwrap_or(0));
+    let (mut jail_us, mut jailed_ready) = (Vec::new(), Vec::new());
+    let result = (|| {
+        for run in 0..runs {
+            let out = boot_once(run, memory_mib, &[])?;
+            ready.push(field(&out, "ready_ms").unwrap_or(0));
+            exits.push(field(&out, "exits").unwrap_or(0));
+            if let Some(jails) = &jails {
+                let lease = jails.lease().map_err(|e| Error::Run { run, detail: format!("jail: {e}") })?;
+                let (root, uid) = (lease.spec().root.display().to_string(), lease.spec().uid.to_string());
+                let tmp = work.join("tmp").display().to_string();
+                let args = ["--jail-root", &root, "--jail-uid", &uid, "--tmp-dir", &tmp];
+                let out = jails
+                    .in_new_pid_namespace(|| boot_once(run, memory_mib, &args))
+                    .map_err(|e| Error::Run { run, detail: format!("jail: {e}") })??;
+                jail_us.push(field(&out, "jail_us").unwrap_or(0));
+                jailed_ready.push(field(&out, "ready_ms").unwrap_or(0));
+            }
+        }
+        boot_once(runs, 128, &["--idle-ms", "1000"])
+    })();
+    if jails.is_some() {
+        let _ = std::fs::remove_dir_all(&work);
     }
-    let idle = boot_once(runs, 128, &["--idle-ms", "1000"])?;
+    let idle = result?;
     let overhead = field(&idle, "vmm_overhead_kib")
         .ok_or_else(|| Error::Run { run: runs, detail: format!("no vmm_overhead_kib in {idle:?}") })?;
+    let jail_line = if jails.is_some() {
+        format!(
+            "boot jail_ms p50={:.1} jailed_ready_ms p50={} ready_ratio={:.2}\n",
+            median(&jail_us) as f64 / 1000.0,
+            median(&jailed_ready),
+            median(&jailed_ready) as f64 / median(&ready).max(1) as f64
+        )
+    } else {
+        "boot jail_ms not measured: not root\n".to_owned()
+    };
     Ok(format!(
-        "boot ready_ms p50={} p90={} n={} exits={}\nboot vmm_overhead_kib={}\n",
+        "boot ready_ms p50={} p90={} n={} exits={}\n{jail_line}boot vmm_overhead_kib={}\n",
         median(&ready),
         percentile(&ready, 90),
         runs,
@@ -1099,7 +1140,8 @@ async fn queue_only(data: &Path, dir: &Path, zip: &[u8], runs: usize) -> Result<
     let snapshots = crate::agent::snapshots::Snapshots::open(&data.join("snapshots"))
         .map_err(|e| failed("open snapshots", e.to_string()))?;
     let exe = std::env::current_exe().map_err(io("current_exe"))?;
-    let spares = crate::agent::instance::Spares::new(exe, None, 0, Arc::new(crate::agent::cgroup::CpuShares::off()));
+    let spares =
+        crate::agent::instance::Spares::new(exe, None, 0, Arc::new(crate::agent::cgroup::CpuShares::off()), None);
     let vmm = VmmConfig {
         guest_dir: vmm::default_guest_dir(),
         run_dir: dir.join("queue-run"),

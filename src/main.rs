@@ -107,6 +107,17 @@ struct BootArgs {
     /// memory as `vmm_overhead_kib=<KiB>`.
     #[arg(long, hide = true)]
     idle_ms: Option<u64>,
+    /// Boot jailed as the agent's VMMs are (new mount, IPC, UTS and network namespaces, a root
+    /// of the VM's files mounted on this empty directory, --jail-uid) and print
+    /// `jail_us=<us>` first: what the jail costs, for `ember bench boot`. Needs root.
+    #[arg(long, value_name = "DIR", hide = true, requires = "jail_uid", conflicts_with_all = ["restore", "snapshot_to", "vsock_uds"])]
+    jail_root: Option<PathBuf>,
+    /// The uid (and gid) of --jail-root's jail.
+    #[arg(long, value_name = "UID", hide = true, requires = "jail_root")]
+    jail_uid: Option<u32>,
+    /// Where the /tmp drive's (unlinked) file is made [default: $TMPDIR].
+    #[arg(long, value_name = "DIR")]
+    tmp_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -166,6 +177,16 @@ struct ServeArgs {
     /// destinations, dead-letter queues and event source mappings. Without it they are refused.
     #[arg(long, value_name = "URL")]
     amqp_url: Option<String>,
+    /// The first uid (and gid) of the range jailed VMMs run as, one each.
+    #[arg(long, value_name = "UID", default_value_t = ember::agent::jail::DEFAULT_UID_BASE)]
+    jail_uid_base: u32,
+    /// How many uids the range has (at most that many VMMs at once, spares included).
+    #[arg(long, value_name = "N", default_value_t = ember::agent::jail::DEFAULT_UID_COUNT)]
+    jail_uid_count: u32,
+    /// Run VMMs unjailed: the agent's uid, capabilities, filesystem and namespaces (their
+    /// seccomp filters still apply). Without root this is what happens anyway, said at start.
+    #[arg(long)]
+    no_jail: bool,
 }
 
 /// `A,B` in seconds.
@@ -257,6 +278,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
             vsock_uds: args.vsock_uds.clone(),
             // `ember boot --restore` is a test of the snapshot alone: nothing recorded, nothing loaded.
             prefetch: false,
+            record_to: None,
         };
         return match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::restore(&config, vm, None)) {
             Ok(vmm) => {
@@ -280,10 +302,27 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         code: args.code_image.clone(),
         opt: None,
         tmp_mib: args.tmp_mib,
-        tmp_dir: std::env::temp_dir(),
+        tmp_dir: args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
         vsock_uds: args.vsock_uds.clone(),
     };
-    let mut vmm = match EmptyVm::create().map_err(Into::into).and_then(|vm| Vmm::start(&config, vm, None)) {
+    // The VM first, as an agent's VMM makes it before its spec and so before its jail, which
+    // holds no /dev/kvm.
+    let vm = match EmptyVm::create() {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("ember: error: {e}");
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    };
+    if let (Some(root), Some(uid)) = (&args.jail_root, args.jail_uid) {
+        let jailing = Instant::now();
+        if let Err(e) = jail_boot(&config, root, uid) {
+            eprintln!("ember: error: {e}");
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+        println!("jail_us={}", jailing.elapsed().as_micros());
+    }
+    let mut vmm = match Vmm::start(&config, vm, None) {
         Ok(vmm) => vmm,
         Err(e) => {
             eprintln!("ember: error: {e}");
@@ -308,6 +347,24 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
         };
     }
     run_to_end(vmm, &args, started)
+}
+
+/// Jails this process as the agent jails a VMM (its PID namespace is its parent's to make):
+/// new namespaces, then [`ember::vmm::jail::enter`] with the VM's files.
+fn jail_boot(config: &VmConfig, root: &std::path::Path, uid: u32) -> Result<(), String> {
+    use nix::sched::{unshare, CloneFlags};
+    let flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNET;
+    unshare(flags).map_err(|e| format!("jail: unshare: {e}"))?;
+    let read_only = [Some(&config.kernel), config.rootfs.as_ref(), config.code.as_ref()];
+    let binds = ember::vmm::jail::Binds {
+        read_only: read_only.into_iter().flatten().cloned().collect(),
+        read_write: vec![config.tmp_dir.clone()],
+    };
+    let tmp_mib = config.tmp_mib.unwrap_or(0);
+    let file_size = (u64::from(tmp_mib.max(config.memory_mib)) + 1) << 20;
+    let spec = ember::vmm::jail::JailSpec { uid, root: root.to_owned() };
+    ember::vmm::jail::enter(&spec, &binds, file_size).map_err(|e| e.to_string())
 }
 
 /// Runs a started or restored VM to its end (or to ready, with --until-ready) and reports.
@@ -407,6 +464,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         url_listen: args.url_listen,
         amqp_url: args.amqp_url,
+        jail: (!args.no_jail)
+            .then_some(ember::agent::JailOptions { uid_base: args.jail_uid_base, uid_count: args.jail_uid_count }),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

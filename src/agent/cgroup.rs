@@ -26,12 +26,22 @@ const MB_PER_CPU: u64 = super::limits::MB_PER_VCPU as u64;
 /// The CPU weight of a spare: the lowest, so that against an instance's default of 100 a
 /// spare gets 1% of a contended CPU, and all of an idle one.
 const SPARE_WEIGHT: &str = "1";
+/// The memory a VMM may use beyond its guest's (and its files'), in MiB: its own (~3 MiB
+/// resident when idle, measured by `bench restore`), KVM's page tables and vCPU state, socket
+/// buffers, the page cache of the files it reads, with room. A spare (no guest yet) gets this
+/// alone.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// The most tasks (threads) in a VMM's cgroup: the main, control and event-loop threads and
+/// one per vCPU (at most 6), with room.
+const MAX_TASKS: u32 = 32;
 /// cgroup v2's default CPU weight, an instance's.
 const DEFAULT_WEIGHT: &str = "100";
 
 /// Where VMM cgroups go, if the host allows them.
 pub struct CpuShares {
     root: Option<PathBuf>,
+    /// The memory and pids controllers are on too: VMMs get `memory.max` and `pids.max`.
+    limits: bool,
     /// The number of the next VMM cgroup.
     next: AtomicU64,
 }
@@ -45,7 +55,7 @@ impl CpuShares {
 
     fn new_at(mount: &Path, name: &str) -> CpuShares {
         match Self::setup(mount, name) {
-            Ok(root) => CpuShares { root: Some(root), next: AtomicU64::new(0) },
+            Ok((root, limits)) => CpuShares { root: Some(root), limits, next: AtomicU64::new(0) },
             Err(e) => {
                 eprintln!("ember: CPU shares are not enforced (cgroup v2 cpu controller unavailable: {e})");
                 Self::off()
@@ -55,28 +65,35 @@ impl CpuShares {
 
     /// Shares not enforced.
     pub fn off() -> CpuShares {
-        CpuShares { root: None, next: AtomicU64::new(0) }
+        CpuShares { root: None, limits: false, next: AtomicU64::new(0) }
     }
 
-    fn setup(mount: &Path, name: &str) -> io::Result<PathBuf> {
+    fn setup(mount: &Path, name: &str) -> io::Result<(PathBuf, bool)> {
         let controllers = std::fs::read_to_string(mount.join("cgroup.controllers"))?;
-        if !controllers.split_whitespace().any(|c| c == "cpu") {
+        let has = |c: &str| controllers.split_whitespace().any(|have| have == c);
+        if !has("cpu") {
             return Err(io::Error::other("no cpu controller"));
         }
-        std::fs::write(mount.join("cgroup.subtree_control"), "+cpu")?;
+        // Memory and process limits where the host has those controllers too.
+        let limits = has("memory") && has("pids");
+        let enable = if limits { "+cpu +memory +pids" } else { "+cpu" };
+        if !limits {
+            eprintln!("ember: VMM memory and process counts are not capped (no cgroup v2 memory and pids controllers)");
+        }
+        std::fs::write(mount.join("cgroup.subtree_control"), enable)?;
         let root = mount.join(format!("ember-{name}"));
         match std::fs::create_dir(&root) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        std::fs::write(root.join("cgroup.subtree_control"), "+cpu")?;
+        std::fs::write(root.join("cgroup.subtree_control"), enable)?;
         for entry in std::fs::read_dir(&root)?.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 // Fails (and is left) if a process still lives there.
                 let _ = std::fs::remove_dir(entry.path());
             }
         }
-        Ok(root)
+        Ok((root, limits))
     }
 
     /// A new cgroup for a VMM process about to start, at a spare's weight; `None` if shares
@@ -85,13 +102,21 @@ impl CpuShares {
         let root = self.root.as_ref()?;
         let dir = root.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        let made = std::fs::create_dir(&dir).and_then(|()| std::fs::write(dir.join("cpu.weight"), SPARE_WEIGHT));
+        let made = std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::write(dir.join("cpu.weight"), SPARE_WEIGHT))
+            .and_then(|()| {
+                if !self.limits {
+                    return Ok(());
+                }
+                std::fs::write(dir.join("pids.max"), MAX_TASKS.to_string())?;
+                std::fs::write(dir.join("memory.max"), (VMM_OVERHEAD_MIB << 20).to_string())
+            });
         if let Err(e) = made {
             let _ = std::fs::remove_dir(&dir);
             eprintln!("ember: cannot make a cgroup for a VMM: {e}");
             return None;
         }
-        Some(VmmCgroup { dir, procs })
+        Some(VmmCgroup { dir, procs, limits: self.limits })
     }
 }
 
@@ -100,6 +125,7 @@ impl CpuShares {
 pub struct VmmCgroup {
     dir: PathBuf,
     procs: CString,
+    limits: bool,
 }
 
 impl VmmCgroup {
@@ -111,6 +137,15 @@ impl VmmCgroup {
     /// The process is now an instance's, launching: the default weight, no cap.
     pub fn launching(&self) {
         self.write("cpu.weight", DEFAULT_WEIGHT);
+    }
+
+    /// The VMM's memory from now on: what it may make the host hold, `host_mib` (its guest's
+    /// memory, and what its files on a memory-backed filesystem may take), plus
+    /// [`VMM_OVERHEAD_MIB`]. Past it, the kernel reclaims its page cache, then kills it.
+    pub fn memory(&self, host_mib: u64) {
+        if self.limits {
+            self.write("memory.max", &((host_mib + VMM_OVERHEAD_MIB) << 20).to_string());
+        }
     }
 
     /// The instance's init is over: caps it at the share of CPU of `memory_mib`.
@@ -177,6 +212,23 @@ mod tests {
         drop(second);
         assert!(!root.join("vmm-1").exists(), "removed when dropped");
         drop(g);
+        std::fs::remove_dir_all(&mount).unwrap();
+    }
+
+    #[test]
+    fn with_memory_and_pids_controllers_a_vmm_gets_limits() {
+        let mount = std::env::temp_dir().join(format!("ember-cgroup-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        std::fs::write(mount.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        let shares = CpuShares::new_at(&mount, "y");
+        let root = mount.join("ember-y");
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids");
+        let g = shares.vmm_cgroup().unwrap();
+        assert_eq!(read("vmm-0/pids.max"), "32");
+        assert_eq!(read("vmm-0/memory.max"), (64u64 << 20).to_string(), "a spare: the overhead alone");
+        g.memory(128 + 512);
+        assert_eq!(read("vmm-0/memory.max"), ((128u64 + 512 + 64) << 20).to_string());
         std::fs::remove_dir_all(&mount).unwrap();
     }
 

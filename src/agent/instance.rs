@@ -13,6 +13,7 @@
 //! /tmp drive's file is already unlinked) and removing its directory of sockets.
 
 use std::ffi::CStr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cgroup::{CpuShares, VmmCgroup};
+use super::jail::{JailLease, Jails, CHILD_NAMESPACES};
 use super::logs::{FunctionLog, InvocationLog};
 use crate::vmm::process::{Control, VmmExit, VmmSpec, WorkingSetReply, CONTROL_FD};
 
@@ -111,12 +113,17 @@ pub struct Instance {
     /// Restored, and its first invocation not over yet: when it is, the VMM is told to record
     /// the working set (it does if its restore found none to load).
     record_pending: bool,
+    /// Jailed and restored with prefetch: where its VMM writes a working set it records, and
+    /// where the agent moves it (beside the snapshot, where the VMM cannot write).
+    recorded: Option<(PathBuf, PathBuf)>,
     /// Restored and not capped yet: its memory size, and when the cap applies at the latest
     /// (see [`Instance::cap`]).
     uncapped: Option<(u32, tokio::time::Instant)>,
     /// Its first invocation not over yet: what starts the replacement of the spare its launch
     /// took, and when at the latest (see [`Instance::settle`]).
     refill: Option<(Refill, tokio::time::Instant)>,
+    /// Its VMM's jail (its uid is in use until the instance is gone).
+    _jail: Option<JailLease>,
 }
 
 /// How long a restored instance may run uncapped waiting for its first invocation.
@@ -132,7 +139,31 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     let listener = UnixListener::bind(with_port(&vsock, runtime::RUNTIME_PORT)).map_err(host("bind runtime socket"))?;
     spec.vm.vsock_uds = vsock;
 
-    let VmmProcess { mut child, mut control, cgroup } = spec.vmms.take().await?;
+    let VmmProcess { mut child, mut control, cgroup, jail } = spec.vmms.take().await?;
+    if let Some(c) = &cgroup {
+        // Guest memory, the /tmp drive's file and a snapshot's memory file (the last two in
+        // memory where the run and data dirs are on tmpfs).
+        let memory = u64::from(spec.vm.memory_mib);
+        let tmp = u64::from(spec.vm.tmp_mib.unwrap_or(crate::vmm::devices::virtio::block::DEFAULT_SCRATCH_MIB));
+        let snapshot = if spec.vm.snapshot_to.is_some() { memory } else { 0 };
+        c.memory(memory + tmp + snapshot);
+    }
+    if let Some(j) = &jail {
+        spec.vm.jail = Some(j.spec().clone());
+        // Only the VMM (which takes the directory) and the agent reach its sockets.
+        let private = std::fs::Permissions::from_mode(0o700);
+        tokio::fs::set_permissions(&spec.dir, private).await.map_err(host("make the instance dir private"))?;
+        let open = std::fs::Permissions::from_mode(0o666);
+        let runtime_socket = with_port(&spec.vm.vsock_uds, runtime::RUNTIME_PORT);
+        tokio::fs::set_permissions(&runtime_socket, open).await.map_err(host("open the runtime socket to the VMM"))?;
+    }
+    let recorded = match (&jail, &spec.vm.restore) {
+        (Some(_), Some(snapshot)) if spec.vm.prefetch => Some((
+            spec.dir.join(crate::vmm::process::RECORDED_WORKING_SET),
+            snapshot.join(crate::vmm::working_set::FILE),
+        )),
+        _ => None,
+    };
     // The replacement spare is started once this launch has failed, or once the instance's
     // first invocation is over (see `Instance::settle`): on a host short of CPU, starting it
     // meanwhile would slow the very start it is meant to speed up (a spawn costs ~70 ms of CPU
@@ -152,7 +183,7 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
             // platform's passing failure.
             let e = match ended {
                 Exit { vmm_error: true, message } if restoring => Error::Restore(message),
-                Exit { message, .. } => Error::Boot(message),
+                Exit { message, .. } => Error::Boot(with_signal(&mut child, message).await),
             };
             return Err(kill(&mut child, e).await);
         }
@@ -191,8 +222,10 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         init_duration: Duration::ZERO,
         restored: restoring,
         record_pending: restoring,
+        recorded,
         uncapped: None,
         refill: None,
+        _jail: jail,
     };
     loop {
         let frame = tokio::select! {
@@ -244,6 +277,41 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
     Ok(instance)
 }
 
+/// Moves `from` to `to`, which may be on another filesystem (a copy then, renamed into place),
+/// and removes `from`. Nothing to move (no working set was recorded) is not an error.
+async fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match tokio::fs::rename(from, to).await {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(libc::EXDEV) => return Err(e),
+        Err(_) => {}
+    }
+    let partial = to.with_extension("partial");
+    tokio::fs::copy(from, &partial).await?;
+    tokio::fs::File::open(&partial).await?.sync_all().await?;
+    tokio::fs::rename(&partial, to).await?;
+    tokio::fs::remove_file(from).await
+}
+
+/// `message` about a VMM's end, with the signal that killed it if one did and it is gone
+/// within [`EXIT_GRACE`]. `SIGSYS` is its seccomp filter's: a system call outside it, which
+/// the agent's log also records.
+async fn with_signal(child: &mut Child, message: String) -> String {
+    let pid = child.id();
+    let status = tokio::time::timeout(EXIT_GRACE, child.wait()).await.ok().and_then(Result::ok);
+    match status.and_then(|status| status.signal()) {
+        Some(libc::SIGSYS) => {
+            eprintln!(
+                "ember: VMM {} was killed by its seccomp filter (SIGSYS): a system call outside its list",
+                pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+            );
+            format!("{message} (the VMM made a system call its seccomp filter forbids and was killed by SIGSYS)")
+        }
+        Some(signal) => format!("{message} (killed by signal {signal})"),
+        None => message,
+    }
+}
+
 /// The error type of a failed after-restore hook when the runtime names none.
 const AFTER_RESTORE_ERROR: &str = "Runtime.AfterRestoreError";
 /// Bytes of fresh entropy a restored guest gets.
@@ -274,16 +342,24 @@ pub struct VmmProcess {
     control: BufReader<UnixStream>,
     /// The process's own cgroup, if CPU shares are enforced.
     cgroup: Option<VmmCgroup>,
+    /// Its jail's uid, if VMMs are jailed.
+    jail: Option<JailLease>,
 }
 
 impl VmmProcess {
-    fn spawn(binary: &Path, scratch_dir: Option<&Path>, cgroup: Option<VmmCgroup>) -> Result<VmmProcess, Error> {
+    fn spawn(
+        binary: &Path,
+        scratch_dir: Option<&Path>,
+        cgroup: Option<VmmCgroup>,
+        jails: Option<&Jails>,
+    ) -> Result<VmmProcess, Error> {
+        let jail = jails.map(Jails::lease).transpose().map_err(|e| Error::Host(format!("jail: {e}")))?;
         let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
         let procs = cgroup.as_ref().map(VmmCgroup::procs);
-        let child = spawn_vmm(binary, scratch_dir, OwnedFd::from(vmm_end), procs)?;
+        let child = spawn_vmm(binary, scratch_dir, OwnedFd::from(vmm_end), procs, jails)?;
         agent_end.set_nonblocking(true).map_err(host("control socket"))?;
         let control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
-        Ok(VmmProcess { child, control, cgroup })
+        Ok(VmmProcess { child, control, cgroup, jail })
     }
 }
 
@@ -299,6 +375,8 @@ pub struct Spares {
     /// How many to keep.
     want: usize,
     shares: Arc<CpuShares>,
+    /// How VMMs are jailed; `None`: they are not (the agent cannot).
+    jails: Option<Jails>,
     ready: std::sync::Mutex<Vec<VmmProcess>>,
     /// Asks the thread that starts spares, once there is one (see [`Spares::ask`]).
     spawner: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Ask>>>,
@@ -321,13 +399,21 @@ const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Spares {
     /// Keeps `want` spares of `binary` once [`Spares::fill`] or a first launch starts them;
-    /// with `scratch_dir`, each makes a default-sized /tmp drive there while it waits.
-    pub fn new(binary: PathBuf, scratch_dir: Option<PathBuf>, want: usize, shares: Arc<CpuShares>) -> Arc<Spares> {
+    /// with `scratch_dir`, each makes a default-sized /tmp drive there while it waits. Each
+    /// is jailed with `jails`, if given.
+    pub fn new(
+        binary: PathBuf,
+        scratch_dir: Option<PathBuf>,
+        want: usize,
+        shares: Arc<CpuShares>,
+        jails: Option<Jails>,
+    ) -> Arc<Spares> {
         Arc::new(Spares {
             binary,
             scratch_dir,
             want,
             shares,
+            jails,
             ready: std::sync::Mutex::default(),
             spawner: std::sync::OnceLock::new(),
             starter: std::sync::OnceLock::new(),
@@ -342,7 +428,7 @@ impl Spares {
         if let (true, Some(cgroup)) = (for_launch, &cgroup) {
             cgroup.launching();
         }
-        VmmProcess::spawn(&self.binary, self.scratch_dir.as_deref(), cgroup)
+        VmmProcess::spawn(&self.binary, self.scratch_dir.as_deref(), cgroup, self.jails.as_ref())
     }
 
     /// A VMM for a launch, at an instance's CPU weight: a spare that is still alive, else a
@@ -463,7 +549,9 @@ fn spawn_vmm(
     scratch_dir: Option<&Path>,
     control: OwnedFd,
     cgroup_procs: Option<&CStr>,
+    jails: Option<&Jails>,
 ) -> Result<Child, Error> {
+    let namespaces = jails.is_some();
     let fd = control.as_raw_fd();
     let cgroup_procs = cgroup_procs.map(CStr::to_owned);
     let mut cmd = Command::new(binary);
@@ -472,11 +560,14 @@ fn spawn_vmm(
         cmd.arg("--scratch-dir").arg(dir);
     }
     // SAFETY: the closure runs in the child between fork and exec and only calls open, write,
-    // close, dup2 and fcntl, which are async-signal-safe; it allocates nothing (the path is a
-    // CString made before the fork, which the closure owns) and touches no other memory
-    // shared with the parent.
+    // close, unshare, dup2 and fcntl, which are async-signal-safe; it allocates nothing (the
+    // path is a CString made before the fork, which the closure owns) and touches no other
+    // memory shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
+            if namespaces && libc::unshare(CHILD_NAMESPACES) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(procs) = &cgroup_procs {
                 let f = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if f >= 0 {
@@ -496,7 +587,11 @@ fn spawn_vmm(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(host("spawn ember vmm"))?;
+    let child = match jails {
+        Some(j) => j.in_new_pid_namespace(|| cmd.spawn()).map_err(|e| Error::Host(format!("jail: {e}")))?,
+        None => cmd.spawn(),
+    }
+    .map_err(host("spawn ember vmm"))?;
     drop(control);
     Ok(child)
 }
@@ -609,11 +704,7 @@ impl Instance {
     /// `message` about the VMM's end, with the signal that killed it if one did (the OOM
     /// killer's SIGKILL, say) and it is gone within [`EXIT_GRACE`].
     async fn with_signal(&mut self, message: String) -> String {
-        let status = tokio::time::timeout(EXIT_GRACE, self.child.wait()).await.ok().and_then(Result::ok);
-        match status.and_then(|status| status.signal()) {
-            Some(signal) => format!("{message} (killed by signal {signal})"),
-            None => message,
-        }
+        with_signal(&mut self.child, message).await
     }
 
     /// Snapshots the instance into `dir` (its init is over: it has just been launched from a
@@ -686,6 +777,11 @@ impl Instance {
         }
         let mut answer = String::new();
         let _ = tokio::time::timeout(RECORD_TIMEOUT, self.control.read_line(&mut answer)).await;
+        if let Some((from, to)) = self.recorded.take() {
+            if let Err(e) = move_file(&from, &to).await {
+                eprintln!("ember: instance {}: cannot keep the recorded working set: {e}", self.id);
+            }
+        }
     }
 
     /// Kills the VMM and removes the instance's directory and cgroup.
@@ -924,7 +1020,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_launch_takes_a_live_spare_or_gets_a_new_vmm_and_spares_are_refilled() {
         let binary = fake_vmm();
-        let spares = Spares::new(binary.clone(), None, 2, Arc::new(CpuShares::off()));
+        let spares = Spares::new(binary.clone(), None, 2, Arc::new(CpuShares::off()), None);
         // None ready: the launch gets a new one, from the starting thread.
         let first = spares.take().await.unwrap();
         assert!(first.child.id().is_some());
@@ -950,7 +1046,7 @@ mod tests {
     #[tokio::test]
     async fn a_channel_closed_by_a_killed_vmm_says_so() {
         let binary = fake_vmm();
-        let VmmProcess { child, control, cgroup } = VmmProcess::spawn(&binary, None, None).unwrap();
+        let VmmProcess { child, control, cgroup, jail } = VmmProcess::spawn(&binary, None, None, None).unwrap();
         let (ours, guest) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let mut instance = Instance {
@@ -965,8 +1061,10 @@ mod tests {
             init_duration: Duration::ZERO,
             restored: false,
             record_pending: false,
+            recorded: None,
             uncapped: None,
             refill: None,
+            _jail: jail,
         };
         // The VMM is killed (as by the OOM killer) and its end of the channel goes with it.
         instance.child.start_kill().unwrap();
@@ -981,7 +1079,7 @@ mod tests {
     #[tokio::test]
     async fn killing_a_vmm_that_dies_returns_at_once() {
         let binary = fake_vmm();
-        let mut p = VmmProcess::spawn(&binary, None, None).unwrap();
+        let mut p = VmmProcess::spawn(&binary, None, None, None).unwrap();
         let started = Instant::now();
         kill_vmm(&mut p.child).await;
         assert!(started.elapsed() < KILL_WAIT);

@@ -26,6 +26,7 @@ pub mod functions;
 pub mod ids;
 pub mod instance;
 pub mod invoke;
+pub mod jail;
 pub mod limits;
 pub mod logs;
 pub mod pool;
@@ -79,6 +80,17 @@ pub struct ServeOptions {
     pub async_retry_delays: [std::time::Duration; 2],
     /// The message broker (RabbitMQ, `amqp://...`), for queues.
     pub amqp_url: Option<String>,
+    /// How VMMs are jailed; `None`: they are not (`--no-jail`).
+    pub jail: Option<JailOptions>,
+}
+
+/// The uids jailed VMMs run as (`--jail-uid-base`, `--jail-uid-count`).
+#[derive(Debug, Clone, Copy)]
+pub struct JailOptions {
+    /// The first.
+    pub uid_base: u32,
+    /// How many.
+    pub uid_count: u32,
 }
 
 /// Errors starting the agent.
@@ -188,8 +200,29 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     } else {
         cgroup::CpuShares::off()
     });
-    let spares =
-        instance::Spares::new(options.vmm_binary.clone(), Some(run_dir.clone()), options.pool.max_boots.max(1), shares);
+    let jails = match &options.jail {
+        Some(j) => match jail::Jails::new(run_dir, j.uid_base, j.uid_count) {
+            Ok(jails) => Some(jails),
+            Err(e) => {
+                eprintln!(
+                    "ember: VMMs are not jailed ({e}): they run with the agent's uid, capabilities and filesystem, in \
+                     its namespaces, without rlimits; their seccomp filters still apply"
+                );
+                None
+            }
+        },
+        None => {
+            eprintln!("ember: VMMs are not jailed (--no-jail); their seccomp filters still apply");
+            None
+        }
+    };
+    let spares = instance::Spares::new(
+        options.vmm_binary.clone(),
+        Some(run_dir.clone()),
+        options.pool.max_boots.max(1),
+        shares,
+        jails,
+    );
     if options.vmm.prefetch && !crate::vmm::kvm_pre_faults() {
         eprintln!(
             "ember: restore prefetch: this kernel's KVM has no KVM_PRE_FAULT_MEMORY (Linux 6.10): working sets are \

@@ -18,7 +18,9 @@
 pub mod arch;
 pub mod devices;
 mod event_loop;
+pub mod jail;
 pub mod process;
+pub mod seccomp;
 pub mod snapshot;
 mod sparse;
 pub mod vstate;
@@ -35,7 +37,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ember_proto::Status;
-use kvm_ioctls::Kvm;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -288,6 +289,9 @@ pub struct RestoreConfig {
     /// Load the snapshot's working set before the guest runs (see [`working_set`]), or, if it
     /// has none that is valid, record one when asked ([`Vmm::working_set_recorder`]).
     pub prefetch: bool,
+    /// Where a recorded working set is written; `None`: beside the snapshot (a jailed VMM
+    /// cannot write there, and writes into its instance's directory for the agent to move).
+    pub record_to: Option<PathBuf>,
 }
 
 /// Records the working set of a VM restored without one, into its snapshot's directory.
@@ -407,7 +411,16 @@ impl Vmm {
             .enumerate()
             .map(|(id, state)| Vcpu::restore(&vm, id as u8, count, state))
             .collect::<Result<Vec<_>, _>>()?;
-        let recorder = if config.prefetch { prefetch(&config.snapshot_dir, &vm, &vcpus[0], snapshot_id) } else { None };
+        let recorder = if config.prefetch {
+            prefetch(&config.snapshot_dir, &vm, &vcpus[0], snapshot_id).map(|mut r| {
+                if let Some(to) = &config.record_to {
+                    r.path = to.clone();
+                }
+                r
+            })
+        } else {
+            None
+        };
         let (events_tx, events) = channel();
 
         let mut devices = Devices { scratch, ..Devices::default() };
@@ -463,7 +476,12 @@ impl Vmm {
         let tx = events_tx.clone();
         let event_thread = thread::Builder::new()
             .name("ember-events".into())
-            .spawn(move || event_loop::run(handlers, loop_stop, tx))
+            .spawn(move || match seccomp::install(seccomp::Thread::Events) {
+                Ok(()) => event_loop::run(handlers, loop_stop, tx),
+                Err(e) => {
+                    let _ = tx.send(VmEvent::Error(e.to_string()));
+                }
+            })
             .map_err(os("spawn event loop"))?;
         let mut vcpu_threads = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
@@ -471,7 +489,12 @@ impl Vmm {
             let handle = thread::Builder::new()
                 .name("ember-vcpu".into())
                 .stack_size(256 << 10)
-                .spawn(move || vcpu.run(ctx))
+                .spawn(move || match seccomp::install(seccomp::Thread::Vcpu) {
+                    Ok(()) => vcpu.run(ctx),
+                    Err(e) => {
+                        let _ = ctx.events.send(VmEvent::Error(e.to_string()));
+                    }
+                })
                 .map_err(os("spawn vCPU thread"))?;
             vcpu_threads.push(handle);
         }
@@ -537,9 +560,7 @@ impl Vmm {
     /// Stops every vCPU out of KVM_RUN, then (all stopped: see [`vstate::vcpu`]) collects
     /// their states, in id order.
     fn pause_vcpus(&mut self) -> Result<Vec<VcpuState>, Error> {
-        let kvm = Kvm::new().map_err(vstate::vm::Error::OpenKvm)?;
-        let list = kvm.get_msr_index_list().map_err(|e| Error::Pause(format!("KVM_GET_MSR_INDEX_LIST: {e}")))?;
-        let _ = self.exits.msr_indices.set(list.as_slice().to_vec());
+        let _ = self.exits.msr_indices.set(self.vm.msr_indices().to_vec());
         // However this ends, no vCPU thread is left waiting at the gate.
         struct Open<'a>(&'a vstate::vcpu::SaveGate);
         impl Drop for Open<'_> {

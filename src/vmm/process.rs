@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::devices::virtio::block::{ScratchFile, DEFAULT_SCRATCH_MIB};
+use super::jail::{self, Binds, JailSpec};
 use super::{Console, EmptyVm, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm};
 
 /// The fd of the control socket in an `ember vmm` process.
@@ -106,7 +107,17 @@ pub struct VmmSpec {
     /// For a restore: load the snapshot's working set first, or record one when asked.
     #[serde(default)]
     pub prefetch: bool,
+    /// For a SnapStart boot: the directory its snapshot will be written into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_to: Option<PathBuf>,
+    /// The jail to enter before the VM is built; `None`: none (the agent cannot build one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailSpec>,
 }
+
+/// Where a jailed VMM writes the working set it records: its instance's directory, from which
+/// the agent moves it beside the snapshot.
+pub const RECORDED_WORKING_SET: &str = "working_set.recorded";
 
 /// What the agent may ask of a running VMM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +240,11 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
     // take a page fault for each page of code it runs for the first time (~14 ms of a
     // restore in the emulated host, measured 2026-12-04).
     let _ = map_own_code();
+    // The threads' seccomp filters, compiled now; each thread of the VM installs its own.
+    match super::seccomp::Filters::new() {
+        Ok(filters) => super::seccomp::enable(filters),
+        Err(e) => return Err(e.to_string()),
+    }
     let mut reader = BufReader::new(control.try_clone().map_err(|e| format!("clone control socket: {e}"))?);
     let mut line = String::new();
     (&mut reader).take(MAX_SPEC).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
@@ -239,7 +255,17 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
     let started = Instant::now();
     set_name(VMM_NAME);
     let spec: VmmSpec = serde_json::from_str(&line).map_err(|e| format!("bad spec: {e}"))?;
+    let mut scratch = scratch;
+    if let Some(j) = &spec.jail {
+        // A /tmp drive of another size than the spare made is made now: its template is
+        // formatted by mkfs.ext4, which the jail does not hold.
+        if let Some(mib) = spec.tmp_mib.filter(|&mib| scratch.as_ref().is_none_or(|s| s.mib() != mib)) {
+            scratch = Some(ScratchFile::create(&spec.tmp_dir, mib).map_err(|e| e.to_string())?);
+        }
+        enter_jail(&spec, j)?;
+    }
     let console = spec.console.map_or(Console::Off, Console::File);
+    let record_to = spec.jail.as_ref().map(|_| spec.tmp_dir.join(RECORDED_WORKING_SET));
     let mut vmm = match spec.restore {
         Some(snapshot_dir) => {
             let config = RestoreConfig {
@@ -248,6 +274,7 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
                 tmp_dir: spec.tmp_dir,
                 vsock_uds: Some(spec.vsock_uds),
                 prefetch: spec.prefetch,
+                record_to,
             };
             Vmm::restore(&config, vm, scratch)
         }
@@ -275,38 +302,19 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
     // agent, its end closing included, ends the VM without ceremony: the kernel tears the VM
     // down with the process.
     let controller = vmm.controller();
-    let mut recorder = vmm.working_set_recorder();
-    let mut replies = control.try_clone().map_err(|e| format!("clone control socket: {e}"))?;
+    let recorder = vmm.working_set_recorder();
+    let replies = control.try_clone().map_err(|e| format!("clone control socket: {e}"))?;
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || loop {
-            let mut line = String::new();
-            if !matches!((&mut reader).take(MAX_SPEC).read_line(&mut line), Ok(n) if n > 0) {
-                std::process::exit(0);
+        .spawn(move || {
+            if let Err(e) = super::seccomp::install(super::seccomp::Thread::Control) {
+                eprintln!("ember: {e}");
+                std::process::exit(1);
             }
-            match serde_json::from_str::<Control>(&line) {
-                Ok(Control::Snapshot(dir)) => {
-                    let _ = controller.send(VmEvent::SnapshotRequested(dir));
-                    return;
-                }
-                // Once: the pages touched up to the end of the first invocation.
-                Ok(Control::RecordWorkingSet) => {
-                    let reply = match recorder.take().map(|r| r.record()) {
-                        Some(Ok(pages)) => WorkingSetReply { pages, message: format!("recorded {pages} pages") },
-                        Some(Err(e)) => {
-                            eprintln!("ember: restore: recording the working set failed: {e}");
-                            WorkingSetReply { pages: 0, message: format!("recording failed: {e}") }
-                        }
-                        None => WorkingSetReply { pages: 0, message: "nothing to record".into() },
-                    };
-                    let mut line = serde_json::to_vec(&reply).expect("a reply serializes");
-                    line.push(b'\n');
-                    let _ = replies.write_all(&line);
-                }
-                Err(_) => std::process::exit(0),
-            }
+            control_loop(reader, controller, recorder, replies)
         })
         .map_err(|e| format!("spawn control thread: {e}"))?;
+    super::seccomp::install(super::seccomp::Thread::Main).map_err(|e| e.to_string())?;
     match vmm.wait(false, Duration::from_secs(spec.boot_timeout_s), started) {
         Outcome::SnapshotRequested(dir) => {
             let paused = Instant::now();
@@ -325,6 +333,64 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
             Ok(exit)
         }
         outcome => Ok(VmmExit::from_outcome(outcome)),
+    }
+}
+
+/// Enters the jail `j` with what `spec` needs bound into it (see [`jail`]).
+fn enter_jail(spec: &VmmSpec, j: &JailSpec) -> Result<(), String> {
+    if spec.restore.is_some() && spec.prefetch {
+        super::working_set::open_pagemap().map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
+    }
+    if let Some(console) = &spec.console {
+        std::fs::File::create(console).map_err(|e| format!("create {}: {e}", console.display()))?;
+    }
+    let read_only =
+        [Some(&spec.kernel), Some(&spec.rootfs), spec.code.as_ref(), spec.opt.as_ref(), spec.restore.as_ref()];
+    let read_write = [Some(&spec.tmp_dir), spec.snapshot_to.as_ref(), spec.console.as_ref()];
+    let binds = Binds {
+        read_only: read_only.into_iter().flatten().cloned().collect(),
+        read_write: read_write.into_iter().flatten().cloned().collect(),
+    };
+    // A file it writes is its /tmp drive or (at most guest memory) its snapshot's memory.
+    let tmp_mib = spec.tmp_mib.unwrap_or(DEFAULT_SCRATCH_MIB);
+    let file_size = (u64::from(tmp_mib.max(spec.memory_mib)) + 1) << 20;
+    jail::enter(j, &binds, file_size).map_err(|e| e.to_string())
+}
+
+/// The control thread: the agent's requests, until a snapshot request (handed to the main
+/// thread) or the socket's end (which ends the process).
+fn control_loop(
+    mut reader: BufReader<UnixStream>,
+    controller: std::sync::mpsc::Sender<VmEvent>,
+    mut recorder: Option<super::Recorder>,
+    mut replies: UnixStream,
+) {
+    loop {
+        let mut line = String::new();
+        if !matches!((&mut reader).take(MAX_SPEC).read_line(&mut line), Ok(n) if n > 0) {
+            std::process::exit(0);
+        }
+        match serde_json::from_str::<Control>(&line) {
+            Ok(Control::Snapshot(dir)) => {
+                let _ = controller.send(VmEvent::SnapshotRequested(dir));
+                return;
+            }
+            // Once: the pages touched up to the end of the first invocation.
+            Ok(Control::RecordWorkingSet) => {
+                let reply = match recorder.take().map(|r| r.record()) {
+                    Some(Ok(pages)) => WorkingSetReply { pages, message: format!("recorded {pages} pages") },
+                    Some(Err(e)) => {
+                        eprintln!("ember: restore: recording the working set failed: {e}");
+                        WorkingSetReply { pages: 0, message: format!("recording failed: {e}") }
+                    }
+                    None => WorkingSetReply { pages: 0, message: "nothing to record".into() },
+                };
+                let mut line = serde_json::to_vec(&reply).expect("a reply serializes");
+                line.push(b'\n');
+                let _ = replies.write_all(&line);
+            }
+            Err(_) => std::process::exit(0),
+        }
     }
 }
 

@@ -30,6 +30,18 @@ use sha2::{Digest, Sha256};
 
 /// The file's name in a snapshot directory.
 pub const FILE: &str = "working_set";
+
+/// This process's page map, which recording reads.
+const PAGEMAP: &str = "/proc/self/pagemap";
+/// The page map opened ahead by [`open_pagemap`].
+static OPENED_PAGEMAP: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// Opens this process's page map now, for a recording later in a jail without `/proc`.
+pub fn open_pagemap() -> std::io::Result<()> {
+    let file = File::open(PAGEMAP)?;
+    let _ = OPENED_PAGEMAP.set(file);
+    Ok(())
+}
 const MAGIC: &[u8; 8] = b"EMBERWS1";
 const HEADER_LEN: usize = 8 + 32 + 8;
 const RANGE_LEN: usize = 24;
@@ -122,8 +134,15 @@ impl WorkingSet {
     /// Records the pages of `regions` that this process has present: the working set of a
     /// VM restored in this process since the restore.
     pub fn record(regions: &[Region]) -> Result<WorkingSet, Error> {
-        let path = PathBuf::from("/proc/self/pagemap");
-        let pagemap = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let path = PathBuf::from(PAGEMAP);
+        let opened;
+        let pagemap = match OPENED_PAGEMAP.get() {
+            Some(f) => f,
+            None => {
+                opened = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+                &opened
+            }
+        };
         let mut ws = WorkingSet::default();
         // A region at a time, in chunks of 512 KiB of entries (256 MiB of guest memory).
         const CHUNK: u64 = 64 * 1024;

@@ -151,6 +151,8 @@ impl VmmLauncher {
                 boot_timeout_s: config.init_timeout.as_secs().max(1),
                 restore,
                 prefetch: config.prefetch,
+                snapshot_to: None,
+                jail: None,
             },
             dir,
             runtime,
@@ -183,7 +185,8 @@ impl Launcher for VmmLauncher {
         log: &'a FunctionLog,
     ) -> BoxFuture<'a, Result<Duration, instance::Error>> {
         Box::pin(async move {
-            let spec = self.spec(f, &ids::random_hex(), Start::SnapStartBoot)?;
+            let mut spec = self.spec(f, &ids::random_hex(), Start::SnapStartBoot)?;
+            spec.vm.snapshot_to = Some(dir.to_owned());
             let instance = instance::launch(spec, log).await?;
             let started = std::time::Instant::now();
             instance.snapshot(dir).await?;

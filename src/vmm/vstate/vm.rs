@@ -63,6 +63,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
+    msr_indices: Vec<u32>,
     mem: GuestMemoryMmap,
 }
 
@@ -154,6 +155,7 @@ pub fn create_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, Erro
 pub struct EmptyVm {
     fd: VmFd,
     supported_cpuid: CpuId,
+    msr_indices: Vec<u32>,
 }
 
 impl EmptyVm {
@@ -167,14 +169,17 @@ impl EmptyVm {
         fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         let supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(EmptyVm { fd, supported_cpuid })
+        // Read now, while the process may still open /dev/kvm: a snapshot needs it, and by then
+        // the VMM is jailed and filtered.
+        let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
+        Ok(EmptyVm { fd, supported_cpuid, msr_indices })
     }
 }
 
 impl Vm {
     /// Registers `mem` as the guest RAM of `vm`.
     pub fn new(vm: EmptyVm, mem: GuestMemoryMmap) -> Result<Self, Error> {
-        let EmptyVm { fd, supported_cpuid } = vm;
+        let EmptyVm { fd, supported_cpuid, msr_indices } = vm;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem.get_host_address(region.start_addr()).map_err(|_| Error::MapMemory(region.len() >> 20))?;
             let region = kvm_userspace_memory_region {
@@ -188,7 +193,7 @@ impl Vm {
             // long as the VM fd exists, and the guest ranges do not overlap.
             unsafe { fd.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        Ok(Vm { fd, supported_cpuid, mem })
+        Ok(Vm { fd, supported_cpuid, msr_indices, mem })
     }
 
     /// Whether KVM can fault guest memory in ahead of the guest (`KVM_PRE_FAULT_MEMORY`,
@@ -205,6 +210,11 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// The MSRs KVM saves and restores (`KVM_GET_MSR_INDEX_LIST`).
+    pub fn msr_indices(&self) -> &[u32] {
+        &self.msr_indices
     }
 
     /// The CPUID KVM supports, before per-vCPU filtering.
