@@ -23,6 +23,8 @@ pub struct Agent {
     /// Where the agent's stderr goes (appended), if not to the test's.
     pub stderr_file: Option<PathBuf>,
     extra: Vec<String>,
+    /// Environment variables the agent (and its VMMs) get.
+    env: Vec<(String, String)>,
 }
 
 /// A response: status, headers (lower-case names) and body.
@@ -78,6 +80,7 @@ impl Agent {
             tcp_port: None,
             stderr_file: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         }
     }
 
@@ -96,6 +99,7 @@ impl Agent {
             .arg(&self.run_dir)
             .args(["--init-timeout-s", "120"])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::inherit());
         match &self.stderr_file {
             Some(path) => {
@@ -125,6 +129,15 @@ impl Agent {
     pub fn start_logged(name: &str, extra: &[&str]) -> Agent {
         let mut agent = Self::unstarted(name, extra);
         agent.stderr_file = Some(agent.data_dir.with_file_name("agent.log"));
+        agent.spawn();
+        agent
+    }
+
+    /// [`Agent::start_logged`], with environment variables for the agent and its VMMs.
+    pub fn start_logged_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut agent = Self::unstarted(name, extra);
+        agent.stderr_file = Some(agent.data_dir.with_file_name("agent.log"));
+        agent.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         agent.spawn();
         agent
     }

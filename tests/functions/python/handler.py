@@ -118,3 +118,55 @@ def snap_info(event, context):
         "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
         "tmp_mib": tmp.f_blocks * tmp.f_frsize // (1 << 20),
     }
+
+
+def runtime_api_abuse(event, context):
+    """With `{"abuse": true}`, misuses the Runtime API from inside the invocation, as a hostile
+    runtime would: an unknown request id, a path that is not the API's, a header and a body
+    past any limit, an init error after init, a second `next` while this invocation runs.
+    Returns the status (or the exception's name, when the server closed the connection) of
+    each. Any other event is echoed."""
+    import http.client
+
+    if not event.get("abuse"):
+        return event
+
+    host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+    base = "/2018-06-01/runtime"
+
+    def call(method, path, body=b"", headers=None, timeout=10):
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            return conn.getresponse().status
+        except Exception as e:  # noqa: BLE001 - a closed connection is an answer here
+            return type(e).__name__
+        finally:
+            conn.close()
+
+    return {
+        "unknown_id_response": call("POST", f"{base}/invocation/not-a-request/response", b"{}"),
+        "unknown_id_error": call("POST", f"{base}/invocation/not-a-request/error", b"{}"),
+        "bad_path": call("GET", f"{base}/nope"),
+        "huge_header": call("POST", f"{base}/invocation/not-a-request/response", b"{}", {"X-Big": "a" * (1 << 20)}),
+        "huge_body": call("POST", f"{base}/invocation/not-a-request/response", b"x" * (7 << 20)),
+        "init_error_late": call("POST", f"{base}/init/error", b"{}"),
+        "next_during_invoke": call("GET", f"{base}/invocation/next", timeout=2),
+    }
+
+
+def close_runtime_connections(event, context):
+    """With `{"close": true}`, closes every socket of the runtime process (its Runtime API
+    connection among them) in the middle of the invocation, then returns. Any other event is
+    echoed."""
+    if not event.get("close"):
+        return event
+    closed = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                os.close(int(fd))
+                closed += 1
+        except OSError:
+            pass
+    return {"closed": closed}

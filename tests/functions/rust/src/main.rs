@@ -3,6 +3,15 @@
 //! - `{"fail": true}`: fails the invocation with errorType `bootstrap::TestError` (lambda_runtime
 //!   reports the Rust type name of the error) and errorMessage `boom`;
 //! - `{"sleep_ms": n}`: sleeps n milliseconds, then echoes the event;
+//! - `{"vsock_connect": port}`: connects a vsock stream to the host on `port`, answers
+//!   `{"connected": <bool>}`;
+//! - `{"spin": true}`: busy-loops for ever, on every CPU the guest has;
+//! - `{"fork_bomb": true}`: forks without end (each child forks again and spins);
+//! - `{"fill_tmp": true}`: writes /tmp full, answers `{"enospc": <bool>, "mib": <written>}`;
+//! - `{"log_mib": n}`: prints n MiB of log lines, then echoes the event;
+//! - `{"response_mib": n}`: answers a string of n MiB;
+//! - `{"vsock_flood": n}`: opens n vsock streams to the host (port 1, where nothing listens)
+//!   as fast as it can, answers `{"refused": <count>}`;
 //! - `{"random": true}`: answers `{"random": <a u64 from the rand crate's thread RNG>}`;
 //! - `{"exit": n}`: ends the runtime process at once with status n, answering nothing;
 //! - `{"oom": true}`: uses up the guest's memory, so that the kernel's OOM killer kills the
@@ -76,6 +85,31 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
     if payload.get("oom") == Some(&Value::Bool(true)) {
         eat_memory(None);
     }
+    if payload.get("spin") == Some(&Value::Bool(true)) {
+        spin();
+    }
+    if payload.get("fork_bomb") == Some(&Value::Bool(true)) {
+        fork_bomb();
+    }
+    if payload.get("fill_tmp") == Some(&Value::Bool(true)) {
+        return Ok(fill_tmp());
+    }
+    if let Some(mib) = payload.get("log_mib").and_then(Value::as_u64) {
+        let line = "x".repeat(1023);
+        for _ in 0..mib * 1024 {
+            println!("{line}");
+        }
+    }
+    if let Some(mib) = payload.get("response_mib").and_then(Value::as_u64) {
+        return Ok(Value::String("r".repeat((mib << 20) as usize)));
+    }
+    if let Some(n) = payload.get("vsock_flood").and_then(Value::as_u64) {
+        let refused = (0..n).filter(|_| !vsock_connect(1)).count();
+        return Ok(serde_json::json!({ "refused": refused }));
+    }
+    if let Some(port) = payload.get("vsock_connect").and_then(Value::as_u64) {
+        return Ok(serde_json::json!({ "connected": vsock_connect(port as u32) }));
+    }
     if payload.get("random") == Some(&Value::Bool(true)) {
         return Ok(serde_json::json!({ "random": rand::random::<u64>() }));
     }
@@ -83,6 +117,68 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     Ok(payload)
+}
+
+/// Burns every CPU of the guest until the host ends it.
+fn spin() -> ! {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    for _ in 1..cpus {
+        std::thread::spawn(|| loop {
+            std::hint::spin_loop();
+        });
+    }
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// Forks until the guest can fork no more, every process spinning.
+fn fork_bomb() -> ! {
+    loop {
+        // SAFETY: the child only loops (forking again and spinning); it touches no locks.
+        let _ = unsafe { libc::fork() };
+        std::hint::spin_loop();
+    }
+}
+
+/// Writes /tmp until the filesystem refuses; whether it ended in ENOSPC, and how much went in.
+fn fill_tmp() -> Value {
+    use std::io::Write as _;
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let mut written = 0u64;
+    let mut file = match std::fs::File::create("/tmp/fill") {
+        Ok(f) => f,
+        Err(e) => return serde_json::json!({ "error": e.to_string() }),
+    };
+    let enospc = loop {
+        match file.write_all(&chunk).and_then(|()| file.sync_data()) {
+            Ok(()) => written += 1,
+            Err(e) => break e.raw_os_error() == Some(libc::ENOSPC),
+        }
+    };
+    drop(file);
+    let _ = std::fs::remove_file("/tmp/fill");
+    serde_json::json!({ "enospc": enospc, "mib": written })
+}
+
+/// Connects a vsock stream to the host (CID 2) on `port`; whether it connected.
+fn vsock_connect(port: u32) -> bool {
+    // SAFETY: socket takes no pointers; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: sockaddr_vm is plain data; all zeros is a valid start.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = libc::VMADDR_CID_HOST;
+    addr.svm_port = port;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a sockaddr_vm of `len` bytes that lives for the call; fd is ours.
+    let connected = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_vm).cast(), len) } == 0;
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    connected
 }
 
 /// Touches memory until the kernel's OOM killer (or, with `panic_on_oom`, a panic) ends it.
