@@ -361,8 +361,7 @@ fn jail_boot(config: &VmConfig, root: &std::path::Path, uid: u32) -> Result<(), 
         read_only: read_only.into_iter().flatten().cloned().collect(),
         read_write: vec![config.tmp_dir.clone()],
     };
-    let tmp_mib = config.tmp_mib.unwrap_or(0);
-    let file_size = (u64::from(tmp_mib.max(config.memory_mib)) + 1) << 20;
+    let file_size = ember::vmm::jail::file_size_limit(config.tmp_mib.unwrap_or(0), config.memory_mib);
     let spec = ember::vmm::jail::JailSpec { uid, root: root.to_owned() };
     ember::vmm::jail::enter(&spec, &binds, file_size).map_err(|e| e.to_string())
 }

@@ -124,7 +124,13 @@ async fn hostile_guests_are_contained() {
         ("hs", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 3})),
         ("hb", "provided.al2023", "bootstrap", "rust.zip", json!({"Timeout": 120, "MemorySize": 1024})),
         ("hp", "python3.11", "handler.runtime_api_abuse", "python.zip", json!({"Timeout": 60})),
-        ("hc", "python3.11", "handler.close_runtime_connections", "python.zip", json!({"Timeout": 10})),
+        (
+            "hc",
+            "python3.11",
+            "handler.close_runtime_connections",
+            "python.zip",
+            json!({"Timeout": 15, "MemorySize": 1024}),
+        ),
     ] {
         let created = agent.create(name, runtime, handler, zip, extra).await;
         assert_eq!(created.status, 201, "{name}: {}", String::from_utf8_lossy(&created.body));

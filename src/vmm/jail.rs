@@ -81,6 +81,12 @@ pub const MAX_FILES: u64 = 1024;
 /// a thread per vCPU (at most 6), with room.
 pub const MAX_THREADS: u64 = 32;
 
+/// The file size limit of a jailed VMM: the larger of its /tmp drive and its guest memory
+/// (which a snapshot's memory file may reach), and 1 MiB more (a snapshot's state file).
+pub fn file_size_limit(tmp_mib: u32, memory_mib: u32) -> u64 {
+    (u64::from(tmp_mib.max(memory_mib)) + 1) << 20
+}
+
 /// Enters the jail: see the module's comment. `file_size` bounds every file it writes.
 /// The process must be root in its own mount namespace.
 pub fn enter(spec: &JailSpec, binds: &Binds, file_size: u64) -> Result<(), Error> {

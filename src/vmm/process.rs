@@ -351,9 +351,7 @@ fn enter_jail(spec: &VmmSpec, j: &JailSpec) -> Result<(), String> {
         read_only: read_only.into_iter().flatten().cloned().collect(),
         read_write: read_write.into_iter().flatten().cloned().collect(),
     };
-    // A file it writes is its /tmp drive or (at most guest memory) its snapshot's memory.
-    let tmp_mib = spec.tmp_mib.unwrap_or(DEFAULT_SCRATCH_MIB);
-    let file_size = (u64::from(tmp_mib.max(spec.memory_mib)) + 1) << 20;
+    let file_size = jail::file_size_limit(spec.tmp_mib.unwrap_or(DEFAULT_SCRATCH_MIB), spec.memory_mib);
     jail::enter(j, &binds, file_size).map_err(|e| e.to_string())
 }
 
