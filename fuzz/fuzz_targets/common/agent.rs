@@ -36,7 +36,7 @@ pub fn fixture(tag: &str) -> &'static Fixture {
                 prefetch: false,
             };
             let shares = Arc::new(cgroup::CpuShares::off());
-            let spares = instance::Spares::new(dir.join("no-ember"), None, 1, shares);
+            let spares = instance::Spares::new(dir.join("no-ember"), None, 1, shares, None);
             let launcher = Arc::new(pool::launch::VmmLauncher::new(vmm, spares));
             let config = pool::PoolConfig { max_instances: 8, max_boots: 1, idle_memory_kib: 1 << 20 };
             let pool = pool::Pool::new(config, logs.clone(), snapshots, launcher);
