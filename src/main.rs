@@ -353,8 +353,7 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
 /// new namespaces, then [`ember::vmm::jail::enter`] with the VM's files.
 fn jail_boot(config: &VmConfig, root: &std::path::Path, uid: u32) -> Result<(), String> {
     use nix::sched::{unshare, CloneFlags};
-    let flags =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNET;
+    let flags = CloneFlags::from_bits_retain(ember::agent::jail::CHILD_NAMESPACES);
     unshare(flags).map_err(|e| format!("jail: unshare: {e}"))?;
     let read_only = [Some(&config.kernel), config.rootfs.as_ref(), config.code.as_ref()];
     let binds = ember::vmm::jail::Binds {

@@ -684,7 +684,7 @@ impl Instance {
                     Err(e) => return Err(Error::VmEnded(format!("runtime channel: {e}"))),
                 },
                 ended = read_exit(&mut self.control) => {
-                    return Err(Error::VmEnded(self.with_signal(ended.message).await))
+                    return Err(Error::VmEnded(with_signal(&mut self.child, ended.message).await))
                 }
             }
         }
@@ -696,15 +696,9 @@ impl Instance {
     async fn why_closed(&mut self) -> String {
         let closed = "the guest closed the runtime channel";
         match tokio::time::timeout(EXIT_GRACE, read_exit(&mut self.control)).await {
-            Ok(exit) => format!("{closed}: {}", self.with_signal(exit.message).await),
+            Ok(exit) => format!("{closed}: {}", with_signal(&mut self.child, exit.message).await),
             Err(_) => closed.into(),
         }
-    }
-
-    /// `message` about the VMM's end, with the signal that killed it if one did (the OOM
-    /// killer's SIGKILL, say) and it is gone within [`EXIT_GRACE`].
-    async fn with_signal(&mut self, message: String) -> String {
-        with_signal(&mut self.child, message).await
     }
 
     /// Snapshots the instance into `dir` (its init is over: it has just been launched from a

@@ -412,12 +412,8 @@ impl Vmm {
             .map(|(id, state)| Vcpu::restore(&vm, id as u8, count, state))
             .collect::<Result<Vec<_>, _>>()?;
         let recorder = if config.prefetch {
-            prefetch(&config.snapshot_dir, &vm, &vcpus[0], snapshot_id).map(|mut r| {
-                if let Some(to) = &config.record_to {
-                    r.path = to.clone();
-                }
-                r
-            })
+            let record_to = config.record_to.clone().unwrap_or_else(|| config.snapshot_dir.join(working_set::FILE));
+            prefetch(&config.snapshot_dir, record_to, &vm, &vcpus[0], snapshot_id)
         } else {
             None
         };
@@ -466,7 +462,7 @@ impl Vmm {
             exit_counters,
             _mem: vm.memory().clone(),
             pause: AtomicBool::new(false),
-            msr_indices: OnceLock::new(),
+            msr_indices: Arc::clone(vm.msr_indices()),
             save_gate: vstate::vcpu::SaveGate::default(),
         });
         let guest_ranges = guest_regions(&vm).iter().map(|r| (r.host, r.len)).collect();
@@ -560,7 +556,6 @@ impl Vmm {
     /// Stops every vCPU out of KVM_RUN, then (all stopped: see [`vstate::vcpu`]) collects
     /// their states, in id order.
     fn pause_vcpus(&mut self) -> Result<Vec<VcpuState>, Error> {
-        let _ = self.exits.msr_indices.set(self.vm.msr_indices().to_vec());
         // However this ends, no vCPU thread is left waiting at the gate.
         struct Open<'a>(&'a vstate::vcpu::SaveGate);
         impl Drop for Open<'_> {
@@ -782,12 +777,12 @@ pub fn kvm_pre_faults() -> bool {
 /// itself); where KVM has no pre-fault, the read pages go into the host mapping too. A working
 /// set that is missing, damaged or another snapshot's is skipped with a line in the log (the
 /// agent's), and then the returned [`Recorder`] records one.
-fn prefetch(dir: &Path, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Recorder> {
+fn prefetch(dir: &Path, record_to: PathBuf, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Recorder> {
     let regions = guest_regions(vm);
     let mem_end = regions.iter().map(|r| r.gpa + r.len).max().unwrap_or(0);
     let path = dir.join(working_set::FILE);
-    let recorder = Recorder { regions, path, snapshot };
-    let ws = match working_set::WorkingSet::read(&recorder.path, &snapshot, mem_end) {
+    let recorder = Recorder { regions, path: record_to, snapshot };
+    let ws = match working_set::WorkingSet::read(&path, &snapshot, mem_end) {
         Ok(ws) => ws,
         Err(working_set::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             eprintln!("ember: restore: {}: no working set yet; this instance records one", dir.display());
@@ -802,7 +797,7 @@ fn prefetch(dir: &Path, vm: &Vm, vcpu: &Vcpu, snapshot: [u8; 32]) -> Option<Reco
     // written ones need loading first, as private copies (a pre-fault is a read).
     let pre_fault = vm.has_pre_fault();
     if let Err(e) = ws.populate(&recorder.regions, !pre_fault) {
-        eprintln!("ember: restore: {}: loading the working set failed: {e}", recorder.path.display());
+        eprintln!("ember: restore: {}: loading the working set failed: {e}", path.display());
         return None;
     }
     if pre_fault {

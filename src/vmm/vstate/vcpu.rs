@@ -137,8 +137,8 @@ pub struct ExitContext {
     pub _mem: GuestMemoryMmap,
     /// Set by the main thread to pause every vCPU for a snapshot.
     pub pause: AtomicBool,
-    /// The MSRs a paused vCPU saves (KVM's list, read by the main thread before pausing).
-    pub msr_indices: OnceLock<Vec<u32>>,
+    /// The MSRs a paused vCPU saves (KVM's list, read when the VM was created).
+    pub msr_indices: Arc<[u32]>,
     /// Where stopped vCPUs wait until every vCPU has stopped (see the module docs).
     pub save_gate: SaveGate,
 }
@@ -313,7 +313,7 @@ impl Vcpu {
                 let state = self.stop().and_then(|()| {
                     let _ = ctx.events.send(VmEvent::Stopped { id });
                     ctx.save_gate.wait();
-                    self.save(ctx.msr_indices.get().map_or(&[][..], |v| &v[..]))
+                    self.save(&ctx.msr_indices)
                 });
                 break VmEvent::Paused { id, state: state.map(Box::new).map_err(|e| e.to_string()) };
             }

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region, CpuId,
@@ -63,7 +64,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
-    msr_indices: Vec<u32>,
+    msr_indices: Arc<[u32]>,
     mem: GuestMemoryMmap,
 }
 
@@ -155,7 +156,7 @@ pub fn create_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, Erro
 pub struct EmptyVm {
     fd: VmFd,
     supported_cpuid: CpuId,
-    msr_indices: Vec<u32>,
+    msr_indices: Arc<[u32]>,
 }
 
 impl EmptyVm {
@@ -171,7 +172,7 @@ impl EmptyVm {
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         // Read now, while the process may still open /dev/kvm: a snapshot needs it, and by then
         // the VMM is jailed and filtered.
-        let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
+        let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?.as_slice().into();
         Ok(EmptyVm { fd, supported_cpuid, msr_indices })
     }
 }
@@ -213,7 +214,7 @@ impl Vm {
     }
 
     /// The MSRs KVM saves and restores (`KVM_GET_MSR_INDEX_LIST`).
-    pub fn msr_indices(&self) -> &[u32] {
+    pub fn msr_indices(&self) -> &Arc<[u32]> {
         &self.msr_indices
     }
 
