@@ -107,7 +107,7 @@ pub fn boot(runs: usize, memory_mib: u32) -> Result<String, Error> {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(work.join("tmp")).map_err(io("create the jailed boots' dir"))?;
         Some(
-            crate::agent::jail::Jails::new(&work.join("run"), crate::agent::jail::DEFAULT_UID_BASE, 16)
+            crate::agent::jail::PidNamespaces::new()
                 .map_err(|e| Error::Run { run: 0, detail: format!("jail: {e}") })?,
         )
     } else {
@@ -122,12 +122,15 @@ pub fn boot(runs: usize, memory_mib: u32) -> Result<String, Error> {
             ready.push(field(&out, "ready_ms").unwrap_or(0));
             exits.push(field(&out, "exits").unwrap_or(0));
             if let Some(jails) = &jails {
-                let lease = jails.lease().map_err(|e| Error::Run { run, detail: format!("jail: {e}") })?;
-                let (root, uid) = (lease.spec().root.display().to_string(), lease.spec().uid.to_string());
-                let tmp = work.join("tmp").display().to_string();
+                // A root of its own each time (the boot's mount namespace, and its mounts, go
+                // with it).
+                let root = work.join(format!("jail-{run}"));
+                std::fs::create_dir(&root).map_err(io("create a jail's root"))?;
+                let uid = (crate::agent::jail::DEFAULT_UID_BASE + run as u32).to_string();
+                let (root, tmp) = (root.display().to_string(), work.join("tmp").display().to_string());
                 let args = ["--jail-root", &root, "--jail-uid", &uid, "--tmp-dir", &tmp];
                 let out = jails
-                    .in_new_pid_namespace(|| boot_once(run, memory_mib, &args))
+                    .spawn_in_new(|| boot_once(run, memory_mib, &args))
                     .map_err(|e| Error::Run { run, detail: format!("jail: {e}") })??;
                 jail_us.push(field(&out, "jail_us").unwrap_or(0));
                 jailed_ready.push(field(&out, "ready_ms").unwrap_or(0));

@@ -40,6 +40,12 @@ enum Command {
         /// spec.
         #[arg(long)]
         scratch_dir: Option<PathBuf>,
+        /// Enter the jail whose root (a mounted tmpfs) is this directory before the spec.
+        #[arg(long, requires = "jail_uid")]
+        jail_root: Option<PathBuf>,
+        /// The uid (and gid) of --jail-root's jail.
+        #[arg(long, requires = "jail_root")]
+        jail_uid: Option<u32>,
     },
     /// Lambda's operations, as a client of the agent (create-function, invoke, ...).
     #[command(flatten)]
@@ -349,20 +355,30 @@ fn boot(args: BootArgs, started: Instant) -> ExitCode {
     run_to_end(vmm, &args, started)
 }
 
-/// Jails this process as the agent jails a VMM (its PID namespace is its parent's to make):
-/// new namespaces, then [`ember::vmm::jail::enter`] with the VM's files.
+/// Jails this process as the agent jails a VMM (its PID namespace is its parent's to make),
+/// both sides in one: new namespaces, its root mounted and the VM's files bound into it (the
+/// agent's side, [`ember::vmm::jail::bind_into`]), then [`ember::vmm::jail::enter`].
 fn jail_boot(config: &VmConfig, root: &std::path::Path, uid: u32) -> Result<(), String> {
     use nix::sched::{unshare, CloneFlags};
     let flags = CloneFlags::from_bits_retain(ember::agent::jail::CHILD_NAMESPACES);
     unshare(flags).map_err(|e| format!("jail: unshare: {e}"))?;
-    let read_only = [Some(&config.kernel), config.rootfs.as_ref(), config.code.as_ref()];
+    let template = match config.tmp_mib {
+        Some(mib) => Some(
+            ember::vmm::devices::virtio::block::scratch_template_path(mib)
+                .map_err(|e| format!("the {mib} MiB /tmp template: {e}"))?,
+        ),
+        None => None,
+    };
+    let read_only = [Some(&config.kernel), config.rootfs.as_ref(), config.code.as_ref(), template.as_ref()];
     let binds = ember::vmm::jail::Binds {
         read_only: read_only.into_iter().flatten().cloned().collect(),
         read_write: vec![config.tmp_dir.clone()],
     };
     let file_size = ember::vmm::jail::file_size_limit(config.tmp_mib.unwrap_or(0), config.memory_mib);
     let spec = ember::vmm::jail::JailSpec { uid, root: root.to_owned() };
-    ember::vmm::jail::enter(&spec, &binds, file_size).map_err(|e| e.to_string())
+    ember::vmm::jail::make_root(root, false).map_err(|e| e.to_string())?;
+    ember::vmm::jail::bind_into(root, &binds, uid).map_err(|e| e.to_string())?;
+    ember::vmm::jail::enter(&spec, file_size).map_err(|e| e.to_string())
 }
 
 /// Runs a started or restored VM to its end (or to ready, with --until-ready) and reports.
@@ -465,6 +481,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         jail: (!args.no_jail)
             .then_some(ember::agent::JailOptions { uid_base: args.jail_uid_base, uid_count: args.jail_uid_count }),
     };
+    // While this process has one thread: the jails' mounts go in a mount namespace of the
+    // agent's own (without it, the agent says VMMs are not jailed, and why).
+    if options.jail.is_some() && nix::unistd::geteuid().is_root() {
+        if let Err(e) = ember::agent::jail::isolate_mounts() {
+            eprintln!("ember: no mount namespace of the agent's own: {e}");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -481,22 +504,31 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// `ember vmm` as the agent starts it (`vmm [--scratch-dir DIR]`), run without building the
-/// whole command line's parser: every spare VMM is a new process, and clap's setup of this
-/// CLI's every subcommand was most of its start's CPU (tens of ms in the emulated host).
-/// Anything else, `--help` included, goes through clap.
+/// `ember vmm` as the agent starts it (`vmm [--scratch-dir DIR] [--jail-root DIR --jail-uid
+/// UID]`), run without building the whole command line's parser: every spare VMM is a new
+/// process, and clap's setup of this CLI's every subcommand was most of its start's CPU (tens
+/// of ms in the emulated host). Anything else, `--help` included, goes through clap.
 fn vmm_as_spawned() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
     if args.next()? != "vmm" {
         return None;
     }
-    let rest: Vec<_> = args.collect();
-    let scratch_dir = match rest.as_slice() {
-        [] => None,
-        [flag, dir] if flag == "--scratch-dir" && !dir.is_empty() => Some(PathBuf::from(dir)),
+    let (mut scratch_dir, mut jail_root, mut jail_uid) = (None, None, None);
+    while let Some(flag) = args.next() {
+        let value = args.next().filter(|v| !v.is_empty())?;
+        match flag.to_str()? {
+            "--scratch-dir" if scratch_dir.is_none() => scratch_dir = Some(PathBuf::from(value)),
+            "--jail-root" if jail_root.is_none() => jail_root = Some(PathBuf::from(value)),
+            "--jail-uid" if jail_uid.is_none() => jail_uid = Some(value.to_str()?.parse().ok()?),
+            _ => return None,
+        }
+    }
+    let jail = match (jail_root, jail_uid) {
+        (Some(root), Some(uid)) => Some(ember::vmm::jail::JailSpec { uid, root }),
+        (None, None) => None,
         _ => return None,
     };
-    Some(ExitCode::from(ember::vmm::process::run(scratch_dir.as_deref())))
+    Some(ExitCode::from(ember::vmm::process::run(scratch_dir.as_deref(), jail.as_ref())))
 }
 
 fn main() -> ExitCode {
@@ -516,7 +548,10 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot(args, started),
         Command::Client(command) => client::run(command),
         Command::Serve(args) => serve(args),
-        Command::Vmm { scratch_dir } => ExitCode::from(ember::vmm::process::run(scratch_dir.as_deref())),
+        Command::Vmm { scratch_dir, jail_root, jail_uid } => {
+            let jail = jail_root.zip(jail_uid).map(|(root, uid)| ember::vmm::jail::JailSpec { uid, root });
+            ExitCode::from(ember::vmm::process::run(scratch_dir.as_deref(), jail.as_ref()))
+        }
         Command::Bench { bench } => {
             let report = match bench {
                 Bench::Boot { runs, memory_mib } => ember::bench::boot(runs, memory_mib),

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cgroup::{CpuShares, VmmCgroup};
 use super::jail::{JailLease, Jails, CHILD_NAMESPACES};
 use super::logs::{FunctionLog, InvocationLog};
+use crate::vmm::jail::JailSpec;
 use crate::vmm::process::{Control, VmmExit, VmmSpec, WorkingSetReply, CONTROL_FD};
 
 /// Why an instance could not start or stopped working.
@@ -149,13 +150,15 @@ pub async fn launch(mut spec: LaunchSpec, log: &FunctionLog) -> Result<Instance,
         c.memory(memory + tmp + snapshot);
     }
     if let Some(j) = &jail {
-        spec.vm.jail = Some(j.spec().clone());
         // Only the VMM (which takes the directory) and the agent reach its sockets.
         let private = std::fs::Permissions::from_mode(0o700);
         tokio::fs::set_permissions(&spec.dir, private).await.map_err(host("make the instance dir private"))?;
         let open = std::fs::Permissions::from_mode(0o666);
         let runtime_socket = with_port(&spec.vm.vsock_uds, runtime::RUNTIME_PORT);
         tokio::fs::set_permissions(&runtime_socket, open).await.map_err(host("open the runtime socket to the VMM"))?;
+        if let Err(e) = j.bind(&spec.vm) {
+            return Err(kill(&mut child, Error::Host(format!("jail: {e}"))).await);
+        }
     }
     let recorded = match (&jail, &spec.vm.restore) {
         (Some(_), Some(snapshot)) if spec.vm.prefetch => Some((
@@ -356,7 +359,8 @@ impl VmmProcess {
         let jail = jails.map(Jails::lease).transpose().map_err(|e| Error::Host(format!("jail: {e}")))?;
         let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
         let procs = cgroup.as_ref().map(VmmCgroup::procs);
-        let child = spawn_vmm(binary, scratch_dir, OwnedFd::from(vmm_end), procs, jails)?;
+        let jailed = jails.zip(jail.as_ref().map(JailLease::spec));
+        let child = spawn_vmm(binary, scratch_dir, OwnedFd::from(vmm_end), procs, jailed)?;
         agent_end.set_nonblocking(true).map_err(host("control socket"))?;
         let control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
         Ok(VmmProcess { child, control, cgroup, jail })
@@ -549,15 +553,18 @@ fn spawn_vmm(
     scratch_dir: Option<&Path>,
     control: OwnedFd,
     cgroup_procs: Option<&CStr>,
-    jails: Option<&Jails>,
+    jail: Option<(&Jails, &JailSpec)>,
 ) -> Result<Child, Error> {
-    let namespaces = jails.is_some();
+    let namespaces = jail.is_some();
     let fd = control.as_raw_fd();
     let cgroup_procs = cgroup_procs.map(CStr::to_owned);
     let mut cmd = Command::new(binary);
     cmd.arg("vmm").stdin(Stdio::null()).stdout(Stdio::null()).kill_on_drop(true);
     if let Some(dir) = scratch_dir {
         cmd.arg("--scratch-dir").arg(dir);
+    }
+    if let Some((_, j)) = jail {
+        cmd.arg("--jail-root").arg(&j.root).arg("--jail-uid").arg(j.uid.to_string());
     }
     // SAFETY: the closure runs in the child between fork and exec and only calls open, write,
     // close, unshare, dup2 and fcntl, which are async-signal-safe; it allocates nothing (the
@@ -587,8 +594,8 @@ fn spawn_vmm(
             Ok(())
         });
     }
-    let child = match jails {
-        Some(j) => j.in_new_pid_namespace(|| cmd.spawn()).map_err(|e| Error::Host(format!("jail: {e}")))?,
+    let child = match jail {
+        Some((j, _)) => j.in_new_pid_namespace(|| cmd.spawn()).map_err(|e| Error::Host(format!("jail: {e}")))?,
         None => cmd.spawn(),
     }
     .map_err(host("spawn ember vmm"))?;

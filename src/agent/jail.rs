@@ -1,9 +1,16 @@
 //! The agent's side of the VMM jail (the VMM's side is [`crate::vmm::jail`]): whether it can
-//! build one, the uids it hands out, and the namespaces it starts each VMM in.
+//! build one, the uids and roots it hands out, the namespaces it starts each VMM in, and what
+//! it binds into a jail once the VMM has a spec.
 //!
-//! Each `ember vmm` (spares included) starts as root in new PID, mount, IPC, UTS and network
-//! namespaces, with a uid of its own from `--jail-uid-base`/`--jail-uid-count` in its spec,
-//! which it takes once it has built its root. The PID namespace is made for each VMM by the
+//! The agent runs in a mount namespace of its own ([`isolate_mounts`], at its start), a slave
+//! of the host's: what it mounts for its VMMs stays out of the host's mount table and goes
+//! with it, even if it is killed. Each `ember vmm` (spares included) gets a uid of its own from
+//! `--jail-uid-base`/`--jail-uid-count` and a root, `<run dir>-jail/vmm-<n>`, on which the
+//! agent mounts a shared tmpfs before the VMM starts. The VMM starts as root in new PID,
+//! mount, IPC, UTS and network namespaces (its mount namespace a copy of the agent's, its root
+//! a peer of the agent's) and enters its jail before it waits for its spec. When a launch
+//! takes it, the agent bind-mounts the files of its spec into the root ([`JailLease::bind`]),
+//! and they reach the VMM by propagation. The PID namespace is made for each VMM by the
 //! thread that forks it (`unshare(CLONE_NEWPID)` applies to the forking thread's next child;
 //! the thread's own namespace is restored right after); the others by the child before it
 //! execs. Without root the agent says so at start and runs VMMs unjailed.
@@ -11,11 +18,14 @@
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
-use crate::vmm::jail::JailSpec;
+use crate::vmm::jail::{self as vmm_jail, JailSpec};
+use crate::vmm::process::VmmSpec;
 
 /// The uids VMMs get unless told otherwise: far above any user's, and above the subordinate
 /// ranges (`/etc/subuid`) that container tools hand out from 100000.
@@ -34,6 +44,10 @@ pub enum Error {
     /// The agent is not root: no jail.
     #[error("the agent is not root (euid {0})")]
     NotRoot(u32),
+    /// The agent has no mount namespace of its own ([`isolate_mounts`] was not called, or
+    /// failed).
+    #[error("the agent has no mount namespace of its own")]
+    HostMounts,
     /// A uid range that does not fit.
     #[error("the jail uid range {base}+{count} is empty, includes root or overflows")]
     BadRange {
@@ -48,21 +62,68 @@ pub enum Error {
     /// A system call failed.
     #[error("{0}: {1}")]
     Os(&'static str, std::io::Error),
+    /// The VMM's side failed: a root not made, a file not bound.
+    #[error(transparent)]
+    Jail(#[from] vmm_jail::Error),
+    /// A spec's files could not be made ready for binding.
+    #[error("{0}")]
+    Spec(String),
+}
+
+/// Whether [`isolate_mounts`] succeeded.
+static ISOLATED: AtomicBool = AtomicBool::new(false);
+
+/// Moves this process into a mount namespace of its own, a slave of the one it was in (the
+/// host's mounts still reach it; its own reach nothing else). Must be called while the process
+/// has one thread (a multi-threaded process cannot unshare its mount namespace): the agent's
+/// `main`, before its runtime starts, when VMMs are to be jailed.
+pub fn isolate_mounts() -> Result<(), Error> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error::Os("unshare(CLONE_NEWNS)", e.into()))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| Error::Os("make the agent's mounts slaves", e.into()))?;
+    ISOLATED.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Starts children in PID namespaces of their own.
+pub struct PidNamespaces {
+    /// This process's PID namespace, which a forking thread returns to.
+    own: OwnedFd,
+}
+
+impl PidNamespaces {
+    /// Needs root to be of use.
+    pub fn new() -> Result<PidNamespaces, Error> {
+        let own = std::fs::File::open("/proc/self/ns/pid").map_err(|e| Error::Os("open /proc/self/ns/pid", e))?;
+        Ok(PidNamespaces { own: own.into() })
+    }
+
+    /// Runs `spawn` (a fork) so that its child starts in a new PID namespace, as its init; the
+    /// calling thread's namespace for children is restored afterwards.
+    pub fn spawn_in_new<T>(&self, spawn: impl FnOnce() -> T) -> Result<T, Error> {
+        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Error::Os("unshare(CLONE_NEWPID)", e.into()))?;
+        let spawned = spawn();
+        setns(&self.own, CloneFlags::CLONE_NEWPID)
+            .map_err(|e| Error::Os("setns back to the agent's PID namespace", e.into()))?;
+        Ok(spawned)
+    }
 }
 
 /// Jails for the agent's VMMs.
 pub struct Jails {
-    root: PathBuf,
+    /// Where their roots are made.
+    roots: PathBuf,
+    /// The number of the next root.
+    next: AtomicU64,
     uids: Arc<UidPool>,
-    /// This process's PID namespace, which a forking thread returns to.
-    own_pid_ns: OwnedFd,
+    pids: PidNamespaces,
 }
 
 impl Jails {
-    /// Jails whose roots are mounted on `<run_dir>-jail`, an empty directory beside the run
-    /// directory (in each VMM's own mount namespace: every VMM uses the same one)
+    /// Jails whose roots are made in `<run_dir>-jail` (emptied of what an earlier agent left)
     /// and whose uids come from `base..base + count`. Fails (and the caller runs VMMs
-    /// unjailed, saying so) without root or without PID namespaces.
+    /// unjailed, saying so) without root, without a mount namespace of the agent's own or
+    /// without PID namespaces.
     pub fn new(run_dir: &Path, base: u32, count: u32) -> Result<Jails, Error> {
         let euid = nix::unistd::geteuid().as_raw();
         if euid != 0 {
@@ -71,48 +132,76 @@ impl Jails {
         if base == 0 || count == 0 || base.checked_add(count).is_none() {
             return Err(Error::BadRange { base, count });
         }
-        let mut root = run_dir.as_os_str().to_owned();
-        root.push("-jail");
-        let root = PathBuf::from(root);
-        std::fs::create_dir_all(&root).map_err(|e| Error::Os("create the jail root's mount point", e))?;
-        let own_pid_ns =
-            std::fs::File::open("/proc/self/ns/pid").map_err(|e| Error::Os("open /proc/self/ns/pid", e))?;
-        Ok(Jails { root, uids: Arc::new(UidPool::new(base, count)), own_pid_ns: own_pid_ns.into() })
+        if !ISOLATED.load(Ordering::Relaxed) {
+            return Err(Error::HostMounts);
+        }
+        let mut roots = run_dir.as_os_str().to_owned();
+        roots.push("-jail");
+        let roots = PathBuf::from(roots);
+        std::fs::create_dir_all(&roots).map_err(|e| Error::Os("create the jails' directory", e))?;
+        for entry in std::fs::read_dir(&roots).map_err(|e| Error::Os("read the jails' directory", e))?.flatten() {
+            vmm_jail::remove_root(&entry.path());
+        }
+        Ok(Jails {
+            roots,
+            next: AtomicU64::new(0),
+            uids: Arc::new(UidPool::new(base, count)),
+            pids: PidNamespaces::new()?,
+        })
     }
 
-    /// A uid for a new VMM, held until the lease is dropped.
+    /// A uid and a root (mounted, empty, shared) for a new VMM, held until the lease is
+    /// dropped.
     pub fn lease(&self) -> Result<JailLease, Error> {
         let uid = self.uids.take()?;
-        Ok(JailLease { spec: JailSpec { uid, root: self.root.clone() }, pool: Arc::clone(&self.uids) })
+        let root = self.roots.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        // Dropped on an error: the uid goes back, the directory goes.
+        let mut lease = JailLease { spec: JailSpec { uid, root }, pool: Arc::clone(&self.uids), mounted: false };
+        std::fs::create_dir(&lease.spec.root).map_err(|e| Error::Os("create a jail's root", e))?;
+        vmm_jail::make_root(&lease.spec.root, true)?;
+        lease.mounted = true;
+        Ok(lease)
     }
 
-    /// Runs `spawn` (a fork) so that its child starts in a new PID namespace, as its init; the
-    /// calling thread's namespace for children is restored afterwards.
+    /// Runs `spawn` (a fork) so that its child starts in a new PID namespace (see
+    /// [`PidNamespaces::spawn_in_new`]).
     pub fn in_new_pid_namespace<T>(&self, spawn: impl FnOnce() -> T) -> Result<T, Error> {
-        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Error::Os("unshare(CLONE_NEWPID)", e.into()))?;
-        let spawned = spawn();
-        setns(&self.own_pid_ns, CloneFlags::CLONE_NEWPID)
-            .map_err(|e| Error::Os("setns back to the agent's PID namespace", e.into()))?;
-        Ok(spawned)
+        self.pids.spawn_in_new(spawn)
     }
 }
 
-/// A VMM's jail: its uid, returned to the pool when dropped.
+/// A VMM's jail: its uid, returned to the pool, and its root, unmounted and removed, when
+/// dropped.
 #[derive(Debug)]
 pub struct JailLease {
     spec: JailSpec,
     pool: Arc<UidPool>,
+    /// Its root is mounted (and is to be unmounted).
+    mounted: bool,
 }
 
 impl JailLease {
-    /// What the VMM's spec says of its jail.
+    /// What the VMM is told of its jail.
     pub fn spec(&self) -> &JailSpec {
         &self.spec
+    }
+
+    /// Binds into the jail what `spec` needs (see [`VmmSpec::jail_binds`]); the VMM, jailed
+    /// already, sees them once this returns.
+    pub fn bind(&self, spec: &VmmSpec) -> Result<(), Error> {
+        let binds = spec.jail_binds().map_err(Error::Spec)?;
+        vmm_jail::bind_into(&self.spec.root, &binds, self.spec.uid)?;
+        Ok(())
     }
 }
 
 impl Drop for JailLease {
     fn drop(&mut self) {
+        if self.mounted {
+            vmm_jail::remove_root(&self.spec.root);
+        } else {
+            let _ = std::fs::remove_dir(&self.spec.root);
+        }
         self.pool.give_back(self.spec.uid);
     }
 }
@@ -185,17 +274,13 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let run = std::env::temp_dir().join(format!("ember-jail-test-{}", std::process::id()));
-        let jails = Jails::new(&run, 900_000, 10).unwrap();
+        let pids = PidNamespaces::new().unwrap();
         let own = std::fs::read_link("/proc/self/ns/pid").unwrap();
-        let out = jails
-            .in_new_pid_namespace(|| std::process::Command::new("sh").arg("-c").arg("echo $$").output())
-            .unwrap()
-            .unwrap();
+        let out =
+            pids.spawn_in_new(|| std::process::Command::new("sh").arg("-c").arg("echo $$").output()).unwrap().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "the child is its namespace's init");
         let child = std::process::Command::new("sh").arg("-c").arg("echo $$").output().unwrap();
         assert_ne!(String::from_utf8_lossy(&child.stdout).trim(), "1", "later children are not");
         assert_eq!(std::fs::read_link("/proc/self/ns/pid").unwrap(), own);
-        std::fs::remove_dir(format!("{}-jail", run.display())).unwrap();
     }
 }

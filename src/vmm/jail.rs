@@ -1,27 +1,40 @@
 //! The jail of an `ember vmm` process: what a guest that escaped its VM would find.
 //!
 //! The agent starts every VMM (spares included) in new PID, mount, IPC, UTS and network
-//! namespaces, as root, in a cgroup of its own (see `agent::instance`). The VMM creates its VM
-//! there and waits for its spec; once it has it, and before the guest runs, it enters the jail
-//! [`enter`] builds:
+//! namespaces, as root, in a cgroup of its own, with its jail's root already mounted: an empty
+//! tmpfs of its own ([`make_root`]), shared with the agent's mount namespace (see
+//! `agent::jail`). The VMM creates its VM and then, before it reads its spec, [`enter`]s:
 //!
-//! - **Its own root**: a small tmpfs holding only the files this VM needs, each bind-mounted
-//!   at the path it has on the host (so that paths in the spec and in snapshots mean the same
-//!   inside): the kernel, the runtime, code and layers images and a snapshot's directory
-//!   read-only; the instance's directory (its /tmp drive's file, its vsock sockets), a
-//!   console file and a snapshot's staging directory read-write; all `nosuid`, `nodev`,
-//!   `noexec`. The tmpfs is then made read-only, and the host's tree is detached
-//!   (`pivot_root`). No `/proc`, no `/dev`: `/dev/kvm` was opened before (the VM exists), and
-//!   so was `/proc/self/pagemap` if the working set may be recorded.
+//! - **Its own root**: it becomes a slave of the agent's mounts (it receives what the agent
+//!   mounts in its root later, and sends nothing back), makes the tmpfs its root
+//!   (`pivot_root`), detaches the host's tree and remounts its root read-only. No `/proc`, no
+//!   `/dev`: `/dev/kvm` was opened with the VM, `/proc/self/pagemap` before the jail.
 //! - **Its own uid and gid**, from the agent's range, not root: it owns the read-write
 //!   directories and nothing else. Every capability is dropped (bounding, ambient, inheritable,
 //!   permitted, effective) and `no_new_privs` is set.
-//! - **Resource limits**: open files, file size (the larger of the /tmp drive and guest
-//!   memory, which a snapshot writes), processes and threads of its uid, no core dumps.
+//! - **Resource limits**: open files, file size, processes and threads of its uid, no core
+//!   dumps. The file size starts at the largest any function may need and is lowered to its
+//!   function's once the spec comes ([`limit_file_size`]).
 //!
-//! System calls go through `nix` where it has them; the capability set (`capset`) and the
-//! bounding set (`PR_CAPBSET_DROP`), which it does not wrap, through `libc`.
+//! Once it has a spec, the agent [`bind_into`] its root the files that VM needs, each at the
+//! path it has on the host (so that paths in the spec and in snapshots mean the same inside):
+//! the kernel, the runtime, code and layers images and a snapshot's directory read-only; the
+//! instance's directory (its /tmp drive's file, its vsock sockets), a console file and a
+//! snapshot's staging directory read-write; all `nosuid`, `nodev`, `noexec`. They reach the
+//! jailed VMM through mount propagation: the VMM itself mounts nothing once jailed, and could
+//! not.
+//!
+//! `ember boot --jail-root` (the jail's cost, for `ember bench boot`) does both sides in one
+//! process: its root, the binds, then [`enter`].
+//!
+//! System calls go through `nix` where it has them; the capability set (`capset`), the
+//! bounding set (`PR_CAPBSET_DROP`) and the mount API that sets a bind mount's flags before it
+//! is attached (`open_tree`, `mount_setattr`, `move_mount`), which it does not wrap, through
+//! `libc`.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -29,13 +42,12 @@ use nix::sys::resource::{setrlimit, Resource};
 use nix::unistd::{chdir, chown, pivot_root, setgroups, setresgid, setresuid, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-/// How a VMM is jailed, as the agent's spec says.
+/// How a VMM is jailed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JailSpec {
     /// The uid and gid it runs as.
     pub uid: u32,
-    /// An empty directory on the host where its root is mounted (in its own mount namespace:
-    /// every VMM can use the same one).
+    /// Its root: a directory with a tmpfs of its own mounted ([`make_root`]).
     pub root: PathBuf,
 }
 
@@ -66,7 +78,7 @@ fn step(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
 }
 
 /// What goes into the jail's root.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Binds {
     /// Files and directories bind-mounted read-only.
     pub read_only: Vec<PathBuf>,
@@ -87,17 +99,33 @@ pub fn file_size_limit(tmp_mib: u32, memory_mib: u32) -> u64 {
     (u64::from(tmp_mib.max(memory_mib)) + 1) << 20
 }
 
-/// Enters the jail: see the module's comment. `file_size` bounds every file it writes.
-/// The process must be root in its own mount namespace.
-pub fn enter(spec: &JailSpec, binds: &Binds, file_size: u64) -> Result<(), Error> {
-    let (uid, gid) = (Uid::from_raw(spec.uid), Gid::from_raw(spec.uid));
-    // Nothing mounted here reaches the host's namespace, nor the other way.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(step("make the mounts private"))?;
-    let root = &spec.root;
-    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("ember-jail"), root, Some("tmpfs"), hardened, Some("size=64k,nr_inodes=256,mode=0755"))
+/// `nosuid`, `nodev`, `noexec`: what every mount of a jail is.
+const HARDENED: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+
+/// Mounts a jail's root on the empty directory `root`: a tmpfs of 64 KiB (the mount points of
+/// the binds, nothing more). `shared`: its mounts propagate to the copies other mount
+/// namespaces made of it (a VMM's, started afterwards).
+pub fn make_root(root: &Path, shared: bool) -> Result<(), Error> {
+    mount(Some("ember-jail"), root, Some("tmpfs"), HARDENED, Some("size=64k,nr_inodes=256,mode=0755"))
         .map_err(step(format!("mount a tmpfs on {}", root.display())))?;
+    if shared {
+        mount(None::<&str>, root, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
+            .map_err(step(format!("share {}", root.display())))?;
+    }
+    Ok(())
+}
+
+/// Unmounts a jail's root and what is bound in it (lazily: a VMM's copy goes with its mount
+/// namespace) and removes the directory. Errors are ignored: there is nothing left to do.
+pub fn remove_root(root: &Path) {
+    let _ = umount2(root, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(root);
+}
+
+/// Bind-mounts `binds` into the jail's root at `root`, each at its own path, read-only or
+/// read-write (those given to `uid` first), all `nosuid`, `nodev`, `noexec`.
+pub fn bind_into(root: &Path, binds: &Binds, uid: u32) -> Result<(), Error> {
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(uid));
     // Directories first, so that a file inside one is bound over it, not under it.
     let mut all: Vec<(&PathBuf, bool)> =
         binds.read_only.iter().map(|p| (p, false)).chain(binds.read_write.iter().map(|p| (p, true))).collect();
@@ -106,15 +134,27 @@ pub fn enter(spec: &JailSpec, binds: &Binds, file_size: u64) -> Result<(), Error
         if writable {
             chown(path.as_path(), Some(uid), Some(gid)).map_err(step(format!("chown {}", path.display())))?;
         }
-        bind(root, path, writable, hardened)?;
+        bind(root, path, writable)?;
     }
-    chdir(root).map_err(step("chdir to the new root"))?;
+    Ok(())
+}
+
+/// Enters the jail `spec`, whose root is mounted (and bound into, or to be): see the module's
+/// comment. `file_size` bounds every file it writes. The process must be root in its own
+/// mount namespace.
+pub fn enter(spec: &JailSpec, file_size: u64) -> Result<(), Error> {
+    let (uid, gid) = (Uid::from_raw(spec.uid), Gid::from_raw(spec.uid));
+    // Mounts made in the agent's namespace still reach this one; nothing goes the other way.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(step("make the mounts slaves"))?;
+    chdir(&spec.root).map_err(step("chdir to the new root"))?;
     // The old root goes under the new one, then away: the process sees only the tmpfs.
     pivot_root(".", ".").map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the host's root"))?;
     chdir("/").map_err(step("chdir /"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened, None::<&str>)
-        .map_err(step("make the root read-only"))?;
+    // This mount alone (MS_BIND): the agent's, of the same tmpfs, stays writable.
+    let read_only = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | HARDENED;
+    mount(None::<&str>, "/", None::<&str>, read_only, None::<&str>).map_err(step("make the root read-only"))?;
 
     let limit = |r: Resource, n: u64| setrlimit(r, n, n).map_err(step(format!("setrlimit {r:?}")));
     limit(Resource::RLIMIT_NOFILE, MAX_FILES)?;
@@ -131,8 +171,15 @@ pub fn enter(spec: &JailSpec, binds: &Binds, file_size: u64) -> Result<(), Error
     Ok(())
 }
 
-/// Bind-mounts `path` at the same path under `root`, read-only unless `writable`.
-fn bind(root: &Path, path: &Path, writable: bool, hardened: MsFlags) -> Result<(), Error> {
+/// Lowers the file size limit to `bytes` (a process may always lower its own).
+pub fn limit_file_size(bytes: u64) -> Result<(), Error> {
+    setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes).map_err(step("setrlimit RLIMIT_FSIZE"))
+}
+
+/// Bind-mounts `path` at the same path under `root`, read-only unless `writable`, with its
+/// flags set before it is attached: a mount propagated into a VMM's namespace is a copy of
+/// what was attached, and a remount afterwards would not reach the copy.
+fn bind(root: &Path, path: &Path, writable: bool) -> Result<(), Error> {
     let bad = |why: &str| Error::Path { path: path.display().to_string(), why: why.to_owned() };
     let relative = path.strip_prefix("/").map_err(|_| bad("not absolute"))?;
     let target = root.join(relative);
@@ -144,13 +191,60 @@ fn bind(root: &Path, path: &Path, writable: bool, hardened: MsFlags) -> Result<(
         std::fs::create_dir_all(parent).and_then(|()| std::fs::File::create(&target).map(drop))
     };
     made.map_err(|e| bad(&format!("make its mount point: {e}")))?;
-    mount(Some(path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(step(format!("bind {}", path.display())))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | hardened;
-    if !writable {
-        flags |= MsFlags::MS_RDONLY;
+    let c_path = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| bad("a NUL in the path"));
+    let (source, target) = (c_path(path)?, c_path(&target)?);
+    let failed = |what: &str| Error::Step { what: format!("{what} {}", path.display()), source: nix::Error::last() };
+    // SAFETY: open_tree reads a NUL-terminated path that outlives the call; the descriptor it
+    // returns (a detached copy of the mount) is owned below and closed once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(failed("open_tree"));
     }
-    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(step(format!("remount {}", path.display())))
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    if !writable {
+        attr_set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let attr = libc::mount_attr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: mount_setattr reads an empty path and `attr`, of the size given, both live for
+    // the call; it changes only the detached mount `tree`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r != 0 {
+        return Err(failed("mount_setattr"));
+    }
+    // SAFETY: move_mount reads an empty path and a NUL-terminated target path, both live for
+    // the call, and attaches the detached mount `tree` there.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(failed("move_mount"));
+    }
+    Ok(())
 }
 
 /// Drops every capability from the bounding set (needs CAP_SETPCAP: before the uid changes)

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::devices::virtio::block::{ScratchFile, DEFAULT_SCRATCH_MIB};
+use super::devices::virtio::block::{scratch_template_path, ScratchFile, DEFAULT_SCRATCH_MIB, MAX_SCRATCH_MIB};
 use super::jail::{self, Binds, JailSpec};
-use super::{Console, EmptyVm, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm};
+use super::{Console, EmptyVm, Outcome, RestoreConfig, VmConfig, VmEvent, Vmm, MAX_MEMORY_MIB};
 
 /// The fd of the control socket in an `ember vmm` process.
 pub const CONTROL_FD: i32 = 3;
@@ -110,9 +110,27 @@ pub struct VmmSpec {
     /// For a SnapStart boot: the directory its snapshot will be written into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_to: Option<PathBuf>,
-    /// The jail to enter before the VM is built; `None`: none (the agent cannot build one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jail: Option<JailSpec>,
+}
+
+impl VmmSpec {
+    /// What a jailed VMM needs bound into its jail to run this spec (see [`jail`]), made ready
+    /// on the host: the console file created, the /tmp drive's template made.
+    pub fn jail_binds(&self) -> Result<Binds, String> {
+        if let Some(console) = &self.console {
+            std::fs::File::create(console).map_err(|e| format!("create {}: {e}", console.display()))?;
+        }
+        let template = match self.tmp_mib {
+            Some(mib) => Some(scratch_template_path(mib).map_err(|e| format!("the {mib} MiB /tmp template: {e}"))?),
+            None => None,
+        };
+        let read_only =
+            [Some(&self.kernel), Some(&self.rootfs), self.code.as_ref(), self.opt.as_ref(), self.restore.as_ref()];
+        let read_write = [Some(&self.tmp_dir), self.snapshot_to.as_ref(), self.console.as_ref()];
+        Ok(Binds {
+            read_only: read_only.into_iter().flatten().chain(template.as_ref()).cloned().collect(),
+            read_write: read_write.into_iter().flatten().cloned().collect(),
+        })
+    }
 }
 
 /// Where a jailed VMM writes the working set it records: its instance's directory, from which
@@ -167,8 +185,9 @@ impl VmmExit {
 
 /// Runs `ember vmm`: reads the spec from [`CONTROL_FD`], runs the VM, reports how it ended.
 /// With `scratch_dir`, it makes a /tmp drive of the default size there while it waits for the
-/// spec. Returns the process's exit status.
-pub fn run(scratch_dir: Option<&Path>) -> u8 {
+/// spec; with `jail`, it enters that jail before it reads the spec. Returns the process's exit
+/// status.
+pub fn run(scratch_dir: Option<&Path>, jail: Option<&JailSpec>) -> u8 {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     // SAFETY: getppid has no preconditions.
@@ -179,7 +198,7 @@ pub fn run(scratch_dir: Option<&Path>) -> u8 {
     set_name(SPARE_NAME);
     // SAFETY: the agent passes the control socket as fd 3; nothing else in this process owns it.
     let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let (exit, code) = match boot(&control, scratch_dir) {
+    let (exit, code) = match boot(&control, scratch_dir, jail) {
         Ok(exit) => (exit, 0),
         Err(message) => (VmmExit { outcome: "vmm_error".into(), status: 0, message }, 1),
     };
@@ -225,7 +244,7 @@ fn read_only_segments(maps: &str, exe: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, String> {
+fn boot(control: &UnixStream, scratch_dir: Option<&Path>, jail: Option<&JailSpec>) -> Result<VmmExit, String> {
     // Before the spec: the agent may start this process well ahead of the work. A failure
     // here is the host's (out of memory, too many VMs), never a snapshot's.
     let vm = match EmptyVm::create() {
@@ -241,10 +260,16 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
     // restore in the emulated host, measured 2026-12-04).
     let _ = map_own_code();
     // The threads' seccomp filters, compiled now; each thread of the VM installs its own.
-    match super::seccomp::Filters::new() {
-        Ok(filters) => super::seccomp::enable(filters),
-        Err(e) => return Err(e.to_string()),
+    let filters = super::seccomp::Filters::new().map_err(|e| e.to_string())?;
+    if let Some(j) = jail {
+        // What a recording of the working set reads, which the jail does not hold.
+        super::working_set::open_pagemap().map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
+        // Any function's file size, until the spec says which function.
+        jail::enter(j, jail::file_size_limit(MAX_SCRATCH_MIB, MAX_MEMORY_MIB)).map_err(|e| e.to_string())?;
     }
+    // From here on, filtered: the setup's filter, to which each thread adds its own.
+    super::seccomp::enable(filters);
+    super::seccomp::install(super::seccomp::Thread::Setup).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(control.try_clone().map_err(|e| format!("clone control socket: {e}"))?);
     let mut line = String::new();
     (&mut reader).take(MAX_SPEC).read_line(&mut line).map_err(|e| format!("read spec: {e}"))?;
@@ -255,17 +280,12 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
     let started = Instant::now();
     set_name(VMM_NAME);
     let spec: VmmSpec = serde_json::from_str(&line).map_err(|e| format!("bad spec: {e}"))?;
-    let mut scratch = scratch;
-    if let Some(j) = &spec.jail {
-        // A /tmp drive of another size than the spare made is made now: its template is
-        // formatted by mkfs.ext4, which the jail does not hold.
-        if let Some(mib) = spec.tmp_mib.filter(|&mib| scratch.as_ref().is_none_or(|s| s.mib() != mib)) {
-            scratch = Some(ScratchFile::create(&spec.tmp_dir, mib).map_err(|e| e.to_string())?);
-        }
-        enter_jail(&spec, j)?;
+    if jail.is_some() {
+        let file_size = jail::file_size_limit(spec.tmp_mib.unwrap_or(DEFAULT_SCRATCH_MIB), spec.memory_mib);
+        jail::limit_file_size(file_size).map_err(|e| e.to_string())?;
     }
     let console = spec.console.map_or(Console::Off, Console::File);
-    let record_to = spec.jail.as_ref().map(|_| spec.tmp_dir.join(RECORDED_WORKING_SET));
+    let record_to = jail.map(|_| spec.tmp_dir.join(RECORDED_WORKING_SET));
     let mut vmm = match spec.restore {
         Some(snapshot_dir) => {
             let config = RestoreConfig {
@@ -334,25 +354,6 @@ fn boot(control: &UnixStream, scratch_dir: Option<&Path>) -> Result<VmmExit, Str
         }
         outcome => Ok(VmmExit::from_outcome(outcome)),
     }
-}
-
-/// Enters the jail `j` with what `spec` needs bound into it (see [`jail`]).
-fn enter_jail(spec: &VmmSpec, j: &JailSpec) -> Result<(), String> {
-    if spec.restore.is_some() && spec.prefetch {
-        super::working_set::open_pagemap().map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
-    }
-    if let Some(console) = &spec.console {
-        std::fs::File::create(console).map_err(|e| format!("create {}: {e}", console.display()))?;
-    }
-    let read_only =
-        [Some(&spec.kernel), Some(&spec.rootfs), spec.code.as_ref(), spec.opt.as_ref(), spec.restore.as_ref()];
-    let read_write = [Some(&spec.tmp_dir), spec.snapshot_to.as_ref(), spec.console.as_ref()];
-    let binds = Binds {
-        read_only: read_only.into_iter().flatten().cloned().collect(),
-        read_write: read_write.into_iter().flatten().cloned().collect(),
-    };
-    let file_size = jail::file_size_limit(spec.tmp_mib.unwrap_or(DEFAULT_SCRATCH_MIB), spec.memory_mib);
-    jail::enter(j, &binds, file_size).map_err(|e| e.to_string())
 }
 
 /// The control thread: the agent's requests, until a snapshot request (handed to the main

@@ -1,21 +1,24 @@
 //! The seccomp filters of an `ember vmm` process: one per kind of thread, written as data.
 //!
-//! Each thread installs its own filter before it does its work: a vCPU thread before its first
-//! `KVM_RUN` (so before the guest runs an instruction), the device event loop before its first
-//! wait, the control thread before its first read, the main thread once the VM is built and its
-//! threads started. A system call outside the calling thread's list kills the whole process
-//! (`SECCOMP_RET_KILL_PROCESS`): the agent sees the VMM die of `SIGSYS` and reports the
-//! instance's invocation as a crash naming seccomp. Only `ember vmm` processes install them
-//! (see [`super::process`]); VMs run inside other processes (tests, `ember bench`) do not.
+//! The main thread installs the setup filter ([`Thread::Setup`]) before it reads its spec (in
+//! a spare, long before): building the VM (its files opened, guest memory mapped, vCPUs,
+//! devices and threads made) runs under it. Each thread of the VM then installs its own on
+//! top before it does its work (filters stack, so its own is what it gets): a vCPU thread
+//! before its first `KVM_RUN` (so before the guest runs an instruction), the device event
+//! loop before its first wait, the control thread before its first read, the main thread once
+//! the VM is built and its threads started. A system call outside the calling thread's list
+//! kills the whole process (`SECCOMP_RET_KILL_PROCESS`): the agent sees the VMM die of
+//! `SIGSYS` and reports the instance's invocation as a crash naming seccomp. Only `ember vmm`
+//! processes install them (see [`super::process`]); VMs run inside other processes (tests,
+//! `ember bench`) do not.
 //!
 //! The lists were derived from what the VMM calls (its threads traced under `strace -f` and
 //! with the filters in log mode, `EMBER_SECCOMP_LOG=1`, over the KVM test suite), and are kept
 //! to what each thread needs. Arguments are checked where they matter: `ioctl` by request
-//! (only the KVM calls the thread makes, and `FIONBIO`), `mmap` and `mprotect` never with
-//! `PROT_EXEC`, `socket` only `AF_UNIX`, `fcntl` only the commands std uses.
-//!
-//! Setup (memory, KVM objects, threads) happens before the filters and is not in them: no
-//! thread can create a VM, a vCPU, a memory slot or a thread once its filter is on.
+//! (only the KVM calls the thread makes, and `FIONBIO`; during setup, KVM's requests alone),
+//! `mmap` and `mprotect` never with `PROT_EXEC`, `socket` only `AF_UNIX`, `fcntl` only the
+//! commands std uses. Once its own filter is on, no thread can create a VM, a vCPU, a memory
+//! slot or a thread.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +56,11 @@ pub fn break_filter() {
 /// The kinds of thread in a VMM process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Thread {
+    /// The main thread from before its spec until the VM is built: reads the spec, opens the
+    /// VM's files, maps guest memory, creates the vCPUs, devices and threads. Every thread
+    /// starts under it (filters stack: a thread's own narrows it), so it allows what any
+    /// thread's does too.
+    Setup,
     /// The main thread, once the VM is built: waits for the VM's events, pauses it and writes
     /// the snapshot, writes the exit line.
     Main,
@@ -83,6 +91,7 @@ pub enum Error {
 /// and installed by each thread as it starts.
 #[derive(Clone, Debug)]
 pub struct Filters {
+    setup: BpfProgram,
     main: BpfProgram,
     control: BpfProgram,
     events: BpfProgram,
@@ -90,12 +99,13 @@ pub struct Filters {
 }
 
 impl Filters {
-    /// Compiles the four filters; a miss kills the process, or (with [`LOG_VAR`] set) is
+    /// Compiles the five filters; a miss kills the process, or (with [`LOG_VAR`] set) is
     /// logged by the kernel.
     pub fn new() -> Result<Filters, Error> {
         let log = std::env::var_os(LOG_VAR).is_some();
         let build = |thread| compile(thread, log);
         Ok(Filters {
+            setup: build(Thread::Setup)?,
             main: build(Thread::Main)?,
             control: build(Thread::Control)?,
             events: build(Thread::Events)?,
@@ -107,6 +117,7 @@ impl Filters {
     /// needs). It cannot be removed.
     pub fn install(&self, thread: Thread) -> Result<(), Error> {
         let program = match thread {
+            Thread::Setup => &self.setup,
             Thread::Main => &self.main,
             Thread::Control => &self.control,
             Thread::Events => &self.events,
@@ -153,6 +164,12 @@ fn one_of(nr: libc::c_long, arg: u8, values: &[u64]) -> (i64, Vec<SeccompRule>) 
         .collect::<Result<_, _>>()
         .expect("a valid rule");
     (nr, rules)
+}
+
+/// A rule: argument `arg` masked with `mask` is `value`.
+fn masked(arg: u8, mask: u64, value: u64) -> SeccompRule {
+    SeccompRule::new(vec![Cond::new(arg, Len::Qword, Op::MaskedEq(mask), value).expect("a valid condition")])
+        .expect("a valid rule")
 }
 
 /// A system call allowed when argument `arg` has none of the bits of `mask`.
@@ -217,10 +234,78 @@ fn common() -> Vec<(i64, Vec<SeccompRule>)> {
     ]
 }
 
-/// The rules of `thread`: [`common`] and its own.
+/// The threads that start under [`Thread::Setup`] and narrow it with their own filter.
+const NARROWING: [Thread; 4] = [Thread::Main, Thread::Control, Thread::Events, Thread::Vcpu];
+
+/// What building the VM takes beyond what the threads do once it runs.
+fn setup() -> Vec<(i64, Vec<SeccompRule>)> {
+    vec![
+        // The spec, read from the control socket (std reads a socket with recv).
+        any(libc::SYS_recvfrom),
+        // Naming this process once it has its spec, and each thread as std starts it; each
+        // thread's own filter installed on top (no_new_privs, then the filter).
+        one_of(libc::SYS_prctl, 0, &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
+        one_of(libc::SYS_seccomp, 0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
+        // Lowering the file size limit to the function's (only lowering: no capabilities).
+        any(libc::SYS_prlimit64),
+        // The VM's construction: any KVM request (type KVMIO) on the KVM, VM and vCPU
+        // descriptors (memory slots, vCPUs and their state, irqfds, ioeventfds, statistics
+        // fds); each thread's own filter keeps only the few it makes afterwards.
+        (libc::SYS_ioctl, vec![masked(1, 0xff00, 0xae00)]),
+        // Guest memory, the snapshot's memory file mapped: never executable.
+        one_of(
+            libc::SYS_madvise,
+            2,
+            &[libc::MADV_HUGEPAGE as u64, libc::MADV_POPULATE_READ as u64, libc::MADV_POPULATE_WRITE as u64],
+        ),
+        // The kernel, the images, the snapshot's files: opened, sized, read.
+        any(libc::SYS_openat),
+        any(libc::SYS_statx),
+        any(libc::SYS_newfstatat),
+        any(libc::SYS_fstat),
+        any(libc::SYS_lseek),
+        any(libc::SYS_read),
+        any(libc::SYS_pread64),
+        // A /tmp drive of a size no spare made: its file created, sized, copied from its
+        // template (by the kernel), unlinked; the template's directory looked for.
+        any(libc::SYS_mkdir),
+        any(libc::SYS_ftruncate),
+        any(libc::SYS_copy_file_range),
+        any(libc::SYS_unlink),
+        // The devices' eventfds, the event loop's epoll set, the vsock muxer's timer.
+        any(libc::SYS_eventfd2),
+        any(libc::SYS_timerfd_create),
+        // The vsock device's listening socket in the instance directory (Unix only).
+        any(libc::SYS_bind),
+        any(libc::SYS_listen),
+        // The threads: their stacks (guard pages, never executable) and std's start of each.
+        any(libc::SYS_clone3),
+        any(libc::SYS_clone),
+        any(libc::SYS_set_robust_list),
+        any(libc::SYS_rseq),
+        any(libc::SYS_sched_getaffinity),
+    ]
+}
+
+/// The rules of `thread`: [`common`] and its own; for [`Thread::Setup`], those of every thread
+/// and [`setup`]'s.
 fn rules(thread: Thread) -> BTreeMap<i64, Vec<SeccompRule>> {
+    if thread == Thread::Setup {
+        let mut all: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for (nr, rules) in NARROWING.into_iter().flat_map(rules).chain(setup()) {
+            let have = all.entry(nr).or_insert_with(|| rules.clone());
+            // No rules: any arguments; either side's, then, and the union is that.
+            if have.is_empty() || rules.is_empty() {
+                have.clear();
+            } else if have != &rules {
+                have.extend(rules);
+            }
+        }
+        return all;
+    }
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let own = match thread {
+        Thread::Setup => unreachable!("made above"),
         Thread::Main => vec![
             // The snapshot's VM state: irqchip, PIT and clock.
             one_of(libc::SYS_ioctl, 1, &[kvm::GET_IRQCHIP, kvm::GET_PIT2, kvm::GET_CLOCK]),
@@ -363,7 +448,7 @@ mod tests {
 
     #[test]
     fn no_thread_lists_a_call_twice() {
-        for thread in [Thread::Main, Thread::Control, Thread::Events, Thread::Vcpu] {
+        for thread in NARROWING {
             // rules() asserts it (debug builds, as tests are).
             assert!(!rules(thread).is_empty());
         }
@@ -371,8 +456,22 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for thread in [Thread::Main, Thread::Control, Thread::Events, Thread::Vcpu] {
+        for thread in [Thread::Setup].into_iter().chain(NARROWING) {
             assert!(!compile(thread, false).unwrap().is_empty(), "{thread:?}");
+        }
+    }
+
+    /// Filters stack: a thread started under the setup's filter gets only what both allow, so
+    /// the setup's must allow every call (with the same arguments) of every thread's own.
+    #[test]
+    fn the_setup_filter_allows_what_every_thread_does() {
+        let setup = rules(Thread::Setup);
+        for thread in NARROWING {
+            for (nr, own) in rules(thread) {
+                let allowed = setup.get(&nr).unwrap_or_else(|| panic!("{thread:?}'s call {nr} is not in the setup's"));
+                let covered = allowed.is_empty() || (!own.is_empty() && own.iter().all(|r| allowed.contains(r)));
+                assert!(covered, "{thread:?}'s rules for call {nr} are not all in the setup's");
+            }
         }
     }
 

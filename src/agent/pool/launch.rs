@@ -152,7 +152,6 @@ impl VmmLauncher {
                 restore,
                 prefetch: config.prefetch,
                 snapshot_to: None,
-                jail: None,
             },
             dir,
             runtime,

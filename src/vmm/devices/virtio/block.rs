@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -55,9 +55,9 @@ pub enum OpenError {
 /// its instance); lazy inode tables keep it small and sparse. Made under a unique name and
 /// renamed into place, so concurrent VMMs never see half of one.
 fn scratch_template(mib: u32) -> io::Result<File> {
-    let dir = std::env::temp_dir().join("ember-scratch-templates");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("ext4-{mib}MiB.img"));
+    let path = template_path(mib);
+    let dir = path.parent().expect("the template is in a directory");
+    std::fs::create_dir_all(dir)?;
     let size = u64::from(mib) << 20;
     if let Ok(file) = File::open(&path) {
         if file.metadata()?.len() == size {
@@ -81,6 +81,16 @@ fn scratch_template(mib: u32) -> io::Result<File> {
         return Err(e);
     }
     File::open(&path)
+}
+
+fn template_path(mib: u32) -> PathBuf {
+    std::env::temp_dir().join("ember-scratch-templates").join(format!("ext4-{mib}MiB.img"))
+}
+
+/// The empty ext4 filesystem a /tmp drive of `mib` MiB is copied from, made now if it is not
+/// yet: what a jailed VMM, which cannot make one, needs bound into its jail.
+pub fn scratch_template_path(mib: u32) -> io::Result<PathBuf> {
+    scratch_template(mib).map(|_| template_path(mib))
 }
 
 /// Copies the data of `from` (skipping its holes) to the same offsets of `to`, which is as
