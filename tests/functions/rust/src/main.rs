@@ -12,6 +12,8 @@
 //! - `{"response_mib": n}`: answers a string of n MiB;
 //! - `{"vsock_flood": n}`: opens n vsock streams to the host (port 1, where nothing listens)
 //!   as fast as it can, answers `{"refused": <count>}`;
+//! - `{"virtqueue": true}`: drives the /tmp drive's virtio device as a hostile driver would
+//!   (see `virtqueue.rs`), answers its report, or `{"error": <why it could not>}`;
 //! - `{"random": true}`: answers `{"random": <a u64 from the rand crate's thread RNG>}`;
 //! - `{"exit": n}`: ends the runtime process at once with status n, answering nothing;
 //! - `{"oom": true}`: uses up the guest's memory, so that the kernel's OOM killer kills the
@@ -30,6 +32,8 @@
 //! With `LOG_EVENTS` in its environment it first prints `event <request id> <event JSON>` (one
 //! line), so that tests of asynchronous invocations read what each attempt received from the
 //! function's log.
+
+mod virtqueue;
 
 use std::fmt;
 use std::time::Duration;
@@ -109,6 +113,9 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, TestError> {
     }
     if let Some(port) = payload.get("vsock_connect").and_then(Value::as_u64) {
         return Ok(serde_json::json!({ "connected": vsock_connect(port as u32) }));
+    }
+    if payload.get("virtqueue") == Some(&Value::Bool(true)) {
+        return Ok(virtqueue::attack().unwrap_or_else(|e| serde_json::json!({ "error": e })));
     }
     if payload.get("random") == Some(&Value::Bool(true)) {
         return Ok(serde_json::json!({ "random": rand::random::<u64>() }));
