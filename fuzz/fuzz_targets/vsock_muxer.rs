@@ -222,6 +222,8 @@ struct Rig<'f> {
     peers: Vec<UnixStream>,
     host_connects: usize,
     slept: bool,
+    /// The handshake timeout is 1 ms (config bit 4).
+    short_timeout: bool,
     credit: HashMap<(u32, u32), Credit>,
     /// Off once a raw chain made the guest's packets unpredictable.
     check_credit: bool,
@@ -274,7 +276,8 @@ impl Rig<'_> {
     /// - 7: a host stream closes, or shuts down its writing or reading half;
     /// - 8: the device handles its backend's events (as the event loop does when the epoll fd
     ///   is readable);
-    /// - 9: (once per input) 3 ms go by, then the backend's events (timeouts);
+    /// - 9: with the 1 ms handshake timeout, 1.2 ms go by (once per input); then the backend's
+    ///   events (timeouts);
     /// - 10: the driver resets the device and activates it again with fresh rings;
     /// - 11: the rx queue, or the event queue, notified with no new buffers.
     fn run_op(&mut self, input: &mut Input) -> bool {
@@ -323,11 +326,14 @@ impl Rig<'_> {
             }
             8 => self.backend(),
             9 => {
-                if !self.slept {
+                // Only with the 1 ms handshake timeout does waiting expire anything (the muxer's
+                // timer fires 1 ms after its earliest deadline at the soonest); without it,
+                // the backend's events alone, as a sleep would only slow the target down.
+                if self.short_timeout && !self.slept {
                     self.slept = true;
-                    std::thread::sleep(Duration::from_millis(3));
-                    self.backend();
+                    std::thread::sleep(Duration::from_micros(1200));
                 }
+                self.backend();
             }
             10 => {
                 self.dev.reset();
@@ -605,6 +611,7 @@ fuzz_target!(|data: &[u8]| {
             peers: Vec::new(),
             host_connects: 0,
             slept: false,
+            short_timeout: config & 0x10 != 0,
             credit: HashMap::new(),
             check_credit: true,
         };
