@@ -12,6 +12,8 @@
 # output goes to fuzz/logs/<target>.log (the build's to fuzz/logs/build.log); --verbose sends
 # both to stderr as well. Crashing inputs land in fuzz/artifacts/<target>/.
 #
+# Several may run at once on different targets (their builds take turns).
+#
 # stdout gets exactly one line per target, in this format (other tools parse it):
 #   fuzz target=<name> execs=<n> crashes=<n> seconds=<s>
 # execs is libFuzzer's final count of executed inputs, crashes the number of crash, leak,
@@ -76,6 +78,9 @@ fi
 export RUSTC_BOOTSTRAP=1
 mkdir -p "$fuzz_dir/logs"
 build_log=$fuzz_dir/logs/build.log
+# One build at a time (another fuzz.sh may be running other targets): the build log is shared.
+exec 9>"$fuzz_dir/logs/.build.lock"
+flock 9
 echo "fuzz.sh: building ${targets[*]} (log: $build_log)" >&2
 : >"$build_log"
 for t in "${targets[@]}"; do
@@ -89,6 +94,7 @@ for t in "${targets[@]}"; do
     cat "$build_log.part" >>"$build_log"
     rm -f "$build_log.part"
 done
+flock -u 9
 
 # The artifacts libFuzzer wrote into $1 for failing inputs (by their names' prefixes) since $2
 # was touched. An input that failed before has the same name: its file is written again.

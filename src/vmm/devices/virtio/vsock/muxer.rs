@@ -333,8 +333,8 @@ impl Muxer {
         if self.timer_deadline.is_some_and(|t| t <= deadline) {
             return;
         }
-        // A zero duration would disarm the timer.
-        let after = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        // A zero duration would disarm the timer: a deadline that has passed fires at once.
+        let after = deadline.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
         if self.timer.reset(after, None).is_ok() {
             self.timer_deadline = Some(deadline);
         }
