@@ -137,6 +137,18 @@ impl Driver {
         self.poke(HEADER, 512, 0xffu8);
     }
 
+    /// A block read of sector 0: a header at `head`, then `buf` (address, length) to fill, then
+    /// a status byte at `status.0`, in descriptors `head`, `head + 1` and `head + 2` (mod the
+    /// queue's size); the last one's next is `status.1` (chained on when it is not 0).
+    fn read_request(&self, head: u16, buf: (u64, u32), status: (u64, u16)) {
+        let (data, status_desc) = ((head + 1) % QLEN, (head + 2) % QLEN);
+        self.header();
+        self.desc(head, self.phys[HEADER], 16, F_NEXT, data);
+        self.desc(data, buf.0, buf.1, F_NEXT | F_WRITE, status_desc);
+        let last = if status.1 == 0 { F_WRITE } else { F_WRITE | F_NEXT };
+        self.desc(status_desc, status.0, 1, last, status.1);
+    }
+
     /// Makes `head` available (the avail index moved by `advance`), notifies `queue` and
     /// waits up to 500 ms for the used ring to move. Returns what the device did.
     fn submit(&mut self, name: &str, head: u16, advance: u16, queue: u32) -> Value {
@@ -208,24 +220,18 @@ pub fn attack() -> Result<Value, String> {
     if d.reg(0) != MAGIC {
         return Err(format!("no virtio-mmio device at {base:#x}"));
     }
-    let (hdr, data, status) = (d.phys[HEADER], d.phys[DATA], d.phys[HEADER] + 512);
+    let (hdr, data, status_at) = (d.phys[HEADER], d.phys[DATA], d.phys[HEADER] + 512);
     let mut reports = Vec::new();
     let setup = d.setup(None);
 
     // A well-formed read first: the driver works, and what the device does right is seen.
-    d.header();
-    d.desc(0, hdr, 16, F_NEXT, 1);
-    d.desc(1, data, 512, F_NEXT | F_WRITE, 2);
-    d.desc(2, status, 1, F_WRITE, 0);
-    reports.push(d.submit("valid_read", 0, 1, 0));
-
+    let read = |d: &mut Driver, name: &str, head: u16, buf: (u64, u32), status: (u64, u16)| {
+        d.read_request(head, buf, status);
+        d.submit(name, head, 1, 0)
+    };
+    reports.push(read(&mut d, "valid_read", 0, (data, 512), (status_at, 0)));
     // A chain that loops back to its head.
-    d.header();
-    d.desc(3, hdr, 16, F_NEXT, 4);
-    d.desc(4, data, 512, F_NEXT | F_WRITE, 5);
-    d.desc(5, status, 1, F_WRITE | F_NEXT, 3);
-    reports.push(d.submit("loop", 3, 1, 0));
-
+    reports.push(read(&mut d, "loop", 3, (data, 512), (status_at, 3)));
     // A descriptor whose next is itself.
     d.header();
     d.desc(6, hdr, 16, F_NEXT, 6);
@@ -236,34 +242,15 @@ pub fn attack() -> Result<Value, String> {
     d.desc(7, hdr, 16, F_NEXT, 200);
     reports.push(d.submit("next_out_of_table", 7, 1, 0));
 
-    // Data outside guest memory.
-    d.header();
-    d.desc(8, hdr, 16, F_NEXT, 9);
-    d.desc(9, OUTSIDE, 512, F_NEXT | F_WRITE, 10);
-    d.desc(10, status, 1, F_WRITE, 0);
-    reports.push(d.submit("outside_memory", 8, 1, 0));
-
-    // Data that wraps around the address space.
-    d.header();
-    d.desc(11, hdr, 16, F_NEXT, 12);
-    d.desc(12, u64::MAX - 511, 1024, F_NEXT | F_WRITE, 13);
-    d.desc(13, status, 1, F_WRITE, 0);
-    reports.push(d.submit("wraparound", 11, 1, 0));
-
-    // A huge length: 4 GiB less a sector, from a page of the driver's.
-    d.header();
-    d.desc(14, hdr, 16, F_NEXT, 15);
-    d.desc(15, data, 0xffff_fe00, F_NEXT | F_WRITE, 0);
-    d.desc(0, status, 1, F_WRITE, 0);
-    reports.push(d.submit("huge_length", 14, 1, 0));
-
+    // Data outside guest memory; data that wraps around the address space; a huge length (4
+    // GiB less a sector, from a page of the driver's).
+    reports.push(read(&mut d, "outside_memory", 8, (OUTSIDE, 512), (status_at, 0)));
+    reports.push(read(&mut d, "wraparound", 11, (u64::MAX - 511, 1024), (status_at, 0)));
+    reports.push(read(&mut d, "huge_length", 14, (data, 0xffff_fe00), (status_at, 0)));
     // The device told to write the disk's first sector over the descriptor table and the
     // request's status into the avail ring: overlapping the rings themselves.
-    d.header();
-    d.desc(1, hdr, 16, F_NEXT, 2);
-    d.desc(2, d.phys[DESC], 512, F_NEXT | F_WRITE, 3);
-    d.desc(3, d.phys[AVAIL] + 64, 1, F_WRITE, 0);
-    reports.push(d.submit("overlapping_rings", 1, 1, 0));
+    let (table, avail) = (d.phys[DESC], d.phys[AVAIL] + 64);
+    reports.push(read(&mut d, "overlapping_rings", 1, (table, 512), (avail, 0)));
 
     // An indirect table (a feature never negotiated) outside guest memory.
     d.setup(None);
