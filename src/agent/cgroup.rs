@@ -100,17 +100,28 @@ impl CpuShares {
     /// are off or it cannot be made (reported: a share not enforced must not fail a launch).
     pub fn vmm_cgroup(&self) -> Option<VmmCgroup> {
         let root = self.root.as_ref()?;
-        let dir = root.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        // A name a previous agent's VMM still holds (it dies after its agent) is passed over.
+        let mut created = Err(io::Error::other("no name left"));
+        let mut dir = PathBuf::new();
+        for _ in 0..64 {
+            dir = root.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+            created = std::fs::create_dir(&dir);
+            if !matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+                break;
+            }
+        }
+        if let Err(e) = created {
+            eprintln!("ember: cannot make a cgroup for a VMM: {e}");
+            return None;
+        }
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        let made = std::fs::create_dir(&dir)
-            .and_then(|()| std::fs::write(dir.join("cpu.weight"), SPARE_WEIGHT))
-            .and_then(|()| {
-                if !self.limits {
-                    return Ok(());
-                }
-                std::fs::write(dir.join("pids.max"), MAX_TASKS.to_string())?;
-                std::fs::write(dir.join("memory.max"), (VMM_OVERHEAD_MIB << 20).to_string())
-            });
+        let made = std::fs::write(dir.join("cpu.weight"), SPARE_WEIGHT).and_then(|()| {
+            if !self.limits {
+                return Ok(());
+            }
+            std::fs::write(dir.join("pids.max"), MAX_TASKS.to_string())?;
+            std::fs::write(dir.join("memory.max"), (VMM_OVERHEAD_MIB << 20).to_string())
+        });
         if let Err(e) = made {
             let _ = std::fs::remove_dir(&dir);
             eprintln!("ember: cannot make a cgroup for a VMM: {e}");
@@ -212,6 +223,21 @@ mod tests {
         drop(second);
         assert!(!root.join("vmm-1").exists(), "removed when dropped");
         drop(g);
+        std::fs::remove_dir_all(&mount).unwrap();
+    }
+
+    /// A previous agent's VMM, still alive, keeps its cgroup (and its name).
+    #[test]
+    fn a_name_still_held_is_passed_over() {
+        let mount = std::env::temp_dir().join(format!("ember-cgroup-held-{}", std::process::id()));
+        std::fs::create_dir_all(mount.join("ember-z/vmm-0")).unwrap();
+        // Not empty: as a cgroup with a process in it, it is not removed.
+        std::fs::write(mount.join("ember-z/vmm-0/cgroup.procs"), "42").unwrap();
+        std::fs::write(mount.join("cgroup.controllers"), "cpu").unwrap();
+        let shares = CpuShares::new_at(&mount, "z");
+        let g = shares.vmm_cgroup().expect("a cgroup under another name");
+        assert!(g.procs().to_str().unwrap().ends_with("ember-z/vmm-1/cgroup.procs"));
+        assert_eq!(std::fs::read_to_string(mount.join("ember-z/vmm-0/cgroup.procs")).unwrap(), "42", "left alone");
         std::fs::remove_dir_all(&mount).unwrap();
     }
 
