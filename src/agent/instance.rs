@@ -29,7 +29,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cgroup::{CpuShares, VmmCgroup};
-use super::jail::{JailLease, Jails, CHILD_NAMESPACES};
+use super::jail::{JailLease, Jails, VmmStart};
 use super::logs::{FunctionLog, InvocationLog};
 use crate::vmm::jail::JailSpec;
 use crate::vmm::process::{Control, VmmExit, VmmSpec, WorkingSetReply, CONTROL_FD};
@@ -356,10 +356,11 @@ impl VmmProcess {
         cgroup: Option<VmmCgroup>,
         jails: Option<&Jails>,
     ) -> Result<VmmProcess, Error> {
-        let jail = jails.map(Jails::lease).transpose().map_err(|e| Error::Host(format!("jail: {e}")))?;
+        let mut jail = jails.map(Jails::lease).transpose().map_err(|e| Error::Host(format!("jail: {e}")))?;
         let (agent_end, vmm_end) = std::os::unix::net::UnixStream::pair().map_err(host("socketpair"))?;
         let procs = cgroup.as_ref().map(VmmCgroup::procs);
-        let jailed = jails.zip(jail.as_ref().map(JailLease::spec));
+        let start = jail.as_mut().and_then(JailLease::take_start);
+        let jailed = jails.zip(jail.as_ref().map(JailLease::spec)).zip(start).map(|((j, s), start)| (j, s, start));
         let child = spawn_vmm(binary, scratch_dir, OwnedFd::from(vmm_end), procs, jailed)?;
         agent_end.set_nonblocking(true).map_err(host("control socket"))?;
         let control = BufReader::new(UnixStream::from_std(agent_end).map_err(host("control socket"))?);
@@ -553,9 +554,12 @@ fn spawn_vmm(
     scratch_dir: Option<&Path>,
     control: OwnedFd,
     cgroup_procs: Option<&CStr>,
-    jail: Option<(&Jails, &JailSpec)>,
+    jail: Option<(&Jails, &JailSpec, VmmStart)>,
 ) -> Result<Child, Error> {
-    let namespaces = jail.is_some();
+    let (jail, start) = match jail {
+        Some((jails, spec, start)) => (Some((jails, spec)), Some(start)),
+        None => (None, None),
+    };
     let fd = control.as_raw_fd();
     let cgroup_procs = cgroup_procs.map(CStr::to_owned);
     let mut cmd = Command::new(binary);
@@ -566,14 +570,14 @@ fn spawn_vmm(
     if let Some((_, j)) = jail {
         cmd.arg("--jail-root").arg(&j.root).arg("--jail-uid").arg(j.uid.to_string());
     }
-    // SAFETY: the closure runs in the child between fork and exec and only calls open, write,
-    // close, unshare, dup2 and fcntl, which are async-signal-safe; it allocates nothing (the
-    // path is a CString made before the fork, which the closure owns) and touches no other
-    // memory shared with the parent.
+    // SAFETY: the closure runs in the child between fork and exec and only calls setns,
+    // unshare, move_mount, open, write, close, dup2 and fcntl, which are async-signal-safe; it
+    // allocates nothing (the paths are CStrings made before the fork, which the closure owns)
+    // and touches no other memory shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
-            if namespaces && libc::unshare(CHILD_NAMESPACES) != 0 {
-                return Err(std::io::Error::last_os_error());
+            if let Some(start) = &start {
+                start.enter()?;
             }
             if let Some(procs) = &cgroup_procs {
                 let f = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);

@@ -7,8 +7,10 @@
 //! with it, even if it is killed. Each `ember vmm` (spares included) gets a uid of its own from
 //! `--jail-uid-base`/`--jail-uid-count` and a root, `<run dir>-jail/vmm-<n>`, on which the
 //! agent mounts a shared tmpfs before the VMM starts. The VMM starts as root in new PID,
-//! mount, IPC, UTS and network namespaces (its mount namespace a copy of the agent's, its root
-//! a peer of the agent's) and enters its jail before it waits for its spec. When a launch
+//! mount, IPC, UTS and network namespaces: its mount namespace a copy of a template kept from
+//! the agent's start (the host's mounts, none of the other VMMs'), into which it attaches a
+//! copy of its root that is a peer of the agent's ([`VmmStart`]); it enters its jail before it
+//! waits for its spec. When a launch
 //! takes it, the agent bind-mounts the files of its spec into the root ([`JailLease::bind`]),
 //! and they reach the VMM by propagation. The PID namespace is made for each VMM by the
 //! thread that forks it (`unshare(CLONE_NEWPID)` applies to the forking thread's next child;
@@ -16,9 +18,11 @@
 //! execs. Without root the agent says so at start and runs VMMs unjailed.
 
 use std::collections::BTreeSet;
-use std::os::fd::OwnedFd;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::mount::{mount, MsFlags};
@@ -70,18 +74,26 @@ pub enum Error {
     Spec(String),
 }
 
-/// Whether [`isolate_mounts`] succeeded.
-static ISOLATED: AtomicBool = AtomicBool::new(false);
+/// The mount namespace VMMs start from, once [`isolate_mounts`] made it: the host's mounts
+/// (as slaves), without the jails' roots.
+static TEMPLATE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
 
 /// Moves this process into a mount namespace of its own, a slave of the one it was in (the
-/// host's mounts still reach it; its own reach nothing else). Must be called while the process
-/// has one thread (a multi-threaded process cannot unshare its mount namespace): the agent's
-/// `main`, before its runtime starts, when VMMs are to be jailed.
+/// host's mounts still reach it; its own reach nothing else), and keeps a second one as it was
+/// then, which VMMs start from: a VMM's mount namespace is a copy of the one it starts in,
+/// and a copy of the agent's would hold every other VMM's root and binds (a copy's cost, and
+/// its teardown's, grow with them). Must be called while the process has one thread (a
+/// multi-threaded process cannot change its mount namespace): the agent's `main`, before its
+/// runtime starts, when VMMs are to be jailed.
 pub fn isolate_mounts() -> Result<(), Error> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error::Os("unshare(CLONE_NEWNS)", e.into()))?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(|e| Error::Os("make the agent's mounts slaves", e.into()))?;
-    ISOLATED.store(true, Ordering::Relaxed);
+    let template = std::fs::File::open("/proc/self/ns/mnt").map_err(|e| Error::Os("open /proc/self/ns/mnt", e))?;
+    // The agent's own: a copy, whose mounts (the jails' roots) reach no other namespace, since
+    // none of its mounts is shared.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error::Os("unshare(CLONE_NEWNS)", e.into()))?;
+    let _ = TEMPLATE.set(template.into());
     Ok(())
 }
 
@@ -132,7 +144,7 @@ impl Jails {
         if base == 0 || count == 0 || base.checked_add(count).is_none() {
             return Err(Error::BadRange { base, count });
         }
-        if !ISOLATED.load(Ordering::Relaxed) {
+        if TEMPLATE.get().is_none() {
             return Err(Error::HostMounts);
         }
         let mut roots = run_dir.as_os_str().to_owned();
@@ -156,10 +168,30 @@ impl Jails {
         let uid = self.uids.take()?;
         let root = self.roots.join(format!("vmm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
         // Dropped on an error: the uid goes back, the directory goes.
-        let mut lease = JailLease { spec: JailSpec { uid, root }, pool: Arc::clone(&self.uids), mounted: false };
+        let mut lease =
+            JailLease { spec: JailSpec { uid, root }, pool: Arc::clone(&self.uids), mounted: false, start: None };
         std::fs::create_dir(&lease.spec.root).map_err(|e| Error::Os("create a jail's root", e))?;
         vmm_jail::make_root(&lease.spec.root, true)?;
         lease.mounted = true;
+        let path = CString::new(lease.spec.root.as_os_str().as_bytes())
+            .map_err(|_| Error::Os("a jail's root", std::io::Error::other("a NUL in its path")))?;
+        // SAFETY: open_tree reads a NUL-terminated path that outlives the call; the descriptor
+        // it returns (a detached copy of the root, a peer of it) is owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(Error::Os("open_tree a jail's root", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let copy = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        lease.start =
+            Some(VmmStart { template: TEMPLATE.get().ok_or(Error::HostMounts)?.as_raw_fd(), root: copy, path });
         Ok(lease)
     }
 
@@ -167,6 +199,52 @@ impl Jails {
     /// [`PidNamespaces::spawn_in_new`]).
     pub fn in_new_pid_namespace<T>(&self, spawn: impl FnOnce() -> T) -> Result<T, Error> {
         self.pids.spawn_in_new(spawn)
+    }
+}
+
+/// What the child that becomes a VMM does before it execs, in its jail's mount namespace: see
+/// [`VmmStart::enter`].
+#[derive(Debug)]
+pub struct VmmStart {
+    /// The template namespace ([`isolate_mounts`]).
+    template: libc::c_int,
+    /// A detached copy of the jail's root, a peer of the agent's.
+    root: OwnedFd,
+    /// Where it is attached in the VMM's namespace: the root's own path.
+    path: CString,
+}
+
+impl VmmStart {
+    /// In the child between fork and exec: moves into a new mount namespace copied from the
+    /// template (with the other namespaces of [`CHILD_NAMESPACES`]) and attaches the root's
+    /// copy at its path there. Only async-signal-safe system calls, no allocation.
+    pub fn enter(&self) -> std::io::Result<()> {
+        let last = std::io::Error::last_os_error;
+        // SAFETY: setns takes a namespace descriptor, which outlives the child's use of it.
+        if unsafe { libc::setns(self.template, libc::CLONE_NEWNS) } != 0 {
+            return Err(last());
+        }
+        // SAFETY: unshare takes flags only.
+        if unsafe { libc::unshare(CHILD_NAMESPACES) } != 0 {
+            return Err(last());
+        }
+        let root: BorrowedFd<'_> = self.root.as_fd();
+        // SAFETY: move_mount reads an empty path and a NUL-terminated path, both alive for the
+        // call, and attaches the detached mount `root` at the latter.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                root.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                self.path.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r != 0 {
+            return Err(last());
+        }
+        Ok(())
     }
 }
 
@@ -178,12 +256,19 @@ pub struct JailLease {
     pool: Arc<UidPool>,
     /// Its root is mounted (and is to be unmounted).
     mounted: bool,
+    /// What its VMM's child does before it execs; taken by the spawn.
+    start: Option<VmmStart>,
 }
 
 impl JailLease {
     /// What the VMM is told of its jail.
     pub fn spec(&self) -> &JailSpec {
         &self.spec
+    }
+
+    /// What the child that becomes its VMM does before it execs (once).
+    pub fn take_start(&mut self) -> Option<VmmStart> {
+        self.start.take()
     }
 
     /// Binds into the jail what `spec` needs (see [`VmmSpec::jail_binds`]); the VMM, jailed
