@@ -10,12 +10,12 @@
 //! mount, IPC, UTS and network namespaces: its mount namespace a copy of a template kept from
 //! the agent's start (the host's mounts, none of the other VMMs'), into which it attaches a
 //! copy of its root that is a peer of the agent's ([`VmmStart`]); it enters its jail before it
-//! waits for its spec. When a launch
-//! takes it, the agent bind-mounts the files of its spec into the root ([`JailLease::bind`]),
-//! and they reach the VMM by propagation. The PID namespace is made for each VMM by the
-//! thread that forks it (`unshare(CLONE_NEWPID)` applies to the forking thread's next child;
-//! the thread's own namespace is restored right after); the others by the child before it
-//! execs. Without root the agent says so at start and runs VMMs unjailed.
+//! waits for its spec. When a launch takes it, the agent bind-mounts the files of its spec
+//! into the root ([`JailLease::bind`]), and they reach the VMM by propagation. The PID
+//! namespace is made for each VMM by the thread that forks it (`unshare(CLONE_NEWPID)` applies
+//! to the forking thread's next child; the thread's own namespace is restored right after);
+//! the others by the child before it execs. Without root the agent says so at start and runs
+//! VMMs unjailed.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
