@@ -440,7 +440,13 @@ fn report(outcome: Outcome) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(mut args: ServeArgs) -> ExitCode {
+    // Absolute, as the VMMs (which start elsewhere, and in their jails) see every path.
+    for dir in [Some(&mut args.data_dir), args.run_dir.as_mut()].into_iter().flatten() {
+        if let Ok(absolute) = std::path::absolute(&*dir) {
+            *dir = absolute;
+        }
+    }
     if let Some(addr) = args.listen.filter(|a| !a.ip().is_loopback()) {
         eprintln!("ember: error: --listen must be a loopback address, not {addr}");
         return ExitCode::from(EXIT_VMM_ERROR);

@@ -76,7 +76,7 @@ pub enum Error {
 
 /// The mount namespace VMMs start from, once [`isolate_mounts`] made it: the host's mounts
 /// (as slaves), without the jails' roots.
-static TEMPLATE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+static TEMPLATE: std::sync::OnceLock<Template> = std::sync::OnceLock::new();
 
 /// Moves this process into a mount namespace of its own, a slave of the one it was in (the
 /// host's mounts still reach it; its own reach nothing else), and keeps a second one as it was
@@ -90,11 +90,21 @@ pub fn isolate_mounts() -> Result<(), Error> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(|e| Error::Os("make the agent's mounts slaves", e.into()))?;
     let template = std::fs::File::open("/proc/self/ns/mnt").map_err(|e| Error::Os("open /proc/self/ns/mnt", e))?;
+    // This process's root there: not always the namespace's own (after an initramfs's
+    // switch_root, say, the namespace's root is the initramfs under it), and entering a
+    // namespace makes a process's root the namespace's.
+    let root = std::fs::File::open("/").map_err(|e| Error::Os("open /", e))?;
     // The agent's own: a copy, whose mounts (the jails' roots) reach no other namespace, since
     // none of its mounts is shared.
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error::Os("unshare(CLONE_NEWNS)", e.into()))?;
-    let _ = TEMPLATE.set(template.into());
+    let _ = TEMPLATE.set(Template { ns: template.into(), root: root.into() });
     Ok(())
+}
+
+/// The template mount namespace, and this process's root in it.
+struct Template {
+    ns: OwnedFd,
+    root: OwnedFd,
 }
 
 /// Starts children in PID namespaces of their own.
@@ -190,8 +200,13 @@ impl Jails {
         }
         // SAFETY: fd is a new descriptor that nothing else owns.
         let copy = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        lease.start =
-            Some(VmmStart { template: TEMPLATE.get().ok_or(Error::HostMounts)?.as_raw_fd(), root: copy, path });
+        let template = TEMPLATE.get().ok_or(Error::HostMounts)?;
+        lease.start = Some(VmmStart {
+            template: template.ns.as_raw_fd(),
+            template_root: template.root.as_raw_fd(),
+            root: copy,
+            path,
+        });
         Ok(lease)
     }
 
@@ -208,6 +223,8 @@ impl Jails {
 pub struct VmmStart {
     /// The template namespace ([`isolate_mounts`]).
     template: libc::c_int,
+    /// The agent's root in it.
+    template_root: libc::c_int,
     /// A detached copy of the jail's root, a peer of the agent's.
     root: OwnedFd,
     /// Where it is attached in the VMM's namespace: the root's own path.
@@ -216,12 +233,19 @@ pub struct VmmStart {
 
 impl VmmStart {
     /// In the child between fork and exec: moves into a new mount namespace copied from the
-    /// template (with the other namespaces of [`CHILD_NAMESPACES`]) and attaches the root's
-    /// copy at its path there. Only async-signal-safe system calls, no allocation.
+    /// template (with the other namespaces of [`CHILD_NAMESPACES`]), its root the agent's root
+    /// there, and attaches the root's copy at its path. Only async-signal-safe system calls, no
+    /// allocation.
     pub fn enter(&self) -> std::io::Result<()> {
         let last = std::io::Error::last_os_error;
         // SAFETY: setns takes a namespace descriptor, which outlives the child's use of it.
         if unsafe { libc::setns(self.template, libc::CLONE_NEWNS) } != 0 {
+            return Err(last());
+        }
+        // setns made the namespace's root this process's root and working directory; the
+        // agent's there (which the copy below carries over) is its own again.
+        // SAFETY: fchdir takes a directory descriptor, chroot a NUL-terminated path.
+        if unsafe { libc::fchdir(self.template_root) } != 0 || unsafe { libc::chroot(c".".as_ptr()) } != 0 {
             return Err(last());
         }
         // SAFETY: unshare takes flags only.
