@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,21 +185,8 @@ impl Jails {
         lease.mounted = true;
         let path = CString::new(lease.spec.root.as_os_str().as_bytes())
             .map_err(|_| Error::Os("a jail's root", std::io::Error::other("a NUL in its path")))?;
-        // SAFETY: open_tree reads a NUL-terminated path that outlives the call; the descriptor
-        // it returns (a detached copy of the root, a peer of it) is owned below.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(Error::Os("open_tree a jail's root", std::io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let copy = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // A detached copy of the root, a peer of it, for the child to attach.
+        let copy = vmm_jail::clone_mount(&path).map_err(|e| Error::Os("open_tree a jail's root", e))?;
         let template = TEMPLATE.get().ok_or(Error::HostMounts)?;
         lease.start = Some(VmmStart {
             template: template.ns.as_raw_fd(),

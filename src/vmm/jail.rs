@@ -32,7 +32,7 @@
 //! is attached (`open_tree`, `mount_setattr`, `move_mount`), which it does not wrap, through
 //! `libc`.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -176,6 +176,26 @@ pub fn limit_file_size(bytes: u64) -> Result<(), Error> {
     setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes).map_err(step("setrlimit RLIMIT_FSIZE"))
 }
 
+/// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`), to attach elsewhere
+/// with `move_mount`: a peer of it where it is shared.
+pub fn clone_mount(path: &CStr) -> std::io::Result<OwnedFd> {
+    // SAFETY: open_tree reads a NUL-terminated path that outlives the call; the descriptor it
+    // returns is owned below and closed once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Bind-mounts `path` at the same path under `root`, read-only unless `writable`, with its
 /// flags set before it is attached: a mount propagated into a VMM's namespace is a copy of
 /// what was attached, and a remount afterwards would not reach the copy.
@@ -194,21 +214,7 @@ fn bind(root: &Path, path: &Path, writable: bool) -> Result<(), Error> {
     let c_path = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| bad("a NUL in the path"));
     let (source, target) = (c_path(path)?, c_path(&target)?);
     let failed = |what: &str| Error::Step { what: format!("{what} {}", path.display()), source: nix::Error::last() };
-    // SAFETY: open_tree reads a NUL-terminated path that outlives the call; the descriptor it
-    // returns (a detached copy of the mount) is owned below and closed once.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(failed("open_tree"));
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let tree = clone_mount(&source).map_err(|_| failed("open_tree"))?;
     let mut attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
     if !writable {
         attr_set |= libc::MOUNT_ATTR_RDONLY;
