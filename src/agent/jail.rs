@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,22 +239,7 @@ impl VmmStart {
         if unsafe { libc::unshare(CHILD_NAMESPACES) } != 0 {
             return Err(last());
         }
-        let root: BorrowedFd<'_> = self.root.as_fd();
-        // SAFETY: move_mount reads an empty path and a NUL-terminated path, both alive for the
-        // call, and attaches the detached mount `root` at the latter.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                root.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                self.path.as_ptr(),
-                libc::MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        if r != 0 {
-            return Err(last());
-        }
+        vmm_jail::attach_mount(self.root.as_fd(), &self.path)?;
         Ok(())
     }
 }

@@ -33,7 +33,7 @@
 //! `libc`.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -235,6 +235,12 @@ fn bind(root: &Path, path: &Path, writable: bool) -> Result<(), Error> {
     if r != 0 {
         return Err(failed("mount_setattr"));
     }
+    attach_mount(tree.as_fd(), &target).map_err(|_| failed("move_mount"))
+}
+
+/// Attaches the detached mount `tree` (from [`clone_mount`]) at `target` (`move_mount`).
+/// Allocates nothing: a forked child may call it before it execs.
+pub fn attach_mount(tree: BorrowedFd<'_>, target: &CStr) -> std::io::Result<()> {
     // SAFETY: move_mount reads an empty path and a NUL-terminated target path, both live for
     // the call, and attaches the detached mount `tree` there.
     let r = unsafe {
@@ -248,7 +254,7 @@ fn bind(root: &Path, path: &Path, writable: bool) -> Result<(), Error> {
         )
     };
     if r != 0 {
-        return Err(failed("move_mount"));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
