@@ -28,6 +28,11 @@ headroom_mib=4
 skeleton_dirs=(proc sys dev run tmp var/task opt etc sbin)
 # PATH inside the images (as ember-init sets it).
 image_path=/usr/bin:/bin:/usr/sbin:/sbin
+# Where a recipe with a `suite` file gets its Debian packages from.
+debian_mirror="${EMBER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# apt-get's options for the recipe being built: none (the machine's own sources and lists), or
+# a private apt state for the suites its `suite` file names (see use_suites).
+apt_opts=()
 
 umask 022
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -65,15 +70,41 @@ list_words() {
     sed 's/#.*//' "$1" | tr -s ' \t' '\n' | sed '/^$/d'
 }
 
-# Resolves a package list to the candidates of the machine's apt lists, printing
-# "<file name> <sha256>" a line. Updates the apt lists once if a package is unknown to them.
+# A recipe's packages from other Debian suites than the machine's (e.g. trixie, for a runtime
+# bookworm does not have): a private apt state in $cache/apt/<suites>/ with only those suites'
+# lists and an empty dpkg status (so that the machine's installed packages play no part), used
+# by resolve_debs and fetch_debs through apt_opts. Its lists are fetched the first time.
+use_suites() {
+    local suites=("$@") dir suite
+    dir="$cache/apt/$(
+        IFS=+
+        echo "${suites[*]}"
+    )"
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+    for suite in "${suites[@]}"; do
+        echo "deb $debian_mirror $suite main"
+    done >"$dir/sources.list"
+    [[ -f "$dir/status" ]] || : >"$dir/status"
+    apt_opts=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$dir/lists" -o "Dir::State::status=$dir/status" -o "Dir::Cache=$dir/cache")
+    # apt drops to its _apt user to download, which cannot write to a private directory.
+    [[ "$(id -u)" != 0 ]] || apt_opts+=(-o APT::Sandbox::User=root)
+    if ! compgen -G "$dir/lists/*_Packages*" >/dev/null; then
+        log "fetching the apt lists of ${suites[*]} from $debian_mirror"
+        apt-get "${apt_opts[@]}" update -qq >&2 || die "cannot fetch the apt lists of ${suites[*]}"
+    fi
+}
+
+# Resolves a package list to the candidates of the apt lists (the machine's, or those of the
+# recipe's suites), printing "<file name> <sha256>" a line. Updates the lists once if a package
+# is unknown to them.
 resolve_debs() {
     local list="$1" packages uris
     mapfile -t packages < <(list_words "$list")
-    if ! uris="$(apt-get download --print-uris "${packages[@]}" 2>/dev/null)"; then
+    if ! uris="$(apt-get "${apt_opts[@]}" download --print-uris "${packages[@]}" 2>/dev/null)"; then
         log "updating the apt lists to resolve $list"
-        sudo_if_needed apt-get update -qq
-        uris="$(apt-get download --print-uris "${packages[@]}")" || die "cannot resolve $list"
+        sudo_if_needed apt-get "${apt_opts[@]}" update -qq
+        uris="$(apt-get "${apt_opts[@]}" download --print-uris "${packages[@]}")" || die "cannot resolve $list"
     fi
     # Lines look like: 'URI' FILE SIZE SHA256:HEX
     awk '{ sub(/^SHA256:/, "", $4); print $2, $4 }' <<<"$uris" | sort
@@ -94,7 +125,7 @@ fetch_debs() {
     partial="$(mktemp -d "$cache/debs/partial.XXXXXX")"
     # apt drops to its _apt user to download, which cannot write to a private directory.
     [[ "$(id -u)" != 0 ]] || sandbox=(-o APT::Sandbox::User=root)
-    (cd "$partial" && apt-get download -q "${sandbox[@]}" "${missing[@]}" >&2)
+    (cd "$partial" && apt-get "${apt_opts[@]}" download -q "${sandbox[@]}" "${missing[@]}" >&2)
     while read -r file sha; do
         if [[ -f "$partial/$file" ]]; then
             [[ "$(sha256sum <"$partial/$file" | cut -d' ' -f1)" == "$sha" ]] ||
@@ -162,6 +193,71 @@ check_elf_deps() {
     ((bad == 0)) || die "libraries are missing from the $name image (add their packages to $recipe_dir/packages)"
 }
 
+# Helpers for recipes' populate() (see rootfs/runtimes/README.md).
+
+# TLS roots as the one bundle OpenSSL's default paths point at (from the ca-certificates
+# package): the job of update-ca-certificates and of the openssl package's links on Debian.
+bundle_ca_certificates() {
+    compgen -G "$staging/usr/share/ca-certificates/mozilla/*.crt" >/dev/null ||
+        die "no CA certificates in the $name image (add ca-certificates to its packages)"
+    mkdir -p "$staging/etc/ssl/certs" "$staging/usr/lib/ssl"
+    cat "$staging"/usr/share/ca-certificates/mozilla/*.crt >"$staging/etc/ssl/certs/ca-certificates.crt"
+    rm -rf "$staging/usr/share/ca-certificates" "$staging/usr/sbin/update-ca-certificates" \
+        "$staging/etc/ca-certificates"
+    ln -s /etc/ssl/certs "$staging/usr/lib/ssl/certs"
+    ln -s /etc/ssl/certs/ca-certificates.crt "$staging/usr/lib/ssl/cert.pem"
+}
+
+# The time zone: UTC, as on Lambda (tzdata gives the zoneinfo files).
+set_utc() {
+    ln -s /usr/share/zoneinfo/Etc/UTC "$staging/etc/localtime"
+    echo Etc/UTC >"$staging/etc/timezone"
+}
+
+# /bin/sh and the usual commands from busybox-static (/bin/busybox): what `busybox --install -s`
+# would do at boot, done here since the root is read-only in the VM. One relative symlink per
+# applet at the path `busybox --list-full` gives (the binary is static: it runs on the host).
+# sbin and usr/sbin are not on the guest's PATH, so an applet listed there also gets a link in
+# bin or usr/bin. A file the image already has is kept (the runtime's own binaries, ember-init as
+# /sbin/init); init and linuxrc (BusyBox's init, for initramfs) are not linked at all.
+link_busybox_applets() {
+    local busybox="$staging/bin/busybox" applet links link dir up kept=() count=0
+    [[ -x "$busybox" ]] || die "busybox-static did not install /bin/busybox"
+    rm -rf "$staging/usr/share/initramfs-tools" # busybox-static's initramfs hooks
+    while read -r applet; do
+        case "$applet" in
+        bin/busybox | */init | linuxrc) continue ;;
+        sbin/*) links=("$applet" "bin/${applet#sbin/}") ;;
+        usr/sbin/*) links=("$applet" "usr/bin/${applet#usr/sbin/}") ;;
+        *) links=("$applet") ;;
+        esac
+        for link in "${links[@]}"; do
+            if [[ -e "$staging/$link" || -L "$staging/$link" ]]; then
+                kept+=("/$link")
+                continue
+            fi
+            # From the link's directory up to the root: one ../ per component.
+            dir="${link%/*}" up=""
+            while [[ -n "$dir" ]]; do
+                up="../$up"
+                [[ "$dir" == */* ]] && dir="${dir%/*}" || dir=""
+            done
+            mkdir -p "$staging/${link%/*}"
+            if [[ "${link%/*}" == bin ]]; then
+                ln -s busybox "$staging/$link"
+            else
+                ln -s "${up}bin/busybox" "$staging/$link"
+            fi
+            count=$((count + 1))
+        done
+    done < <("$busybox" --list-full)
+    if ((${#kept[@]})); then
+        log "$name: linked $count BusyBox applets; kept the files already at ${kept[*]}"
+    else
+        log "$name: linked $count BusyBox applets"
+    fi
+}
+
 # The directories and /etc files every image has, and /sbin/init.
 make_skeleton() {
     local dir
@@ -222,6 +318,12 @@ build_runtime() (
     declare -F populate >/dev/null || die "$recipe_dir/recipe.sh defines no populate()"
 
     resolved=""
+    if [[ -f "$recipe_dir/suite" ]]; then
+        local suites
+        mapfile -t suites < <(list_words "$recipe_dir/suite")
+        ((${#suites[@]})) || die "$recipe_dir/suite names no suite"
+        use_suites "${suites[@]}"
+    fi
     if [[ -f "$recipe_dir/packages" ]]; then
         resolved="$(resolve_debs "$recipe_dir/packages")"
     fi
@@ -265,6 +367,15 @@ build_runtime() (
         done <<<"$resolved"
         # Documentation and packaging metadata serve no function.
         rm -rf "$staging"/usr/share/{doc,man,info,lintian,bug,gdb,gcc,locale}
+        # A merged-/usr suite (trixie on) ships its files under /usr only; base-files would make
+        # /bin, /lib and /lib64 links to them (the ELF interpreter's path is /lib64/...). /sbin
+        # stays the skeleton's directory, which holds /sbin/init.
+        local dir
+        for dir in bin lib lib64; do
+            if [[ -d "$staging/usr/$dir" && ! -e "$staging/$dir" && ! -L "$staging/$dir" ]]; then
+                ln -s "usr/$dir" "$staging/$dir"
+            fi
+        done
     fi
     if [[ -f "$recipe_dir/requirements.txt" ]]; then
         [[ -n "$wheel_python" && -n "$wheel_platform" && -n "$wheel_target" ]] ||

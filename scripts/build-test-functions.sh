@@ -4,6 +4,7 @@
 #   rust.zip    tests/functions/rust built as a static `bootstrap` (mode 0755, at the root),
 #               for the provided.al2023 runtime
 #   python.zip  tests/functions/python/handler.py at the root, for the python3.11 runtime
+#   node.zip    tests/functions/node/index.js and esm.mjs at the root, for nodejs20.x
 # The Rust crate is standalone (own workspace and Cargo.lock) and builds in
 # ${CARGO_TARGET_DIR:-<repo>/target}/test-functions; cargo makes reruns cheap. The zips are
 # deterministic (fixed timestamps) and replaced only when their content changed. The bootstrap
@@ -63,8 +64,9 @@ EOF
 
 make_zip rust.zip "$bootstrap" 755
 make_zip python.zip "$fns/python/handler.py" 644
+make_zip node.zip "$fns/node/index.js" 644 "$fns/node/esm.mjs" 644
 
-for artifact in "$out/rust.zip" "$out/python.zip"; do
+for artifact in "$out/rust.zip" "$out/python.zip" "$out/node.zip"; do
     bytes="$(stat -c %s "$artifact")"
     printf '%s %s (%s bytes)\n' "$artifact" "$(numfmt --to=iec-i --suffix=B "$bytes")" "$bytes"
 done

@@ -399,7 +399,7 @@ pub struct CreateArgs {
     /// The function's name.
     #[arg(long)]
     function_name: String,
-    /// provided.al2023 or python3.11.
+    /// provided.al2023, python3.11 or nodejs20.x.
     #[arg(long)]
     runtime: String,
     /// The handler, e.g. handler.echo (python3.11); optional for provided.al2023.

@@ -3,6 +3,10 @@
 
 use std::ops::RangeInclusive;
 
+/// The runtimes SnapStart is refused on, as Lambda refuses it (Node.js: Lambda has no SnapStart
+/// for it).
+pub const NO_SNAP_START: [&str; 1] = ["nodejs20.x"];
+
 /// Memory, MB.
 pub const MEMORY_MIB: RangeInclusive<u32> = 128..=10_240;
 /// Memory when none is given, MB.

@@ -22,62 +22,9 @@ populate() {
     rm -f "$staging"/usr/lib/python3.11/lib-dynload/nis.cpython-311-*.so
     rm -rf "$staging"/usr/share/{applications,pixmaps,binfmts} "$staging/usr/lib/binfmt.d"
 
-    # TLS roots as the one bundle OpenSSL's default paths point at: the job of
-    # update-ca-certificates and of the openssl package's links on Debian.
-    mkdir -p "$staging/etc/ssl/certs" "$staging/usr/lib/ssl"
-    cat "$staging"/usr/share/ca-certificates/mozilla/*.crt >"$staging/etc/ssl/certs/ca-certificates.crt"
-    rm -rf "$staging/usr/share/ca-certificates" "$staging/usr/sbin/update-ca-certificates" \
-        "$staging/etc/ca-certificates"
-    ln -s /etc/ssl/certs "$staging/usr/lib/ssl/certs"
-    ln -s /etc/ssl/certs/ca-certificates.crt "$staging/usr/lib/ssl/cert.pem"
-    ln -s /usr/share/zoneinfo/Etc/UTC "$staging/etc/localtime"
-    echo Etc/UTC >"$staging/etc/timezone"
-
+    bundle_ca_certificates
+    set_utc
     link_busybox_applets
-}
-
-# /bin/sh and the usual commands from busybox-static (/bin/busybox): what `busybox --install -s`
-# would do at boot, done here since the root is read-only in the VM. One relative symlink per
-# applet at the path `busybox --list-full` gives (the binary is static: it runs on the host).
-# sbin and usr/sbin are not on the guest's PATH, so an applet listed there also gets a link in
-# bin or usr/bin. A file the image already has is kept (python3.11's binaries, ember-init as
-# /sbin/init); init and linuxrc (BusyBox's init, for initramfs) are not linked at all.
-link_busybox_applets() {
-    local busybox="$staging/bin/busybox" applet links link dir up kept=() count=0
-    [[ -x "$busybox" ]] || die "busybox-static did not install /bin/busybox"
-    rm -rf "$staging/usr/share/initramfs-tools" # busybox-static's initramfs hooks
-    while read -r applet; do
-        case "$applet" in
-        bin/busybox | */init | linuxrc) continue ;;
-        sbin/*) links=("$applet" "bin/${applet#sbin/}") ;;
-        usr/sbin/*) links=("$applet" "usr/bin/${applet#usr/sbin/}") ;;
-        *) links=("$applet") ;;
-        esac
-        for link in "${links[@]}"; do
-            if [[ -e "$staging/$link" || -L "$staging/$link" ]]; then
-                kept+=("/$link")
-                continue
-            fi
-            # From the link's directory up to the root: one ../ per component.
-            dir="${link%/*}" up=""
-            while [[ -n "$dir" ]]; do
-                up="../$up"
-                [[ "$dir" == */* ]] && dir="${dir%/*}" || dir=""
-            done
-            mkdir -p "$staging/${link%/*}"
-            if [[ "${link%/*}" == bin ]]; then
-                ln -s busybox "$staging/$link"
-            else
-                ln -s "${up}bin/busybox" "$staging/$link"
-            fi
-            count=$((count + 1))
-        done
-    done < <("$busybox" --list-full)
-    if ((${#kept[@]})); then
-        log "$name: linked $count BusyBox applets; kept the files already at ${kept[*]}"
-    else
-        log "$name: linked $count BusyBox applets"
-    fi
 }
 
 # Checks, in the image and with the guest's PATH, that shell scripts run: `sh -c` with a pipe,

@@ -154,6 +154,10 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
     validate::layers(&layers)?;
     let tags = input.tags.unwrap_or_default();
     validate::tags(&tags)?;
+    let snap_start = snap_start(input.snap_start)?.unwrap_or(false);
+    if snap_start {
+        validate::snap_start_runtime(&runtime)?;
+    }
     let new = NewFunction {
         name,
         runtime,
@@ -166,7 +170,7 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
             input.ephemeral_storage.and_then(|e| e.size).unwrap_or(limits::DEFAULT_EPHEMERAL_MIB.into()),
         )?,
         environment,
-        snap_start: snap_start(input.snap_start)?.unwrap_or(false),
+        snap_start,
         dead_letter: dead_letter(agent, input.dead_letter_config)?.flatten(),
         layers,
         tags,

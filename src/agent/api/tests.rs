@@ -203,7 +203,11 @@ async fn create_validation_and_unsupported_members() {
         (json!({ "MemorySize": 10_241 }), "less than or equal to 10240"),
         (json!({ "Timeout": 901 }), "less than or equal to 900"),
         (json!({ "EphemeralStorage": { "Size": 100 } }), "ephemeralStorage.size"),
-        (json!({ "Runtime": "nodejs20.x" }), "The runtime parameter of nodejs20.x is not supported"),
+        (json!({ "Runtime": "nodejs22.x" }), "The runtime parameter of nodejs22.x is not supported"),
+        (
+            json!({ "Runtime": "nodejs20.x", "SnapStart": { "ApplyOn": "PublishedVersions" } }),
+            "nodejs20.x is not supported for SnapStart enabled functions.",
+        ),
         (json!({ "Handler": null }), "Handler is required"),
         (json!({ "Role": "nobody" }), "at 'role'"),
         (json!({ "FunctionName": "bad name" }), "functionName"),

@@ -10,7 +10,7 @@ use crate::agent::ids::{self, Qualifier, Version};
 use crate::agent::limits;
 
 /// The runtimes this host has.
-pub const RUNTIMES: [&str; 2] = [PROVIDED_RUNTIME, "python3.11"];
+pub const RUNTIMES: [&str; 3] = [PROVIDED_RUNTIME, "python3.11", "nodejs20.x"];
 
 /// Environment variables Lambda sets itself and refuses from the caller.
 const RESERVED_ENV: [&str; 16] = [
@@ -87,7 +87,7 @@ pub fn runtime(runtime: &str) -> Result<(), Error> {
     )))
 }
 
-/// The handler: required for python3.11, `[^\s]+`, at most 128 characters; may be empty for a
+/// The handler: required for python3.11 and nodejs20.x, `[^\s]+`, at most 128 characters; may be empty for a
 /// provided runtime (its `bootstrap` needs none).
 pub fn handler(runtime: &str, handler: &str) -> Result<(), Error> {
     if handler.is_empty() {
@@ -176,6 +176,15 @@ pub fn snap_start(apply_on: &str) -> Result<bool, Error> {
             Err(constraint(other, "snapStart.applyOn", "Member must satisfy enum value set: [PublishedVersions, None]"))
         }
     }
+}
+
+/// SnapStart on `runtime`: refused on the runtimes of [`limits::NO_SNAP_START`], in Lambda's
+/// words.
+pub fn snap_start_runtime(runtime: &str) -> Result<(), Error> {
+    if limits::NO_SNAP_START.contains(&runtime) {
+        return Err(Error::Invalid(format!("{runtime} is not supported for SnapStart enabled functions.")));
+    }
+    Ok(())
 }
 
 /// A function's layers: at most 5 layer version ARNs, no layer twice.
@@ -512,9 +521,14 @@ mod tests {
         assert!(ephemeral(511).is_err() && ephemeral(10_241).is_err());
         assert!(function_name("a").is_ok() && function_name(&"a".repeat(64)).is_ok());
         assert!(function_name(&"a".repeat(65)).is_err() && function_name("a b").is_err());
-        assert!(runtime("python3.11").is_ok() && runtime("provided.al2023").is_ok());
+        assert!(runtime("python3.11").is_ok() && runtime("provided.al2023").is_ok() && runtime("nodejs20.x").is_ok());
         assert!(
-            msg(runtime("nodejs20.x").unwrap_err()).starts_with("The runtime parameter of nodejs20.x is not supported")
+            msg(runtime("nodejs22.x").unwrap_err()).starts_with("The runtime parameter of nodejs22.x is not supported")
+        );
+        assert!(snap_start_runtime("python3.11").is_ok());
+        assert_eq!(
+            msg(snap_start_runtime("nodejs20.x").unwrap_err()),
+            "nodejs20.x is not supported for SnapStart enabled functions."
         );
         assert!(handler("python3.11", "").is_err() && handler("python3.11", "a b").is_err());
         assert!(handler("provided.al2023", "").is_ok());

@@ -59,7 +59,7 @@ pub struct FunctionConfig {
     pub name: String,
     /// Which version this is.
     pub version: Version,
-    /// `provided.al2023` or `python3.11`.
+    /// `provided.al2023`, `python3.11` or `nodejs20.x`.
     pub runtime: String,
     /// The handler (`module.function` for Python; free for provided runtimes, may be empty).
     pub handler: String,
@@ -522,6 +522,12 @@ impl Store {
                 ..
             } = patch;
             config.snap_start = snap_start.unwrap_or(config.snap_start);
+            if config.snap_start && limits::NO_SNAP_START.contains(&config.runtime.as_str()) {
+                return Err(StoreError::Invalid(format!(
+                    "{} is not supported for SnapStart enabled functions.",
+                    config.runtime
+                )));
+            }
             config.dead_letter = dead_letter.unwrap_or(config.dead_letter);
             config.handler = handler.unwrap_or(config.handler);
             config.role = role.unwrap_or(config.role);
@@ -1041,6 +1047,21 @@ mod tests {
         let patch = ConfigPatch { runtime: Some(codezip::PROVIDED_RUNTIME.into()), ..Default::default() };
         assert!(matches!(store.update_config("f", patch, None), Err(StoreError::Code(CodeError::NoBootstrap))));
         assert_eq!(store.get("f", Version::LATEST).unwrap().runtime, "python3.11");
+
+        // SnapStart and Node.js do not go together, in either order, and a refusal changes nothing.
+        store.update_config("f", ConfigPatch { snap_start: Some(true), ..Default::default() }, None).unwrap();
+        let before = store.get("f", Version::LATEST).unwrap();
+        let to_node = ConfigPatch { runtime: Some("nodejs20.x".into()), ..Default::default() };
+        let refused = store.update_config("f", to_node, None);
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(m)) if m == "nodejs20.x is not supported for SnapStart enabled functions.")
+        );
+        assert_eq!(store.get("f", Version::LATEST).unwrap().revision_id, before.revision_id);
+        let both = ConfigPatch { runtime: Some("nodejs20.x".into()), snap_start: Some(false), ..Default::default() };
+        store.update_config("f", both, None).unwrap();
+        let snap = ConfigPatch { snap_start: Some(true), ..Default::default() };
+        assert!(matches!(store.update_config("f", snap, None), Err(StoreError::Invalid(_))));
+        assert!(!store.get("f", Version::LATEST).unwrap().snap_start);
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
