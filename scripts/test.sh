@@ -15,7 +15,12 @@ cd "$ember_repo"
 step() { printf '\n== [%s] %s\n' "$(date +%T)" "$*"; }
 
 step "installing packages"
-ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file rabbitmq-server
+ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file rabbitmq-server \
+    docker-registry skopeo
+# The image tests start their own registries (tests/common/registry.rs), on loopback ports.
+if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+    systemctl stop docker-registry || true
+fi
 # Debian starts the broker as a service where it can; the tests run their own
 # (scripts/rabbitmq.sh), on the same port.
 if command -v systemctl >/dev/null && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
@@ -44,8 +49,8 @@ scripts/build-guest.sh
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit and CLI tests"
-cargo test --workspace --locked --lib --bins --test cli
+step "unit, CLI and image pull tests"
+cargo test --workspace --locked --lib --bins --test cli --test images
 
 step "KVM integration tests"
 # Build the test binaries here; they run where KVM is, with the ember binary beside them.

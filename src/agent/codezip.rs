@@ -432,7 +432,7 @@ fn merge_tree(src: &Path, dst: &Path) -> Result<(), CodeError> {
 
 /// Builds the read-only ext4 image of the tree at `root`, which holds `content`, labelled
 /// `label`, owned by root.
-fn make_image(root: &Path, content: &Extracted, label: &str, image: &Path) -> Result<(), CodeError> {
+pub(crate) fn make_image(root: &Path, content: &Extracted, label: &str, image: &Path) -> Result<(), CodeError> {
     let size = image_size(content);
     let file = fs::File::create(image).map_err(host("create image"))?;
     file.set_len(size).map_err(host("size image"))?;

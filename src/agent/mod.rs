@@ -24,6 +24,7 @@ pub mod cgroup;
 pub mod codezip;
 pub mod functions;
 pub mod ids;
+pub mod images;
 pub mod instance;
 pub mod invoke;
 pub mod jail;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod registry;
 pub mod script;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,215 @@
+//! Container-image functions' images: pulled from an OCI registry (`registry`), their
+//! manifests and configurations checked (`manifest`), their layers applied in order
+//! (`unpack`) into one read-only ext4 root image, cached by manifest digest and shared by
+//! every function that uses it.
+//!
+//! The cache is `<data dir>/images/`: `<hex>.ext4` (the root, read-only) and `<hex>.json`
+//! (how to run it), where `<hex>` is the image manifest's sha256. The JSON is written last:
+//! an image is in the cache when its JSON is. A pull works in `images/pull-<random>/`
+//! (blobs, the unpacked tree), which goes whatever the outcome.
+
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod unpack;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use manifest::RunConfig;
+use reference::ImageRef;
+use registry::Registries;
+use serde::{Deserialize, Serialize};
+
+/// What can go wrong with an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The request names an image Ember cannot take (bad URI, registry not allowed, wrong
+    /// platform).
+    #[error("{0}")]
+    Invalid(String),
+    /// The registry has no such repository, tag or blob.
+    #[error("{0}")]
+    NotFound(String),
+    /// The registry answered something unusable.
+    #[error("{0}")]
+    Registry(String),
+    /// A blob or manifest does not match its digest.
+    #[error("{0}")]
+    Digest(String),
+    /// A layer is not a valid tar archive, or tries to leave the image's root.
+    #[error("{0}")]
+    Layer(String),
+    /// The image is over a limit (10 GB unpacked).
+    #[error("{0}")]
+    TooLarge(String),
+    /// This host failed (disk, mkfs).
+    #[error("{0}")]
+    Host(String),
+}
+
+/// An image in the cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pulled {
+    /// `sha256:<hex>` of its manifest.
+    pub digest: String,
+    /// `registry/repository@digest`: Lambda's `ResolvedImageUri`.
+    pub resolved_uri: String,
+    /// How the image says to run it.
+    pub config: RunConfig,
+    /// Bytes unpacked.
+    pub unpacked_bytes: u64,
+    /// The read-only ext4 root image (not in the JSON: derived from the digest).
+    #[serde(skip)]
+    pub root_image: PathBuf,
+}
+
+/// The image cache and the registries it pulls from.
+pub struct Images {
+    dir: PathBuf,
+    registries: Registries,
+    /// One pull at a time per manifest digest.
+    pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Images {
+    /// The cache in `dir` (made if missing; leftovers of interrupted pulls are removed).
+    pub fn open(dir: &Path, registries: Registries) -> std::io::Result<Images> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("pull-") {
+                std::fs::remove_dir_all(entry.path())?;
+            } else if name.ends_with(".ext4.tmp") || name.ends_with(".json.tmp") {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(Images { dir: dir.to_owned(), registries, pulling: Mutex::new(HashMap::new()) })
+    }
+
+    /// The root image of the manifest `digest`.
+    pub fn root_image(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{}.ext4", digest.trim_start_matches("sha256:")))
+    }
+
+    fn json_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", digest.trim_start_matches("sha256:")))
+    }
+
+    /// The cached image of manifest `digest`, if it is there.
+    pub fn cached(&self, digest: &str) -> Option<Pulled> {
+        let json = std::fs::read(self.json_path(digest)).ok()?;
+        let mut pulled: Pulled = serde_json::from_slice(&json).ok()?;
+        pulled.root_image = self.root_image(digest);
+        pulled.root_image.is_file().then_some(pulled)
+    }
+
+    /// Resolves `uri` to its manifest and makes sure its root image is in the cache, pulling
+    /// what is missing. `log` gets progress lines.
+    pub async fn pull(&self, uri: &str, log: &(dyn Fn(&str) + Send + Sync)) -> Result<Pulled, ImageError> {
+        let image = ImageRef::parse(uri)?;
+        let resolved = self.registries.resolve(&image).await?;
+        let digest = resolved.digest.clone();
+        let lock = {
+            let mut pulling = self.pulling.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(pulling.entry(digest.clone()).or_default())
+        };
+        let _guard = lock.lock().await;
+        if let Some(pulled) = self.cached(&digest) {
+            log(&format!("{uri}: {digest} is cached"));
+            return Ok(pulled);
+        }
+        let work = self.dir.join(format!("pull-{}", crate::agent::ids::random_hex()));
+        let result = self.pull_into(&image, resolved, &work, log).await;
+        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_file(self.root_image(&digest).with_extension("ext4.tmp"));
+        self.pulling.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+        result
+    }
+
+    async fn pull_into(
+        &self,
+        image: &ImageRef,
+        resolved: registry::Resolved,
+        work: &Path,
+        log: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Pulled, ImageError> {
+        let host = |what: &'static str| move |e: std::io::Error| ImageError::Host(format!("{what}: {e}"));
+        let started = std::time::Instant::now();
+        let registry::Resolved { digest, manifest } = resolved;
+        let root = work.join("root");
+        std::fs::create_dir_all(&root).map_err(host("create the pull's directory"))?;
+        let config_blob = self.registries.blob_bytes(image, &manifest.config.digest).await?;
+        let config = manifest::parse_config(&config_blob)?;
+        let layers = manifest.layers.len();
+        let total: u64 = manifest.layers.iter().map(|(b, _)| b.size).sum();
+        log(&format!("{image}: pulling {digest}: {layers} layers, {} MiB", total >> 20));
+        // Layer i unpacks while layer i + 1 downloads.
+        let budget = Arc::new(Mutex::new(unpack::Budget::default()));
+        let mut unpacking: Option<tokio::task::JoinHandle<Result<(), ImageError>>> = None;
+        for (i, (blob, compression)) in manifest.layers.iter().enumerate() {
+            let path = work.join(format!("layer-{i}"));
+            let label = format!("{image}: layer {}/{layers} {}", i + 1, blob.digest);
+            let progress = |n: u64| log(&format!("{label}: {} of {} MiB", n >> 20, blob.size >> 20));
+            self.registries.blob_to_file(image, &blob.digest, unpack::MAX_UNPACKED_BYTES, &path, &progress).await?;
+            if let Some(previous) = unpacking.take() {
+                previous.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")))??;
+            }
+            let (root, budget, compression) = (root.clone(), Arc::clone(&budget), *compression);
+            unpacking = Some(tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path).map_err(host("open a layer"))?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
+                unpack::apply_layer(&root, reader, compression, &mut budget)?;
+                std::fs::remove_file(&path).map_err(host("remove a layer"))
+            }));
+        }
+        if let Some(last) = unpacking {
+            last.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")))??;
+        }
+        let unpacked_bytes = budget.lock().unwrap_or_else(|e| e.into_inner()).bytes;
+        let image_path = self.root_image(&digest);
+        let tmp = image_path.with_extension("ext4.tmp");
+        let root_for_mkfs = root.clone();
+        let tmp_for_mkfs = tmp.clone();
+        tokio::task::spawn_blocking(move || unpack::make_root_image(&root_for_mkfs, &tmp_for_mkfs))
+            .await
+            .map_err(|e| ImageError::Host(format!("building the root image: {e}")))??;
+        std::fs::rename(&tmp, &image_path).map_err(host("move the root image into the cache"))?;
+        let pulled = Pulled {
+            resolved_uri: image.resolved(&digest),
+            digest: digest.clone(),
+            config,
+            unpacked_bytes,
+            root_image: image_path,
+        };
+        let json = serde_json::to_vec(&pulled).map_err(|e| ImageError::Host(e.to_string()))?;
+        let json_path = self.json_path(&digest);
+        let json_tmp = json_path.with_extension("json.tmp");
+        std::fs::write(&json_tmp, json).map_err(host("write the image's description"))?;
+        std::fs::File::open(&json_tmp).and_then(|f| f.sync_all()).map_err(host("sync"))?;
+        std::fs::rename(&json_tmp, &json_path).map_err(host("write the image's description"))?;
+        log(&format!(
+            "{image}: pulled {digest}: {} MiB unpacked in {:.1} s",
+            unpacked_bytes >> 20,
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(pulled)
+    }
+
+    /// Removes the cached images whose digests are not in `keep`.
+    pub fn collect(&self, keep: &std::collections::HashSet<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".json").or_else(|| name.strip_suffix(".ext4")) else { continue };
+            if hex.len() == 64 && !keep.contains(&format!("sha256:{hex}")) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Pulling container images from a real OCI registry (Debian's docker-registry, started by the
+//! test on a loopback port), images written as OCI layouts and pushed with skopeo: the root
+//! image built from the layers in order with whiteouts honoured, its run configuration, a tag
+//! that moves, a corrupted blob refused by its digest with nothing left behind, and registries
+//! not named insecure refused. No VM: the KVM tests run image functions end to end.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::registry::{tar_layer, OciImage, Registry};
+use ember::agent::images::registry::Registries;
+use ember::agent::images::{ImageError, Images};
+
+fn temp(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-images-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A file's content in an ext4 image, by debugfs; `None` if it is not there.
+fn cat(image: &Path, path: &str) -> Option<String> {
+    let out = Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(image).output().expect("run debugfs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("File not found") {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn image_v(version: &str) -> OciImage {
+    OciImage {
+        layers: vec![
+            tar_layer(&[
+                ("etc/", b""),
+                ("etc/os-release", b"ID=ember-test\n"),
+                ("etc/secret", b"to be deleted"),
+                ("var/task/", b""),
+                ("var/task/app.py", b"def handler(e, c):\n    return 1\n"),
+                ("opt/data/", b""),
+                ("opt/data/old", b"old"),
+            ]),
+            tar_layer(&[
+                ("etc/.wh.secret", b""),
+                ("opt/data/.wh..wh..opq", b""),
+                ("opt/data/new", b"new"),
+                ("var/task/version", version.as_bytes()),
+                ("usr/local/bin/run*", b"#!/bin/sh\necho run\n"),
+            ]),
+        ],
+        entrypoint: vec!["/usr/local/bin/run".into()],
+        cmd: vec!["app.handler".into()],
+        env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into(), "GREETING=hello from the image".into()],
+        working_dir: "/var/task".into(),
+    }
+}
+
+fn no_log(_: &str) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
+    let registry = Registry::start("pull");
+    let cache_dir = temp("cache");
+    let registries = Registries { insecure: HashSet::from([registry.host.clone()]) };
+    let images = Images::open(&cache_dir, registries).unwrap();
+
+    // v1: the root image has the layers in order, the whiteouts applied.
+    let d1 = registry.push(&image_v("1"), "fns/app", "v1");
+    let uri = format!("{}/fns/app:v1", registry.host);
+    let lines = std::sync::Mutex::new(Vec::new());
+    let log = |l: &str| lines.lock().unwrap().push(l.to_owned());
+    let pulled = images.pull(&uri, &log).await.unwrap();
+    assert_eq!(pulled.digest, d1);
+    assert_eq!(pulled.resolved_uri, format!("{}/fns/app@{d1}", registry.host));
+    assert_eq!(pulled.config.entrypoint, ["/usr/local/bin/run"]);
+    assert_eq!(pulled.config.cmd, ["app.handler"]);
+    assert_eq!(pulled.config.working_dir, "/var/task");
+    assert_eq!(pulled.config.env[1], "GREETING=hello from the image");
+    let root = &pulled.root_image;
+    assert_eq!(cat(root, "/etc/os-release").as_deref(), Some("ID=ember-test\n"));
+    assert_eq!(cat(root, "/etc/secret"), None, "the whiteout deletes the lower layer's file");
+    assert_eq!(cat(root, "/opt/data/old"), None, "the opaque directory hides the lower layer's files");
+    assert_eq!(cat(root, "/opt/data/new").as_deref(), Some("new"));
+    assert_eq!(cat(root, "/var/task/version").as_deref(), Some("1"));
+    for dir in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+        let out = Command::new("debugfs").arg("-R").arg(format!("stat {dir}")).arg(root).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Type: directory"), "{dir} in the root image");
+    }
+    let lines = lines.into_inner().unwrap();
+    assert!(lines.iter().any(|l| l.contains("pulling") && l.contains("2 layers")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("pulled")), "{lines:?}");
+
+    // A second pull of the same image uses the cache; a pull by digest gives the same.
+    let again = images.pull(&format!("{}/fns/app@{d1}", registry.host), &no_log).await.unwrap();
+    assert_eq!(again, pulled);
+
+    // The tag moves: the same URI now resolves to the new digest.
+    let d2 = registry.push(&image_v("2"), "fns/app", "v1");
+    assert_ne!(d1, d2);
+    let moved = images.pull(&uri, &no_log).await.unwrap();
+    assert_eq!(moved.digest, d2);
+    assert_eq!(cat(&moved.root_image, "/var/task/version").as_deref(), Some("2"));
+    assert!(pulled.root_image.exists(), "the old image stays until collected");
+    images.collect(&HashSet::from([d2.clone()])).unwrap();
+    assert!(!pulled.root_image.exists() && moved.root_image.exists());
+
+    // A corrupted layer blob: refused by its digest, nothing left behind.
+    let d3 = registry.push(&image_v("3"), "fns/corrupt", "latest");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(registry.blob_path(&d3)).unwrap()).unwrap();
+    let layer = manifest["layers"][1]["digest"].as_str().unwrap();
+    let blob = registry.blob_path(layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let before: HashSet<_> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let e = images.pull(&format!("{}/fns/corrupt:latest", registry.host), &no_log).await.unwrap_err();
+    assert!(matches!(&e, ImageError::Digest(m) if m.contains(layer)), "{e}");
+    let after: HashSet<_> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "a failed pull leaves nothing in the cache");
+
+    // Missing tags and repositories, and registries not named insecure.
+    let e = images.pull(&format!("{}/fns/app:nope", registry.host), &no_log).await.unwrap_err();
+    assert!(matches!(e, ImageError::NotFound(_)), "{e}");
+    let e = images.pull("registry.example:5000/fns/app:v1", &no_log).await.unwrap_err();
+    assert!(matches!(e, ImageError::Invalid(ref m) if m.contains("--insecure-registry")), "{e}");
+    let e = images.pull("no-registry", &no_log).await.unwrap_err();
+    assert!(matches!(e, ImageError::Invalid(_)), "{e}");
+
+    drop(images);
+    std::fs::remove_dir_all(&cache_dir).unwrap();
+}
