@@ -10,8 +10,10 @@
 #
 # An image is rebuilt only when its stamp changes: this script, ember-init, the recipe's files
 # (all but README.md, command and env) and the exact Debian package files the apt lists resolve
-# its package list to. Downloads (.debs, wheels) are cached in
-# ${EMBER_CACHE:-~/.cache/ember}/runtimes/, so a rebuild needs no network once they are there.
+# its package list to. Downloads (.debs, wheels, npm's tarballs) are cached in
+# ${EMBER_CACHE:-~/.cache/ember}/runtimes/, so a rebuild needs no network once they are there;
+# so are the images built (images/<name>-<stamp hash>.ext4, the newest two of each runtime),
+# which a clean checkout copies instead of building again.
 # Nothing is mounted. Verifying an image with Debian packages needs chroot, so root (or sudo).
 set -euo pipefail
 
@@ -349,6 +351,17 @@ build_runtime() (
         log "$name: up to date"
         return
     fi
+    # Built before from the same stamp (by another checkout, or before a clean): copied.
+    local key cached
+    key="$(sha256sum <<<"$want" | cut -c1-16)"
+    cached="$cache/images/$name-$key.ext4"
+    if [[ -f "$cached" ]]; then
+        cp "$cached" "$image.tmp"
+        mv "$image.tmp" "$image"
+        echo "$want" >"$stamp"
+        log "$name: copied from $cached"
+        return
+    fi
     log "$name: building"
     local started=$SECONDS
 
@@ -398,6 +411,12 @@ build_runtime() (
 
     make_image "$image" "${name:0:16}" # ext4 labels have at most 16 bytes
     echo "$want" >"$stamp"
+    # Kept for the next clean build; only the newest two of each runtime.
+    mkdir -p "$cache/images"
+    cp "$image" "$cached.tmp"
+    mv "$cached.tmp" "$cached"
+    find "$cache/images" -name "$name-*.ext4" -printf '%T@ %p\n' | sort -rn | tail -n +3 | cut -d' ' -f2- |
+        xargs -r rm -f
     log "$name: built in $((SECONDS - started)) s"
 )
 
