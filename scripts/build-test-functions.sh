@@ -5,6 +5,8 @@
 #               for the provided.al2023 runtime
 #   python.zip  tests/functions/python/handler.py at the root, for the python3.11 runtime
 #   node.zip    tests/functions/node/index.js and esm.mjs at the root, for nodejs20.x
+#   python3.11-root.tar, nodejs20.x-root.tar (and .tar.gz, .tar.gz.diffid)
+#               the files of those runtime images, the base layers of the image tests
 # The Rust crate is standalone (own workspace and Cargo.lock) and builds in
 # ${CARGO_TARGET_DIR:-<repo>/target}/test-functions; cargo makes reruns cheap. The zips are
 # deterministic (fixed timestamps) and replaced only when their content changed. The bootstrap
@@ -66,7 +68,34 @@ make_zip rust.zip "$bootstrap" 755
 make_zip python.zip "$fns/python/handler.py" 644
 make_zip node.zip "$fns/node/index.js" 644 "$fns/node/esm.mjs" 644
 
-for artifact in "$out/rust.zip" "$out/python.zip" "$out/node.zip"; do
+# The base layers of the image tests (tests/kvm_images.rs): each runtime image's files as an
+# uncompressed tar (numeric owners), rebuilt when the runtime image changes.
+base_layer() {
+    local runtime="$1" image tarball dump
+    image="$(dirname "$out")/runtimes/$runtime.ext4"
+    tarball="$out/$runtime-root.tar"
+    [[ -f "$image" ]] || { log "error: $image is missing (scripts/build-runtimes.sh)"; exit 1; }
+    if [[ -f "$tarball" && "$tarball" -nt "$image" && -f "$tarball.gz" ]]; then
+        return
+    fi
+    log "writing $tarball from $image"
+    dump="$(mktemp -d "$out/dump.XXXXXX")"
+    debugfs -R "rdump / $dump" "$image" >/dev/null 2>&1 || { log "error: debugfs could not dump $image"; exit 1; }
+    rm -rf "$dump/lost+found"
+    tar -C "$dump" --numeric-owner --owner=0 --group=0 -cf "$tarball.tmp" .
+    rm -rf "$dump"
+    # Also compressed, with the uncompressed digest (an image config's diff_id) beside it: the
+    # tests push it as is, so that nothing compresses 100 MiB in the emulated host.
+    sha256sum <"$tarball.tmp" | cut -d' ' -f1 >"$tarball.gz.diffid"
+    gzip -1 -n -c "$tarball.tmp" >"$tarball.gz.tmp"
+    mv "$tarball.gz.tmp" "$tarball.gz"
+    mv "$tarball.tmp" "$tarball"
+}
+export PATH="$PATH:/usr/sbin:/sbin"
+base_layer python3.11
+base_layer nodejs20.x
+
+for artifact in "$out/rust.zip" "$out/python.zip" "$out/node.zip" "$out/python3.11-root.tar.gz" "$out/nodejs20.x-root.tar.gz"; do
     bytes="$(stat -c %s "$artifact")"
     printf '%s %s (%s bytes)\n' "$artifact" "$(numfmt --to=iec-i --suffix=B "$bytes")" "$bytes"
 done

@@ -399,15 +399,23 @@ pub struct CreateArgs {
     /// The function's name.
     #[arg(long)]
     function_name: String,
-    /// provided.al2023, python3.11 or nodejs20.x.
+    /// provided.al2023, python3.11 or nodejs20.x (none for an image).
     #[arg(long)]
-    runtime: String,
-    /// The handler, e.g. handler.echo (python3.11); optional for provided.al2023.
+    runtime: Option<String>,
+    /// The handler, e.g. handler.echo (python3.11); optional for provided.al2023, none for an
+    /// image.
     #[arg(long)]
     handler: Option<String>,
     /// The deployment package (`fileb://` prefix accepted).
-    #[arg(long)]
-    zip_file: String,
+    #[arg(long, conflicts_with = "code")]
+    zip_file: Option<String>,
+    /// Zip (the default) or Image.
+    #[arg(long, value_name = "Zip|Image")]
+    package_type: Option<String>,
+    /// The code as the aws CLI's shorthand spells it: `ImageUri=REGISTRY/REPO:TAG` (or
+    /// `@sha256:...`) for an image.
+    #[arg(long, value_name = "ImageUri=URI")]
+    code: Option<String>,
     /// Memory in MB (128 to 10240) [default: 128].
     #[arg(long, allow_negative_numbers = true)]
     memory_size: Option<i64>,
@@ -441,8 +449,11 @@ pub struct UpdateCodeArgs {
     #[command(flatten)]
     function: NameArgs,
     /// The new deployment package (`fileb://` prefix accepted).
+    #[arg(long, required_unless_present = "image_uri", conflicts_with = "image_uri")]
+    zip_file: Option<String>,
+    /// An image function's new image (its tag is resolved again).
     #[arg(long)]
-    zip_file: String,
+    image_uri: Option<String>,
     #[command(flatten)]
     publish: Publish,
 }
@@ -850,7 +861,10 @@ fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
     Ok(match command {
         C::CreateFunction(a) => (&a.connect, send(create_function(a)?)),
         C::UpdateFunctionCode(a) => {
-            let mut body = json!({ "ZipFile": read_zip(&a.zip_file)? });
+            let mut body = match (&a.zip_file, &a.image_uri) {
+                (Some(zip), _) => json!({ "ZipFile": read_zip(zip)? }),
+                (None, uri) => json!({ "ImageUri": uri }),
+            };
             a.publish.apply(&mut body);
             (&a.function.connect, send(ApiRequest::json(Method::PUT, format!("{}/code", a.function.path()), body)))
         }
@@ -1022,12 +1036,21 @@ fn event_config_path(a: &QualifiedArgs) -> String {
 }
 
 fn create_function(args: &CreateArgs) -> Result<ApiRequest, Failure> {
+    let code = match (&args.zip_file, &args.code) {
+        (Some(zip), _) => json!({ "ZipFile": read_zip(zip)? }),
+        (None, Some(code)) => match code.split_once('=') {
+            Some(("ImageUri", uri)) if !uri.is_empty() => json!({ "ImageUri": uri }),
+            _ => return Err(Failure::invalid("--code takes ImageUri=URI (use --zip-file for a zip)")),
+        },
+        (None, None) => return Err(Failure::invalid("one of --zip-file or --code ImageUri=URI is required")),
+    };
     let mut body = json!({
         "FunctionName": args.function_name,
-        "Runtime": args.runtime,
         "Role": args.role,
-        "Code": { "ZipFile": read_zip(&args.zip_file)? },
+        "Code": code,
     });
+    set(&mut body, "Runtime", args.runtime.as_deref().map(Value::from));
+    set(&mut body, "PackageType", args.package_type.as_deref().map(Value::from));
     set(&mut body, "Handler", args.handler.as_deref().map(Value::from));
     set(&mut body, "MemorySize", args.memory_size.map(Value::from));
     set(&mut body, "Timeout", args.timeout.map(Value::from));

@@ -193,6 +193,10 @@ struct ServeArgs {
     /// seccomp filters still apply). Without root this is what happens anyway, said at start.
     #[arg(long)]
     no_jail: bool,
+    /// A registry container images may be pulled from over plain HTTP (`HOST:PORT`, as image
+    /// URIs name it); repeat for several. Only these are pulled from.
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
 }
 
 /// `A,B` in seconds.
@@ -486,6 +490,7 @@ fn serve(mut args: ServeArgs) -> ExitCode {
         amqp_url: args.amqp_url,
         jail: (!args.no_jail)
             .then_some(ember::agent::JailOptions { uid_base: args.jail_uid_base, uid_count: args.jail_uid_count }),
+        insecure_registries: args.insecure_registry,
     };
     // While this process has one thread: the jails' mounts go in a mount namespace of the
     // agent's own (without it, the agent says VMMs are not jailed, and why).

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::registry::{tar_layer, OciImage, Registry};
+use common::registry::{tar_layer, Layer, OciImage, Registry};
 use ember::agent::images::registry::Registries;
 use ember::agent::images::{ImageError, Images};
 
@@ -34,7 +34,7 @@ fn cat(image: &Path, path: &str) -> Option<String> {
 fn image_v(version: &str) -> OciImage {
     OciImage {
         layers: vec![
-            tar_layer(&[
+            Layer::Gzip(tar_layer(&[
                 ("etc/", b""),
                 ("etc/os-release", b"ID=ember-test\n"),
                 ("etc/secret", b"to be deleted"),
@@ -42,14 +42,14 @@ fn image_v(version: &str) -> OciImage {
                 ("var/task/app.py", b"def handler(e, c):\n    return 1\n"),
                 ("opt/data/", b""),
                 ("opt/data/old", b"old"),
-            ]),
-            tar_layer(&[
+            ])),
+            Layer::Tar(tar_layer(&[
                 ("etc/.wh.secret", b""),
                 ("opt/data/.wh..wh..opq", b""),
                 ("opt/data/new", b"new"),
                 ("var/task/version", version.as_bytes()),
                 ("usr/local/bin/run*", b"#!/bin/sh\necho run\n"),
-            ]),
+            ])),
         ],
         entrypoint: vec!["/usr/local/bin/run".into()],
         cmd: vec!["app.handler".into()],

@@ -132,6 +132,9 @@ fn boot() -> Result<(supervise::Signals, String), Error> {
     mounts::mount_all()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| Error::new("read /proc/cmdline", e))?;
     mounts::mount_code(&cmdline)?;
+    if flag(&cmdline, ember_proto::cmdline::IMAGE_ROOT) {
+        mounts::switch_to_image()?;
+    }
     // A SnapStart boot mounts /tmp only after a restore (see runtime::restore).
     if !flag(&cmdline, ember_proto::cmdline::SNAP_START) {
         mounts::mount_tmp(&cmdline, false)?;

@@ -63,6 +63,34 @@ pub fn mount_code(cmdline: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Makes the container image mounted at /var/task the root (`ember.image=1`): the VM's own
+/// filesystems move into it, then it moves onto / and ember-init chroots into it (as
+/// switch_root does; the boot root stays underneath, unreachable).
+pub fn switch_to_image() -> Result<(), Error> {
+    const NEW_ROOT: &str = "/var/task";
+    for m in &MOUNTS {
+        let from = m.target;
+        let to =
+            std::ffi::CString::new(format!("{NEW_ROOT}{}", from.to_string_lossy())).expect("a static path has no NUL");
+        // SAFETY: NUL-terminated strings that outlive the call; MS_MOVE ignores the rest.
+        let rc = unsafe { libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) };
+        if rc != 0 {
+            let what = format!("move {} into the image's root", from.to_string_lossy());
+            return Err(Error::new(what, io::Error::last_os_error()));
+        }
+    }
+    std::env::set_current_dir(NEW_ROOT).map_err(|e| Error::new("enter the image's root", e))?;
+    // SAFETY: NUL-terminated static strings; moves the mount at the working directory onto /.
+    if unsafe { libc::mount(c".".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) } != 0 {
+        return Err(Error::new("move the image's root onto /", io::Error::last_os_error()));
+    }
+    // SAFETY: a NUL-terminated static string.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        return Err(Error::new("chroot into the image's root", io::Error::last_os_error()));
+    }
+    std::env::set_current_dir("/").map_err(|e| Error::new("chdir / in the image's root", e))
+}
+
 /// Mounts the instance's scratch drive (`ember.tmp=/dev/vdX`) read-write at /tmp, over the
 /// boot-time tmpfs, which with `detach_tmpfs` is first unmounted (lazily: its memory goes as
 /// soon as nothing uses it).

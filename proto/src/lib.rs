@@ -75,6 +75,10 @@ pub mod cmdline {
     /// `ember.runtime=1`: ember-init connects the runtime channel ([`super::runtime`]) to the
     /// host, starts the runtime it is sent and serves the Lambda Runtime API.
     pub const RUNTIME: &str = "ember.runtime";
+    /// `ember.image=1`: the code drive is a container image's root: once it is mounted at
+    /// /var/task, ember-init moves /proc, /sys, /dev, /run and /tmp into it and makes it the
+    /// root, where the runtime then starts.
+    pub const IMAGE_ROOT: &str = "ember.image";
     /// `ember.snapstart=1`: this boot is an init snapshot's (SnapStart): /tmp is mounted only
     /// after a restore, and a runtime channel that breaks is connected again (a restore resets
     /// every vsock connection) and must then start with a `Restore` frame.

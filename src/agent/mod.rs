@@ -83,6 +83,8 @@ pub struct ServeOptions {
     pub amqp_url: Option<String>,
     /// How VMMs are jailed; `None`: they are not (`--no-jail`).
     pub jail: Option<JailOptions>,
+    /// Registries images may be pulled from over plain HTTP (`--insecure-registry HOST:PORT`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// The uids jailed VMMs run as (`--jail-uid-base`, `--jail-uid-count`).
@@ -238,9 +240,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         concurrent: u32::try_from(options.pool.max_instances).unwrap_or(u32::MAX),
         min_unreserved: options.min_unreserved.unwrap_or_else(|| default_min_unreserved(options.pool.max_instances)),
     };
-    let control = functions::Control::new(store.clone(), pool.clone(), logs.clone(), host);
+    let registries = images::registry::Registries { insecure: options.insecure_registries.iter().cloned().collect() };
+    let images_dir = options.data_dir.join(images::DIR);
+    let images = images::Images::open(&images_dir, registries)
+        .map_err(|source| ServeError::Io { what: format!("open {}", images_dir.display()), source })?;
+    let control = functions::Control::new(store.clone(), Arc::new(images), pool.clone(), logs.clone(), host);
     // Reservations, provisioned concurrency and SnapStart preparations outlive the agent.
     control.start().map_err(|e| ServeError::Store(e.to_string()))?;
+    control.collect_images().map_err(|e| ServeError::Store(e.to_string()))?;
     let invoker = invoke::Invoker::new(store.clone(), pool.clone());
     // Events accepted before a restart (or a crash) run now.
     let outbox = Arc::new(tokio::sync::Notify::new());

@@ -78,19 +78,24 @@ impl Registry {
         self.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
     }
 
-    /// Pushes `image` as `<host>/<repo>:<tag>` with skopeo; the pushed manifest's digest.
+    /// Pushes `image` as `<host>/<repo>:<tag>` with skopeo; the pushed manifest's digest
+    /// (skopeo compresses uncompressed layers on the way, so it may differ from the layout's).
     pub fn push(&self, image: &OciImage, repo: &str, tag: &str) -> String {
         let layout = self.dir.join(format!("layout-{repo}-{tag}").replace('/', "_"));
         let _ = std::fs::remove_dir_all(&layout);
-        let digest = image.write_layout(&layout, tag);
+        image.write_layout(&layout, tag);
+        let digest_file = layout.with_extension("digest");
         let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.host))
             .output()
             .expect("run skopeo (scripts/test.sh installs it)");
         assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::remove_dir_all(&layout).unwrap();
+        let digest = std::fs::read_to_string(&digest_file).unwrap().trim().to_owned();
+        std::fs::remove_file(&digest_file).unwrap();
         digest
     }
 }
@@ -103,9 +108,19 @@ impl Drop for Registry {
     }
 }
 
-/// An image to write: gzip-compressed tar layers, bottom first, and its run configuration.
+/// A layer of an [`OciImage`].
+pub enum Layer {
+    /// A tar, written uncompressed.
+    Tar(Vec<u8>),
+    /// A tar, gzip-compressed here.
+    Gzip(Vec<u8>),
+    /// Compressed already: the blob and the sha256 hex of its tar (the config's diff_id).
+    Gzipped(Vec<u8>, String),
+}
+
+/// An image to write: its layers, bottom first, and its run configuration.
 pub struct OciImage {
-    pub layers: Vec<Vec<u8>>,
+    pub layers: Vec<Layer>,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
@@ -128,16 +143,20 @@ impl OciImage {
         };
         let mut diff_ids = Vec::new();
         let mut layers = Vec::new();
-        for tar in &self.layers {
-            diff_ids.push(sha256(tar));
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(tar).unwrap();
-            let gz = gz.finish().unwrap();
-            layers.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": put(&gz),
-                "size": gz.len(),
-            }));
+        for layer in &self.layers {
+            let (blob, media_type, diff_id) = match layer {
+                Layer::Tar(tar) => (tar.clone(), "application/vnd.oci.image.layer.v1.tar", sha256(tar)),
+                Layer::Gzip(tar) => {
+                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    gz.write_all(tar).unwrap();
+                    (gz.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip", sha256(tar))
+                }
+                Layer::Gzipped(blob, hex) => {
+                    (blob.clone(), "application/vnd.oci.image.layer.v1.tar+gzip", format!("sha256:{hex}"))
+                }
+            };
+            diff_ids.push(diff_id);
+            layers.push(serde_json::json!({ "mediaType": media_type, "digest": put(&blob), "size": blob.len() }));
         }
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",

@@ -5,6 +5,7 @@
 use crate::agent::codezip::CodeError;
 use crate::agent::functions;
 use crate::agent::ids::RefError;
+use crate::agent::images::ImageError;
 use crate::agent::invoke;
 use crate::agent::pool::PoolError;
 use crate::agent::store::StoreError;
@@ -116,7 +117,24 @@ impl From<functions::Error> for ApiError {
                 ApiError::new(404, "ProvisionedConcurrencyConfigNotFoundException", e.to_string())
             }
             functions::Error::Store(e) => e.into(),
+            functions::Error::Image(e) => e.into(),
             functions::Error::Internal(m) => ApiError::service(m),
+        }
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Invalid(m) | ImageError::TooLarge(m) => ApiError::invalid(m),
+            ImageError::NotFound(m) => {
+                ApiError::invalid(format!("Source image does not exist. Provide a valid source image. ({m})"))
+            }
+            ImageError::Digest(m) | ImageError::Layer(m) => {
+                ApiError::invalid(format!("The image could not be used: {m}"))
+            }
+            ImageError::Registry(m) => ApiError::service(format!("Pulling the image failed: {m}")),
+            ImageError::Host(m) => ApiError::service(m),
         }
     }
 }

@@ -18,7 +18,7 @@ use super::Req;
 use crate::agent::functions::validate;
 use crate::agent::ids;
 use crate::agent::limits;
-use crate::agent::store::{ConfigPatch, NewFunction};
+use crate::agent::store::{ConfigPatch, ImageConfig, NewFunction};
 use crate::agent::Agent;
 
 /// What `GET .../logs` returns without `?bytes=`, and the most it returns.
@@ -44,6 +44,41 @@ struct CreateInput {
     ephemeral_storage: Option<EphemeralStorageInput>,
     snap_start: Option<SnapStartInput>,
     dead_letter_config: Option<DeadLetterInput>,
+    package_type: Option<String>,
+    image_config: Option<ImageConfigInput>,
+}
+
+/// `ImageConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ImageConfigInput {
+    entry_point: Option<Vec<String>>,
+    command: Option<Vec<String>>,
+    working_directory: Option<String>,
+}
+
+impl ImageConfigInput {
+    fn validate(self) -> Result<ImageConfig, ApiError> {
+        for list in [&self.entry_point, &self.command].into_iter().flatten() {
+            if list.len() > 1500 || list.iter().any(|w| w.len() > 1024) {
+                return Err(ApiError::invalid(
+                    "ImageConfig's EntryPoint and Command take at most 1500 strings of 1024 characters.",
+                ));
+            }
+        }
+        if let Some(dir) = &self.working_directory {
+            if dir.len() > 1000 || (!dir.is_empty() && !dir.starts_with('/')) {
+                return Err(ApiError::invalid(
+                    "ImageConfig.WorkingDirectory must be an absolute path of at most 1000 characters.",
+                ));
+            }
+        }
+        Ok(ImageConfig {
+            entry_point: self.entry_point,
+            command: self.command,
+            working_directory: self.working_directory.filter(|d| !d.is_empty()),
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +91,7 @@ struct DeadLetterInput {
 #[serde(rename_all = "PascalCase", default)]
 struct CodeInput {
     zip_file: Option<String>,
+    image_uri: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,12 +127,14 @@ struct UpdateConfigurationInput {
     layers: Option<Vec<String>>,
     snap_start: Option<SnapStartInput>,
     dead_letter_config: Option<DeadLetterInput>,
+    image_config: Option<ImageConfigInput>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct UpdateCodeInput {
     zip_file: Option<String>,
+    image_uri: Option<String>,
     publish: Option<bool>,
     dry_run: Option<bool>,
     revision_id: Option<String>,
@@ -139,12 +177,35 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
             raw_name
         }
     };
-    let runtime = input.runtime.ok_or_else(|| ApiError::invalid("Runtime is required for .zip file packages."))?;
-    validate::runtime(&runtime)?;
+    let image = match input.package_type.as_deref() {
+        None | Some("Zip") => false,
+        Some("Image") => true,
+        Some(other) => {
+            return Err(
+                validate::constraint(other, "packageType", "Member must satisfy enum value set: [Image, Zip]").into()
+            )
+        }
+    };
+    let (runtime, handler) = if image {
+        if input.runtime.is_some() || input.handler.is_some() {
+            return Err(ApiError::invalid(
+                "Runtime and Handler are not supported for functions with the Image package type: the image says how \
+                 to run it (override with ImageConfig).",
+            ));
+        }
+        (String::new(), String::new())
+    } else {
+        if input.image_config.is_some() {
+            return Err(ApiError::invalid("ImageConfig is only supported for functions with the Image package type."));
+        }
+        let runtime = input.runtime.ok_or_else(|| ApiError::invalid("Runtime is required for .zip file packages."))?;
+        validate::runtime(&runtime)?;
+        let handler = input.handler.unwrap_or_default();
+        validate::handler(&runtime, &handler)?;
+        (runtime, handler)
+    };
     let role = input.role.ok_or_else(|| ApiError::invalid("Role is required."))?;
     validate::role(&role)?;
-    let handler = input.handler.unwrap_or_default();
-    validate::handler(&runtime, &handler)?;
     let description = input.description.unwrap_or_default();
     validate::description(&description)?;
     let environment = input.environment.and_then(|e| e.variables).unwrap_or_default();
@@ -155,8 +216,16 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
     let tags = input.tags.unwrap_or_default();
     validate::tags(&tags)?;
     let snap_start = snap_start(input.snap_start)?.unwrap_or(false);
+    if snap_start && image {
+        return Err(ApiError::invalid(
+            "SnapStart is not supported for functions with the Image package type on this host.",
+        ));
+    }
     if snap_start {
         validate::snap_start_runtime(&runtime)?;
+    }
+    if image && !layers.is_empty() {
+        return Err(ApiError::invalid(crate::agent::store::IMAGE_LAYERS));
     }
     let new = NewFunction {
         name,
@@ -175,10 +244,27 @@ pub async fn create(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, Ap
         layers,
         tags,
     };
-    let zip_b64 = input.code.and_then(|c| c.zip_file).ok_or_else(|| ApiError::invalid("Code.ZipFile is required."))?;
-    let zip = decode_zip(&zip_b64)?;
-    drop(zip_b64);
-    let (latest, published) = agent.control.create(new, zip, input.publish.unwrap_or(false)).await?;
+    let code = input.code.unwrap_or_default();
+    let publish = input.publish.unwrap_or(false);
+    let (latest, published) = if image {
+        if code.zip_file.is_some() {
+            return Err(ApiError::invalid("Code.ZipFile is not supported for functions with the Image package type."));
+        }
+        let uri =
+            code.image_uri.ok_or_else(|| ApiError::invalid("Code.ImageUri is required for the Image package type."))?;
+        let overrides = input.image_config.map(ImageConfigInput::validate).transpose()?.unwrap_or_default();
+        agent.control.create_image(new, uri, overrides, publish).await?
+    } else {
+        if code.image_uri.is_some() {
+            return Err(ApiError::invalid(
+                "Code.ImageUri is only supported for functions with the Image package type.",
+            ));
+        }
+        let zip_b64 = code.zip_file.ok_or_else(|| ApiError::invalid("Code.ZipFile is required."))?;
+        let zip = decode_zip(&zip_b64)?;
+        drop(zip_b64);
+        agent.control.create(new, zip, publish).await?
+    };
     let shown = published.unwrap_or(latest);
     Ok(body::json(StatusCode::CREATED, &shapes::configuration(&shown, &shown.arn())))
 }
@@ -215,10 +301,15 @@ pub fn get(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
         shown.config.name,
         shown.config.version.to_string().replace('$', "%24")
     );
-    let mut out = json!({
-        "Configuration": shapes::configuration(&shown.config, &shown.arn),
-        "Code": { "RepositoryType": "S3", "Location": location },
-    });
+    let code = match &shown.config.image {
+        Some(image) => json!({
+            "RepositoryType": "ECR",
+            "ImageUri": image.uri,
+            "ResolvedImageUri": image.resolved_uri,
+        }),
+        None => json!({ "RepositoryType": "S3", "Location": location }),
+    };
+    let mut out = json!({ "Configuration": shapes::configuration(&shown.config, &shown.arn), "Code": code });
     if !meta.tags.is_empty() {
         out["Tags"] = json!(meta.tags);
     }
@@ -252,8 +343,11 @@ pub async fn update_configuration(agent: &Arc<Agent>, req: Req<'_>) -> Result<Ht
     if let Some(role) = &input.role {
         validate::role(role)?;
     }
-    let runtime = input.runtime.as_deref().unwrap_or(&current.runtime);
-    validate::handler(runtime, input.handler.as_deref().unwrap_or(&current.handler))?;
+    if current.image.is_none() {
+        let runtime = input.runtime.as_deref().unwrap_or(&current.runtime);
+        validate::handler(runtime, input.handler.as_deref().unwrap_or(&current.handler))?;
+    }
+    let image_config = input.image_config.map(ImageConfigInput::validate).transpose()?;
     if let Some(description) = &input.description {
         validate::description(description)?;
     }
@@ -276,6 +370,7 @@ pub async fn update_configuration(agent: &Arc<Agent>, req: Req<'_>) -> Result<Ht
         snap_start: snap_start(input.snap_start)?,
         dead_letter: dead_letter(agent, input.dead_letter_config)?,
         layers: input.layers,
+        image_config,
     };
     let config = agent.control.update_config(&name, patch, input.revision_id).await?;
     Ok(body::json(StatusCode::OK, &shapes::configuration(&config, &config.arn())))
@@ -288,6 +383,16 @@ pub async fn update_code(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpRespons
     members::check(&req.body, members::UPDATE_FUNCTION_CODE, "UpdateFunctionCode")?;
     let input: UpdateCodeInput = body::shape(req.body)?;
     validate::architectures(&input.architectures.unwrap_or_default())?;
+    if let Some(uri) = input.image_uri {
+        if input.zip_file.is_some() {
+            return Err(ApiError::invalid("Please provide either ZipFile or ImageUri, not both."));
+        }
+        if input.dry_run.unwrap_or(false) {
+            return Err(ApiError::invalid("DryRun is not supported with ImageUri on this host."));
+        }
+        let config = agent.control.update_image(&name, uri, input.revision_id, input.publish.unwrap_or(false)).await?;
+        return Ok(body::json(StatusCode::OK, &shapes::configuration(&config, &config.arn())));
+    }
     let zip =
         decode_zip(&input.zip_file.ok_or_else(|| ApiError::invalid("Please provide a source for function code."))?)?;
     let config = if input.dry_run.unwrap_or(false) {

@@ -41,10 +41,6 @@ fn text_logs(v: &Value) -> bool {
     v.is_null() || v == "Text"
 }
 
-fn zip_package(v: &Value) -> bool {
-    v.is_null() || v == "Zip"
-}
-
 const VPC_CONFIG: Rule = Struct(&[
     ("SubnetIds", Unimplemented(unset)),
     ("SecurityGroupIds", Unimplemented(unset)),
@@ -61,6 +57,8 @@ const LOGGING_CONFIG: Rule = Struct(&[
 const ENVIRONMENT: Rule = Struct(&[("Variables", Supported)]);
 const EPHEMERAL_STORAGE: Rule = Struct(&[("Size", Supported)]);
 const SNAP_START: Rule = Struct(&[("ApplyOn", Supported)]);
+const IMAGE_CONFIG: Rule =
+    Struct(&[("EntryPoint", Supported), ("Command", Supported), ("WorkingDirectory", Supported)]);
 
 /// CreateFunction's members.
 pub const CREATE_FUNCTION: &[(&str, Rule)] = &[
@@ -75,7 +73,7 @@ pub const CREATE_FUNCTION: &[(&str, Rule)] = &[
             ("S3Bucket", Unimplemented(unset)),
             ("S3Key", Unimplemented(unset)),
             ("S3ObjectVersion", Unimplemented(unset)),
-            ("ImageUri", Unimplemented(unset)),
+            ("ImageUri", Supported),
             ("SourceKMSKeyArn", Unimplemented(unset)),
         ]),
     ),
@@ -84,7 +82,7 @@ pub const CREATE_FUNCTION: &[(&str, Rule)] = &[
     ("MemorySize", Supported),
     ("Publish", Supported),
     ("VpcConfig", VPC_CONFIG),
-    ("PackageType", Unimplemented(zip_package)),
+    ("PackageType", Supported),
     ("DeadLetterConfig", DEAD_LETTER_CONFIG),
     ("Environment", ENVIRONMENT),
     ("KMSKeyArn", Unimplemented(unset)),
@@ -92,7 +90,7 @@ pub const CREATE_FUNCTION: &[(&str, Rule)] = &[
     ("Tags", Supported),
     ("Layers", Supported),
     ("FileSystemConfigs", Unimplemented(unset)),
-    ("ImageConfig", Unimplemented(unset)),
+    ("ImageConfig", IMAGE_CONFIG),
     ("CodeSigningConfigArn", Unimplemented(unset)),
     ("Architectures", Supported),
     ("EphemeralStorage", EPHEMERAL_STORAGE),
@@ -120,7 +118,7 @@ pub const UPDATE_FUNCTION_CONFIGURATION: &[(&str, Rule)] = &[
     ("RevisionId", Supported),
     ("Layers", Supported),
     ("FileSystemConfigs", Unimplemented(unset)),
-    ("ImageConfig", Unimplemented(unset)),
+    ("ImageConfig", IMAGE_CONFIG),
     ("EphemeralStorage", EPHEMERAL_STORAGE),
     ("SnapStart", SNAP_START),
     ("LoggingConfig", LOGGING_CONFIG),
@@ -134,7 +132,7 @@ pub const UPDATE_FUNCTION_CODE: &[(&str, Rule)] = &[
     ("S3Bucket", Unimplemented(unset)),
     ("S3Key", Unimplemented(unset)),
     ("S3ObjectVersion", Unimplemented(unset)),
-    ("ImageUri", Unimplemented(unset)),
+    ("ImageUri", Supported),
     ("Publish", Supported),
     ("DryRun", Supported),
     ("RevisionId", Supported),
@@ -362,7 +360,6 @@ mod tests {
             (json!({"VpcConfig": {"SubnetIds": ["subnet-1"]}}), "VpcConfig.SubnetIds"),
             (json!({"TracingConfig": {"Mode": "Active"}}), "TracingConfig.Mode"),
             (json!({"Code": {"S3Bucket": "b"}}), "Code.S3Bucket"),
-            (json!({"PackageType": "Image"}), "PackageType"),
             (json!({"LoggingConfig": {"LogFormat": "JSON"}}), "LoggingConfig.LogFormat"),
             (json!({"Surprise": 1}), "Surprise"),
             (json!({"Environment": {"Vars": {}}}), "Environment.Vars"),

@@ -39,6 +39,25 @@ pub fn configuration(c: &FunctionConfig, arn: &str) -> Value {
     if c.handler.is_empty() {
         out.as_object_mut().expect("an object").remove("Handler");
     }
+    if let Some(image) = &c.image {
+        let o = out.as_object_mut().expect("an object");
+        o.remove("Runtime");
+        out["PackageType"] = json!("Image");
+        let overrides = &image.overrides;
+        if *overrides != Default::default() {
+            let mut config = json!({});
+            if let Some(v) = &overrides.entry_point {
+                config["EntryPoint"] = json!(v);
+            }
+            if let Some(v) = &overrides.command {
+                config["Command"] = json!(v);
+            }
+            if let Some(v) = &overrides.working_directory {
+                config["WorkingDirectory"] = json!(v);
+            }
+            out["ImageConfigResponse"] = json!({ "ImageConfig": config });
+        }
+    }
     if !c.environment.is_empty() {
         out["Environment"] = json!({ "Variables": c.environment });
     }

@@ -45,7 +45,8 @@ pub(crate) fn test_agent() -> TestAgent {
         Arc::new(Fake::default()),
     );
     let limits = HostLimits { concurrent: 10, min_unreserved: 1 };
-    let control = Control::new(store.clone(), pool.clone(), logs.clone(), limits);
+    let images = crate::agent::images::Images::open(&dir.join("images"), Default::default()).unwrap();
+    let control = Control::new(store.clone(), Arc::new(images), pool.clone(), logs.clone(), limits);
     let invoker = Invoker::new(store.clone(), pool.clone());
     let queue =
         AsyncQueue::start(store.clone(), invoker.clone(), pool, DEFAULT_RETRY_DELAYS, Default::default()).unwrap();
@@ -225,6 +226,29 @@ async fn create_validation_and_unsupported_members() {
         (json!({ "TracingConfig": { "Mode": "Active" } }), "TracingConfig.Mode"),
         (json!({ "Tags": { "aws:reserved": "x" } }), "reserved for AWS"),
         (json!({ "Layers": [ids::layer_version_arn("missing", 1)] }), "does not exist"),
+        (json!({ "PackageType": "Docker" }), "packageType"),
+        (json!({ "Code": { "ImageUri": "h.example/f:1" } }), "Code.ImageUri is only supported"),
+        (json!({ "ImageConfig": { "Command": ["x"] } }), "ImageConfig is only supported"),
+        (json!({ "PackageType": "Image", "Code": { "ImageUri": "h.example/f:1" } }), "Runtime and Handler are not"),
+        (json!({ "PackageType": "Image", "Runtime": null, "Handler": null }), "Code.ZipFile is not supported"),
+        (
+            json!({ "PackageType": "Image", "Runtime": null, "Handler": null, "Code": { "ImageUri": "f" } }),
+            "Source image f is not valid",
+        ),
+        (
+            json!({ "PackageType": "Image", "Runtime": null, "Handler": null, "Code": { "ImageUri": "h.example:5000/f:1" } }),
+            "--insecure-registry",
+        ),
+        (
+            json!({ "PackageType": "Image", "Runtime": null, "Handler": null, "Code": { "ImageUri": "h.example/f:1" },
+                    "Layers": [ids::layer_version_arn("l", 1)] }),
+            "Layers are only supported for functions with the Zip package type",
+        ),
+        (
+            json!({ "PackageType": "Image", "Runtime": null, "Handler": null, "Code": { "ImageUri": "h.example/f:1" },
+                    "ImageConfig": { "WorkingDirectory": "relative" } }),
+            "absolute path",
+        ),
     ];
     for (extra, needle) in cases {
         let a = call(&t, "POST", "/2015-03-31/functions", &[], create_body("v", extra.clone())).await;

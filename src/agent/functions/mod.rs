@@ -18,14 +18,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::ids::{self, FunctionRef, Qualifier, Version};
+use super::images::Images;
 use super::logs::Logs;
 use super::pool::provisioned::split;
 use super::pool::{Pool, ProvisionedStatus};
 use super::store::concurrency::{HostLimits, Usage};
 use super::store::functions::Published;
 use super::store::{
-    Alias, AliasPatch, ConfigPatch, FunctionConfig, FunctionMeta, LayerVersion, NewAlias, NewFunction, NewLayerVersion,
-    Page, State, Store, StoreError,
+    Alias, AliasPatch, ConfigPatch, FunctionConfig, FunctionMeta, ImageConfig, ImageFunction, LayerVersion, NewAlias,
+    NewFunction, NewLayerVersion, Page, State, Store, StoreError,
 };
 
 /// Why a control-plane request was refused or failed.
@@ -46,6 +47,9 @@ pub enum Error {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A container image could not be pulled.
+    #[error(transparent)]
+    Image(#[from] crate::agent::images::ImageError),
     /// Our own failure.
     #[error("{0}")]
     Internal(String),
@@ -75,6 +79,8 @@ pub struct AccountSettings {
 /// The control plane.
 pub struct Control {
     store: Arc<Store>,
+    /// Container images: the registries and the cache of root images.
+    images: Arc<Images>,
     pool: Pool,
     logs: Logs,
     limits: HostLimits,
@@ -84,8 +90,8 @@ pub struct Control {
 
 impl Control {
     /// The control plane of `store`, telling `pool` what changes; `limits` are the host's.
-    pub fn new(store: Arc<Store>, pool: Pool, logs: Logs, limits: HostLimits) -> Control {
-        Control { store, pool, logs, limits, urls: urls::UrlCache::default() }
+    pub fn new(store: Arc<Store>, images: Arc<Images>, pool: Pool, logs: Logs, limits: HostLimits) -> Control {
+        Control { store, images, pool, logs, limits, urls: urls::UrlCache::default() }
     }
 
     /// Applies what the store holds to a pool that has just started: reservations,
@@ -170,6 +176,68 @@ impl Control {
         let (latest, published) = self.blocking(move |s| Ok(s.create(new, &zip, publish)?)).await?;
         self.published(published.as_ref());
         Ok((latest, published))
+    }
+
+    /// Creates a container-image function: its image pulled (what the cache lacks) from the
+    /// registry `uri` names, its tag resolved to a digest now.
+    pub async fn create_image(
+        &self,
+        new: NewFunction,
+        uri: String,
+        overrides: ImageConfig,
+        publish: bool,
+    ) -> Result<(Arc<FunctionConfig>, Option<Arc<FunctionConfig>>), Error> {
+        if self.store.exists(&new.name)? {
+            return Err(StoreError::Exists(format!("Function already exist: {}", new.name)).into());
+        }
+        let (image, unpacked) = self.pull(uri, overrides).await?;
+        let (latest, published) = self.blocking(move |s| Ok(s.create_image(new, image, unpacked, publish)?)).await?;
+        self.published(published.as_ref());
+        Ok((latest, published))
+    }
+
+    /// Replaces an image function's image with what `uri` resolves to now (a moved tag gives
+    /// its new digest), and with `publish` publishes it.
+    pub async fn update_image(
+        &self,
+        name: &str,
+        uri: String,
+        revision: Option<String>,
+        publish: bool,
+    ) -> Result<Arc<FunctionConfig>, Error> {
+        let current = self.store.get(name, Version::LATEST)?;
+        if current.image.is_none() {
+            return Err(Error::Invalid(
+                "Please provide ZipFile: the function's package type is Zip, not Image.".into(),
+            ));
+        }
+        let (image, unpacked) = self.pull(uri, ImageConfig::default()).await?;
+        let n = name.to_owned();
+        let (latest, published) =
+            self.blocking(move |s| Ok(s.update_image(&n, image, unpacked, revision.as_deref(), publish)?)).await?;
+        self.pool.retire(name, Version::LATEST);
+        self.published(published.as_ref());
+        Ok(published.unwrap_or(latest))
+    }
+
+    /// Pulls `uri` into the image cache, with progress in the agent's log.
+    async fn pull(&self, uri: String, overrides: ImageConfig) -> Result<(ImageFunction, u64), Error> {
+        let pulled = self.images.pull(&uri, &|line| eprintln!("ember: image {line}")).await?;
+        let image = ImageFunction {
+            uri,
+            resolved_uri: pulled.resolved_uri,
+            digest: pulled.digest,
+            run: pulled.config,
+            overrides,
+        };
+        Ok((image, pulled.unpacked_bytes))
+    }
+
+    /// Removes the cached images no version uses (at start: a pull in flight is not yet in
+    /// the store, so this never runs beside one).
+    pub fn collect_images(&self) -> Result<(), Error> {
+        let used = self.store.image_digests()?;
+        self.images.collect(&used).map_err(|e| Error::Internal(format!("collect images: {e}")))
     }
 
     /// Replaces `$LATEST`'s code (and with `publish`, publishes it: the new version is

@@ -22,6 +22,9 @@ use reference::ImageRef;
 use registry::Registries;
 use serde::{Deserialize, Serialize};
 
+/// The image cache's directory in the data dir.
+pub const DIR: &str = "images";
+
 /// What can go wrong with an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -146,18 +149,25 @@ impl Images {
         let config = manifest::parse_config(&config_blob)?;
         let layers = manifest.layers.len();
         let total: u64 = manifest.layers.iter().map(|(b, _)| b.size).sum();
-        log(&format!("{image}: pulling {digest}: {layers} layers, {} MiB", total >> 20));
+        log(&format!("{image}: pulling {digest}: {layers} layers, {}", mib(total)));
         // Layer i unpacks while layer i + 1 downloads.
         let budget = Arc::new(Mutex::new(unpack::Budget::default()));
         let mut unpacking: Option<tokio::task::JoinHandle<Result<(), ImageError>>> = None;
         for (i, (blob, compression)) in manifest.layers.iter().enumerate() {
             let path = work.join(format!("layer-{i}"));
             let label = format!("{image}: layer {}/{layers} {}", i + 1, blob.digest);
-            let progress = |n: u64| log(&format!("{label}: {} of {} MiB", n >> 20, blob.size >> 20));
-            self.registries.blob_to_file(image, &blob.digest, unpack::MAX_UNPACKED_BYTES, &path, &progress).await?;
+            let progress = |n: u64| log(&format!("{label}: {} of {}", mib(n), mib(blob.size)));
+            let downloaded =
+                self.registries.blob_to_file(image, &blob.digest, unpack::MAX_UNPACKED_BYTES, &path, &progress).await;
+            // The previous layer's unpacking ends first, whatever happened: the caller removes
+            // the work directory once this returns.
             if let Some(previous) = unpacking.take() {
-                previous.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")))??;
+                let unpacked = previous.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")));
+                if downloaded.is_ok() {
+                    unpacked??;
+                }
             }
+            downloaded?;
             let (root, budget, compression) = (root.clone(), Arc::clone(&budget), *compression);
             unpacking = Some(tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&path).map_err(host("open a layer"))?;
@@ -193,8 +203,8 @@ impl Images {
         std::fs::File::open(&json_tmp).and_then(|f| f.sync_all()).map_err(host("sync"))?;
         std::fs::rename(&json_tmp, &json_path).map_err(host("write the image's description"))?;
         log(&format!(
-            "{image}: pulled {digest}: {} MiB unpacked in {:.1} s",
-            unpacked_bytes >> 20,
+            "{image}: pulled {digest}: {} unpacked in {:.1} s",
+            mib(unpacked_bytes),
             started.elapsed().as_secs_f64()
         ));
         Ok(pulled)
@@ -212,4 +222,9 @@ impl Images {
         }
         Ok(())
     }
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }

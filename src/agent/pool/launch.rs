@@ -105,23 +105,51 @@ impl VmmLauncher {
 
     fn spec(&self, f: &FunctionConfig, id: &str, start: Start) -> Result<LaunchSpec, instance::Error> {
         let config = &self.config;
-        let rootfs = runtime_image(&config.guest_dir, &f.runtime);
+        let root_runtime = boot_runtime(f);
+        let rootfs = runtime_image(&config.guest_dir, root_runtime);
         if !rootfs.is_file() {
             return Err(instance::Error::Host(format!(
-                "the image of runtime {} is missing: {}",
-                f.runtime,
+                "the image of runtime {root_runtime} is missing: {}",
                 rootfs.display()
             )));
         }
-        let (argv, env) = runtime_files(&config.guest_dir, &f.runtime).map_err(|e| {
-            instance::Error::Host(format!(
-                "cannot read the command of runtime {} in {}: {e}",
-                f.runtime,
-                config.guest_dir.display()
-            ))
-        })?;
         let mut cmdline = format!("{DEFAULT_CMDLINE} {}=1", ember_proto::cmdline::RUNTIME);
-        let mut runtime = runtime_config(f, id, &argv, &env);
+        let mut runtime = match &f.image {
+            // A container image runs its own command, in its own root (ember-init switches
+            // into it), with its environment under Lambda's variables.
+            Some(image) => {
+                cmdline.push_str(&format!(" {}=1", ember_proto::cmdline::IMAGE_ROOT));
+                let (argv, env, cwd) = image.command();
+                let mut runtime = runtime_config(f, id, &argv, &env);
+                runtime.cwd = cwd;
+                let set = |runtime: &mut Config, key: &str, value: String| match runtime
+                    .env
+                    .iter_mut()
+                    .find(|(k, _)| k == key)
+                {
+                    Some(entry) => entry.1 = value,
+                    None => runtime.env.push((key.to_owned(), value)),
+                };
+                if let Some((_, path)) = env.iter().find(|(k, _)| k == "PATH") {
+                    set(&mut runtime, "PATH", path.clone());
+                }
+                // What Lambda shows as the handler of an image: its command's first word.
+                let handler = image.overrides.command.as_ref().unwrap_or(&image.run.cmd).first().cloned();
+                set(&mut runtime, "_HANDLER", handler.unwrap_or_default());
+                runtime.env.retain(|(k, _)| k != "PYTHONUNBUFFERED" || env.iter().any(|(e, _)| e == k));
+                runtime
+            }
+            None => {
+                let (argv, env) = runtime_files(&config.guest_dir, &f.runtime).map_err(|e| {
+                    instance::Error::Host(format!(
+                        "cannot read the command of runtime {} in {}: {e}",
+                        f.runtime,
+                        config.guest_dir.display()
+                    ))
+                })?;
+                runtime_config(f, id, &argv, &env)
+            }
+        };
         let mut restore = None;
         match start {
             Start::Boot => {}
@@ -195,13 +223,23 @@ impl Launcher for VmmLauncher {
 
     fn files(&self, f: &FunctionConfig) -> std::io::Result<Vec<Fingerprint>> {
         let guest = &self.config.guest_dir;
-        let mut files = vec![guest.join("vmlinux"), runtime_image(guest, &f.runtime), f.code_image.clone()];
+        let mut files = vec![guest.join("vmlinux"), runtime_image(guest, boot_runtime(f)), f.code_image.clone()];
         files.extend(f.opt_image.clone());
         files.iter().map(|p| Fingerprint::of(p)).collect()
     }
 
     fn start_spares(&self) {
         self.vmms.fill();
+    }
+}
+
+/// The runtime whose image `f` boots: its own, or for a container image the one with nothing
+/// but ember-init (which then switches into the image).
+fn boot_runtime(f: &FunctionConfig) -> &str {
+    if f.image.is_some() {
+        crate::agent::codezip::PROVIDED_RUNTIME
+    } else {
+        &f.runtime
     }
 }
 

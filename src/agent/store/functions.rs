@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde::{Deserialize, Serialize};
 
 use super::code::Pinned;
 use super::layers::LayerRef;
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::agent::codezip::{self, CodeError};
 use crate::agent::ids::{self, random_uuid, Version};
+use crate::agent::images::manifest::RunConfig;
 use crate::agent::limits;
 
 /// A version's state, as Lambda reports it.
@@ -97,6 +99,9 @@ pub struct FunctionConfig {
     /// `DeadLetterConfig.TargetArn`: the queue that gets an asynchronous event whose retries
     /// are exhausted.
     pub dead_letter: Option<String>,
+    /// A container-image function's image (`PackageType: Image`); `None` for a zip's. Its root
+    /// image is then `code_image`, and runtime, handler, code size and layers are empty.
+    pub image: Option<ImageFunction>,
     /// Whether it can be invoked yet.
     pub state: State,
     /// Why it is `Failed` (or `Pending`).
@@ -118,6 +123,9 @@ impl FunctionConfig {
 
     /// The hex sha256 of its code (the code image's file stem).
     fn code_hex(&self) -> String {
+        if self.image.is_some() {
+            return String::new(); // not a blob of the code dir
+        }
         self.code_image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
@@ -144,11 +152,55 @@ impl FunctionConfig {
             && self.layers == other.layers
             && self.snap_start == other.snap_start
             && self.dead_letter == other.dead_letter
+            && self.image == other.image
     }
 
     /// The code and layers, unzipped, in bytes (at most 250 MB together).
     pub fn unzipped_total(&self) -> u64 {
         self.code_unzipped + self.layers.iter().map(|l| l.unzipped).sum::<u64>()
+    }
+}
+
+/// A container-image function's image: where it came from, and how to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFunction {
+    /// `ImageUri` as given (a tag or a digest).
+    pub uri: String,
+    /// `ResolvedImageUri`: the repository at the manifest digest the URI resolved to.
+    pub resolved_uri: String,
+    /// The manifest digest, `sha256:<hex>` (its root image is `images/<hex>.ext4`).
+    pub digest: String,
+    /// How the image says to run it.
+    pub run: RunConfig,
+    /// `ImageConfig`: what of that the function overrides.
+    pub overrides: ImageConfig,
+}
+
+/// `ImageConfig`: overrides of the image's `ENTRYPOINT`, `CMD` and `WORKDIR`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Replaces `ENTRYPOINT`.
+    pub entry_point: Option<Vec<String>>,
+    /// Replaces `CMD`.
+    pub command: Option<Vec<String>>,
+    /// Replaces `WORKDIR`.
+    pub working_directory: Option<String>,
+}
+
+impl ImageFunction {
+    /// The argv, environment (`KEY=VALUE` of the image) and working directory it runs with:
+    /// the image's, with the function's overrides.
+    pub fn command(&self) -> (Vec<String>, Vec<(String, String)>, String) {
+        let mut argv = self.overrides.entry_point.clone().unwrap_or_else(|| self.run.entrypoint.clone());
+        argv.extend(self.overrides.command.clone().unwrap_or_else(|| self.run.cmd.clone()));
+        let env = self
+            .run
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        let cwd = self.overrides.working_directory.clone().unwrap_or_else(|| self.run.working_dir.clone());
+        (argv, env, if cwd.is_empty() { "/".into() } else { cwd })
     }
 }
 
@@ -221,6 +273,8 @@ pub struct ConfigPatch {
     pub dead_letter: Option<Option<String>>,
     /// Replaces the layers (layer version ARNs, in order; empty: none).
     pub layers: Option<Vec<String>>,
+    /// Replaces an image function's `ImageConfig`.
+    pub image_config: Option<ImageConfig>,
 }
 
 /// What [`Store::publish`] did.
@@ -234,7 +288,7 @@ pub struct Published {
 
 const VERSION_COLUMNS: &str = "function, version, runtime, handler, role, description, memory_mib, timeout_s, \
      ephemeral_mib, environment, code_hex, code_b64, code_size, code_unzipped, layers, opt_hex, revision_id, \
-     last_modified, snap_start, state, state_reason, state_reason_code, dead_letter";
+     last_modified, snap_start, state, state_reason, state_reason_code, dead_letter, image";
 
 /// The layers that a create or update uses: their rows, and their merged image, pinned.
 struct LayersFor<'a> {
@@ -411,32 +465,139 @@ impl Store {
             last_modified: ids::now(),
             snap_start: new.snap_start,
             dead_letter: new.dead_letter,
+            image: None,
             state: State::Active,
             state_reason: None,
             state_reason_code: None,
         };
-        let published = {
-            let mut conn = lock(&self.writer);
-            let tx = conn.transaction()?;
-            let inserted = tx.execute(
-                "INSERT INTO functions (name, next_version, reserved, tags) VALUES (?1, 1, NULL, ?2)",
-                params![config.name, map_json(&new.tags)],
-            );
-            match inserted {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(exists(&config.name));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            insert_version(&tx, &config)?;
-            let published = if publish { Some(publish_in(&tx, &self.code_dir, &config, None)?.config) } else { None };
-            tx.commit()?;
-            self.invalidate(&config.name);
-            published
-        };
+        let published = self.insert_new(&config, &new.tags, publish)?;
         drop((code, layers.image));
         Ok((Arc::new(config), published))
+    }
+
+    /// Creates a container-image function (and with `publish`, its version 1) from its
+    /// configuration and its image, already pulled into the image cache (`unpacked` bytes).
+    pub fn create_image(
+        &self,
+        new: NewFunction,
+        image: ImageFunction,
+        unpacked: u64,
+        publish: bool,
+    ) -> Result<(Arc<FunctionConfig>, Option<Arc<FunctionConfig>>), StoreError> {
+        if self.exists(&new.name)? {
+            return Err(exists(&new.name));
+        }
+        if !new.layers.is_empty() {
+            return Err(StoreError::Invalid(IMAGE_LAYERS.into()));
+        }
+        let config = FunctionConfig {
+            name: new.name,
+            version: Version::LATEST,
+            runtime: String::new(),
+            handler: String::new(),
+            role: new.role,
+            description: new.description,
+            memory_mib: new.memory_mib,
+            timeout_s: new.timeout_s,
+            ephemeral_mib: new.ephemeral_mib,
+            environment: new.environment,
+            code_sha256: image.digest.trim_start_matches("sha256:").to_owned(),
+            code_size: 0,
+            code_unzipped: unpacked,
+            code_image: self.root_image_path(&image.digest),
+            layers: Vec::new(),
+            opt_image: None,
+            revision_id: random_uuid(),
+            last_modified: ids::now(),
+            snap_start: new.snap_start,
+            dead_letter: new.dead_letter,
+            image: Some(image),
+            state: State::Active,
+            state_reason: None,
+            state_reason_code: None,
+        };
+        let published = self.insert_new(&config, &new.tags, publish)?;
+        Ok((Arc::new(config), published))
+    }
+
+    /// Inserts a new function's rows, `$LATEST` as `config` (and version 1 with `publish`), or
+    /// nothing.
+    fn insert_new(
+        &self,
+        config: &FunctionConfig,
+        tags: &BTreeMap<String, String>,
+        publish: bool,
+    ) -> Result<Option<Arc<FunctionConfig>>, StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO functions (name, next_version, reserved, tags) VALUES (?1, 1, NULL, ?2)",
+            params![config.name, map_json(tags)],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(exists(&config.name));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        insert_version(&tx, config)?;
+        let published = if publish { Some(publish_in(&tx, &self.code_dir, config, None)?.config) } else { None };
+        tx.commit()?;
+        self.invalidate(&config.name);
+        Ok(published)
+    }
+
+    /// The root image of the image manifest `digest`, in the image cache.
+    fn root_image_path(&self, digest: &str) -> PathBuf {
+        images_dir(&self.code_dir).join(format!("{}.ext4", digest.trim_start_matches("sha256:")))
+    }
+
+    /// Replaces an image function's `$LATEST` image (and with `publish`, publishes it); its
+    /// overrides stay. `revision_id`, when given, must be the current one.
+    pub fn update_image(
+        &self,
+        name: &str,
+        image: ImageFunction,
+        unpacked: u64,
+        revision_id: Option<&str>,
+        publish: bool,
+    ) -> Result<(Arc<FunctionConfig>, Option<Arc<FunctionConfig>>), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let mut config = self.read_latest(&tx, name, revision_id)?;
+        let Some(current) = &config.image else {
+            return Err(StoreError::Invalid(
+                "Please provide ZipFile: the function's package type is Zip, not Image.".into(),
+            ));
+        };
+        let overrides = current.overrides.clone();
+        config.code_sha256 = image.digest.trim_start_matches("sha256:").to_owned();
+        config.code_unzipped = unpacked;
+        config.code_image = self.root_image_path(&image.digest);
+        config.image = Some(ImageFunction { overrides, ..image });
+        config.revision_id = random_uuid();
+        config.last_modified = ids::now();
+        update_latest(&tx, &config)?;
+        let published = if publish { Some(publish_in(&tx, &self.code_dir, &config, None)?.config) } else { None };
+        tx.commit()?;
+        drop(conn);
+        self.invalidate(name);
+        Ok((Arc::new(config), published))
+    }
+
+    /// The manifest digests of the images some version uses.
+    pub fn image_digests(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare("SELECT image FROM versions WHERE image != ''")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = std::collections::HashSet::new();
+        for row in rows {
+            if let Ok(image) = serde_json::from_str::<ImageFunction>(&row?) {
+                out.insert(image.digest);
+            }
+        }
+        Ok(out)
     }
 
     /// Replaces `$LATEST`'s code (and with `publish`, publishes it). `revision_id`, when given,
@@ -496,6 +657,29 @@ impl Store {
             let tx = conn.transaction()?;
             let mut config = self.read_latest(&tx, name, revision_id)?;
             let old_opt = config.opt_hex();
+            match (&mut config.image, patch.image_config) {
+                (Some(image), image_config) => {
+                    if patch.runtime.is_some() || patch.handler.is_some() {
+                        return Err(StoreError::Invalid(
+                            "Runtime and Handler are not supported for functions with the Image package type: the \
+                             image says how to run it (override with ImageConfig)."
+                                .into(),
+                        ));
+                    }
+                    if patch.layers.as_ref().is_some_and(|l| !l.is_empty()) {
+                        return Err(StoreError::Invalid(IMAGE_LAYERS.into()));
+                    }
+                    if let Some(overrides) = image_config {
+                        image.overrides = overrides;
+                    }
+                }
+                (None, Some(_)) => {
+                    return Err(StoreError::Invalid(
+                        "ImageConfig is only supported for functions with the Image package type.".into(),
+                    ))
+                }
+                (None, None) => {}
+            }
             if let Some(runtime) = patch.runtime {
                 if runtime != config.runtime && runtime == codezip::PROVIDED_RUNTIME {
                     let path = self.zip_path(&config.code_hex());
@@ -745,7 +929,7 @@ fn insert_version(tx: &Transaction<'_>, c: &FunctionConfig) -> Result<(), StoreE
     tx.execute(
         &format!(
             "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
         ),
         params![
             c.name,
@@ -771,6 +955,7 @@ fn insert_version(tx: &Transaction<'_>, c: &FunctionConfig) -> Result<(), StoreE
             c.state_reason.as_deref().unwrap_or(""),
             c.state_reason_code.as_deref().unwrap_or(""),
             c.dead_letter.as_deref().unwrap_or(""),
+            c.image.as_ref().map(|i| serde_json::to_string(i).expect("an image serializes")).unwrap_or_default(),
         ],
     )?;
     Ok(())
@@ -820,6 +1005,14 @@ fn publish_in(
     Ok(Published { config: Arc::new(version), created: true })
 }
 
+/// Lambda's refusal of layers on an image function.
+pub const IMAGE_LAYERS: &str = "Layers are only supported for functions with the Zip package type.";
+
+/// The image cache beside the code dir.
+fn images_dir(code_dir: &Path) -> PathBuf {
+    code_dir.with_file_name(crate::agent::images::DIR)
+}
+
 /// A pending SnapStart version's `StateReason`.
 const PENDING_REASON: &str = "Lambda is initializing your function. It will be invocable soon.";
 
@@ -833,6 +1026,19 @@ fn config_from_row(code_dir: &Path, row: &Row<'_>) -> rusqlite::Result<FunctionC
     let reason_code: String = row.get("state_reason_code")?;
     let state: String = row.get("state")?;
     let dead_letter: String = row.get("dead_letter")?;
+    let image: String = row.get("image")?;
+    let image: Option<ImageFunction> = if image.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str(&image)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
+        )
+    };
+    let code_image = match &image {
+        Some(i) => images_dir(code_dir).join(format!("{}.ext4", i.digest.trim_start_matches("sha256:"))),
+        None => code_dir.join(format!("{hex}.ext4")),
+    };
     Ok(FunctionConfig {
         name: row.get("function")?,
         version: Version::from_stored(row.get("version")?),
@@ -847,13 +1053,14 @@ fn config_from_row(code_dir: &Path, row: &Row<'_>) -> rusqlite::Result<FunctionC
         code_sha256: row.get("code_b64")?,
         code_size: row.get::<_, i64>("code_size")? as u64,
         code_unzipped: row.get::<_, i64>("code_unzipped")? as u64,
-        code_image: code_dir.join(format!("{hex}.ext4")),
+        code_image,
         layers: from_json(&layers),
         opt_image: (!opt.is_empty()).then(|| code_dir.join(format!("{opt}.ext4"))),
         revision_id: row.get("revision_id")?,
         last_modified: row.get("last_modified")?,
         snap_start: row.get("snap_start")?,
         dead_letter: (!dead_letter.is_empty()).then_some(dead_letter),
+        image,
         state: State::parse(&state),
         state_reason: (!reason.is_empty()).then_some(reason),
         state_reason_code: (!reason_code.is_empty()).then_some(reason_code),

@@ -6,7 +6,8 @@
 //! databases, to the last schema that had only `$LATEST`; migration 2 adds versions, aliases,
 //! layers, tags and reserved concurrency; migration 3 the asynchronous event queue, event
 //! invoke configs, function URLs, resource-based policies and schedules; migration 4 the message
-//! broker's outbox, event source mappings and each version's dead-letter queue. A migration may
+//! broker's outbox, event source mappings and each version's dead-letter queue; migration 5
+//! container-image functions. A migration may
 //! leave notes for the agent's log, for changes of behaviour an operator should know about.
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use crate::agent::codezip;
 use crate::agent::ids::{self, random_uuid};
 
 /// The schema version this code writes.
-pub const CURRENT: u32 = 4;
+pub const CURRENT: u32 = 5;
 
 /// One step: what it does and how.
 struct Migration {
@@ -26,11 +27,12 @@ struct Migration {
     apply: fn(&Transaction<'_>, &Path, &mut Vec<String>) -> Result<(), StoreError>,
 }
 
-const MIGRATIONS: [Migration; 4] = [
+const MIGRATIONS: [Migration; 5] = [
     Migration { to: 1, apply: to_1 },
     Migration { to: 2, apply: to_2 },
     Migration { to: 3, apply: to_3 },
     Migration { to: 4, apply: to_4 },
+    Migration { to: 5, apply: to_5 },
 ];
 
 /// Brings the database up to [`CURRENT`]; `code_dir` holds the blobs a migration may read.
@@ -334,6 +336,12 @@ ALTER TABLE versions ADD COLUMN dead_letter TEXT NOT NULL DEFAULT '';
 /// Version 4: the broker's outbox, event source mappings, dead-letter queues.
 fn to_4(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA_4)?;
+    Ok(())
+}
+
+/// Migration 5: container-image functions (a version's image, as JSON; empty for a zip's).
+fn to_5(tx: &Transaction<'_>, _code_dir: &Path, _notes: &mut Vec<String>) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE versions ADD COLUMN image TEXT NOT NULL DEFAULT '';")?;
     Ok(())
 }
 

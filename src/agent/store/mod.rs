@@ -54,7 +54,9 @@ use super::codezip::CodeError;
 use super::ids::{self, Version};
 
 pub use aliases::{Alias, AliasPatch, NewAlias};
-pub use functions::{ConfigPatch, FunctionConfig, FunctionMeta, NewFunction, State};
+pub use functions::{
+    ConfigPatch, FunctionConfig, FunctionMeta, ImageConfig, ImageFunction, NewFunction, State, IMAGE_LAYERS,
+};
 pub use layers::{LayerRef, LayerVersion, NewLayerVersion};
 
 /// What went wrong in the store.
@@ -356,6 +358,7 @@ pub(crate) mod tests {
             last_modified: String::new(),
             snap_start: false,
             dead_letter: None,
+            image: None,
             state: State::Active,
             state_reason: None,
             state_reason_code: None,

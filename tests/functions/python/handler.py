@@ -45,6 +45,17 @@ def context_info(event, context):
     }
 
 
+def image_info(event, context):
+    """Where a container image's handler runs: its working directory, its whole environment,
+    and which of the event's "paths" exist."""
+    return {
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "exists": {path: os.path.exists(path) for path in event.get("paths", [])},
+        "aws_request_id": context.aws_request_id,
+    }
+
+
 def layer_info(event, context):
     """What the function's layers give it: `mylib.VALUE` (a module under /opt/python) and the
     output of `tool` found on PATH (a layer's bin/, run through the shell)."""
