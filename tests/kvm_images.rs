@@ -140,7 +140,8 @@ async fn image_functions_from_a_registry() {
     // The tag moves: the function keeps its digest until UpdateFunctionCode resolves it again.
     let d2 = registry.push(&python_image("2"), "fns/py", "v1");
     assert_ne!(d1, d2);
-    assert_eq!(ok(&agent.invoke("py", paths.clone()).await)["env"]["IMAGE_BUILD"], "1");
+    let got = agent.request("GET", "/2015-03-31/functions/py", &[], vec![]).await;
+    assert_eq!(got.json()["Code"]["ResolvedImageUri"], format!("{}/fns/py@{d1}", registry.host));
     let update = json!({"ImageUri": uri});
     let recoded =
         agent.request("PUT", "/2015-03-31/functions/py/code", &[], serde_json::to_vec(&update).unwrap()).await;
