@@ -9,6 +9,8 @@
 # both ends of the HTTP requests and on its own kernel's block I/O, so that eight clients could
 # not show what grouping commits does (measured on 2026-12-03, agent alone, Python clients:
 # one CPU, c1 83/s and c8 164/s; two CPUs, c1 93/s and c8 574/s).
+# For `runtimes` it installs docker-registry, skopeo and umoci (the registry, the peer's copy and
+# unpack), which run on the KVM host.
 # For `boot` it also runs the peer (scripts/bench-peer.sh: QEMU -M microvm on the same kernel,
 # image and KVM, in the same host run) and prints the ratio last:
 #   boot ratio_vs_qemu=<ember p50 / qemu p50>
@@ -80,10 +82,11 @@ args() {
         printf 'trap %q EXIT\n' "$ember_repo/scripts/rabbitmq.sh stop"
         printf '%q bench events --data-dir "$data"' "$exe"
         args "$@"
-    elif [ "$name" = restore ]; then
+    elif [ "$name" = restore ] || [ "$name" = runtimes ]; then
         # The guest's kernel and images on the KVM host's own disk, as for `boot`: every restore
         # opens its runtime's image, which on the 9p share costs a round trip to QEMU per call
-        # (4-7 ms of each restore, measured 2026-12-04).
+        # (4-7 ms of each restore, measured 2026-12-04); and `runtimes` compares a zip's cold
+        # start, whose runtime image this is, with an image's, whose root is in the data dir.
         echo 'stage=$(mktemp -d); trap '"'"'rm -rf "$stage"'"'"' EXIT'
         printf 'cp -r %q/. "$stage"/\n' "$ember_repo/target/guest"
         printf 'EMBER_GUEST_DIR=$stage %q bench %q' "$exe" "$name"
@@ -97,6 +100,12 @@ args() {
 # (QEMU maps it lazily, so it costs only what they use).
 if [ "$name" = restore ]; then
     export EMBER_L1_MEM_MIB=${EMBER_L1_MEM_MIB:-20480}
+fi
+# `runtimes` keeps its images (a 500 MiB one four times over: layout, registry, the agent's
+# root image, skopeo's copy and umoci's bundle) on the emulated host's tmpfs.
+if [ "$name" = runtimes ]; then
+    ember_apt_install docker-registry skopeo umoci
+    export EMBER_L1_MEM_MIB=${EMBER_L1_MEM_MIB:-12288}
 fi
 ember_on_kvm_host bash "$runner" | tee "$out"
 

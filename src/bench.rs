@@ -1428,6 +1428,264 @@ async fn mapping_throughput(socket: &Path, amqp_url: &str) -> Result<u64, Error>
     Ok(rate as u64)
 }
 
+/// What `bench runtimes` measured.
+struct RuntimeRuns {
+    node_cold_ms: Vec<u64>,
+    node_warm_us: Vec<u64>,
+    python_cold_ms: Vec<u64>,
+    image_cold_ms: Vec<u64>,
+    zip_cold_ms: Vec<u64>,
+}
+
+/// `ember bench runtimes`: cold and warm invokes of a 1 KiB echo in Node.js and Python, the
+/// same Python function as a container image and as a zip (cold, alternating, after the
+/// image's first pull), each counted cold invoke [`AT_REST`] after the last on an agent that
+/// keeps no idle instance; then the pull of an image of `image_mib` MiB (the python3.11
+/// runtime's files and incompressible data) from a local registry into the agent's root image
+/// (a CreateFunction, timed), beside `skopeo copy` of it into an OCI layout plus `umoci unpack`
+/// into a directory, in the same run. Needs docker-registry, skopeo and umoci (Debian's).
+pub fn runtimes(runs: usize, cold_runs: usize, image_mib: u64) -> Result<String, Error> {
+    if runs == 0 || cold_runs == 0 || image_mib == 0 {
+        return Err(Error::NoRuns);
+    }
+    let dir = std::env::temp_dir().join(format!("ember-bench-runtimes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io("create temp dir"))?;
+    let result = runtimes_in(&dir, runs, cold_runs, image_mib);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn runtimes_in(dir: &Path, runs: usize, cold_runs: usize, image_mib: u64) -> Result<String, Error> {
+    use crate::agent::images::local::{tar_layer, Layer, LocalRegistry, OciImage};
+    let functions = vmm::default_guest_dir().join("functions");
+    let read = |name: &str| std::fs::read(functions.join(name)).map_err(io("read a test function or base layer"));
+    let base = || -> Result<Layer, Error> {
+        let diff_id = String::from_utf8_lossy(&read("python3.11-root.tar.gz.diffid")?).trim().to_owned();
+        Ok(Layer::Gzipped(read("python3.11-root.tar.gz")?, diff_id))
+    };
+    let handler = std::fs::read(functions.join("python.zip")).map_err(io("read python.zip"))?;
+    let handler_py = {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(handler))
+            .map_err(|e| Error::Run { run: 0, detail: format!("python.zip: {e}") })?;
+        let mut file =
+            zip.by_name("handler.py").map_err(|e| Error::Run { run: 0, detail: format!("handler.py: {e}") })?;
+        let mut out = Vec::new();
+        file.read_to_end(&mut out).map_err(io("read handler.py"))?;
+        out
+    };
+    let python_image = |layers: Vec<Layer>| OciImage {
+        layers,
+        entrypoint: vec!["/usr/bin/python3.11".into(), "-m".into(), "awslambdaric".into()],
+        cmd: vec!["handler.echo".into()],
+        env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into(), "PYTHONPATH=/var/task".into(), "LANG=C.UTF-8".into()],
+        working_dir: "/var/task".into(),
+    };
+    let registry = LocalRegistry::start(&dir.join("registry")).map_err(io("start docker-registry"))?;
+    let code = tar_layer(&[("var/task/handler.py", &handler_py)]).map_err(io("tar"))?;
+    let echo_image = python_image(vec![base()?, Layer::Gzip(code.clone())]);
+    registry.push(&echo_image, "bench/echo", "latest").map_err(io("push the echo image"))?;
+
+    // The big image: the same, and incompressible files up to `image_mib` (a layout written
+    // here, pushed once; pulled by the agent, and copied and unpacked by skopeo and umoci).
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let base_blob = read("python3.11-root.tar.gz")?;
+    let filler_bytes = (image_mib << 20).saturating_sub(base_blob.len() as u64);
+    let file_bytes = 16u64 << 20;
+    let mut files = Vec::new();
+    for i in 0..filler_bytes.div_ceil(file_bytes) {
+        let len = file_bytes.min(filler_bytes - i * file_bytes) as usize;
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        data.truncate(len);
+        files.push((format!("data/blob-{i:03}"), data));
+    }
+    let entries: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+    let filler = tar_layer(&entries).map_err(io("tar"))?;
+    drop(entries);
+    drop(files);
+    let big = python_image(vec![base()?, Layer::Tar(filler), Layer::Gzip(code)]);
+    let layout = dir.join("big-layout");
+    big.write_layout(&layout, "latest").map_err(io("write the big image"))?;
+    drop(big);
+    registry.push_layout(&layout, "latest", "bench/big").map_err(io("push the big image"))?;
+    let blob_bytes: u64 = walk_size(&layout.join("blobs"));
+    std::fs::remove_dir_all(&layout).map_err(io("remove the layout"))?;
+
+    let host = registry.host.clone();
+    let cold_dir = dir.join("cold");
+    std::fs::create_dir_all(&cold_dir).map_err(io("create temp dir"))?;
+    let mut agent = spawn_agent(&cold_dir, &["--keep-alive-s", "0", "--insecure-registry", &host])?;
+    let result = bench_runtime()?.block_on(runtime_runs(&cold_dir.join("ember.sock"), &host, cold_runs));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let (mut r, pull_ms) = result?;
+    // Warm invokes, on an agent that keeps its instances.
+    let warm_dir = dir.join("warm");
+    std::fs::create_dir_all(&warm_dir).map_err(io("create temp dir"))?;
+    let mut agent = spawn_agent(&warm_dir, &[])?;
+    let result = bench_runtime()?.block_on(node_warm(&warm_dir.join("ember.sock"), runs));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    r.node_warm_us = result?;
+
+    // The peer: skopeo's copy into an OCI layout, then umoci's unpack into a directory.
+    let started = Instant::now();
+    let oci = dir.join("skopeo-layout");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/bench/big:latest"))
+        .arg(format!("oci:{}:latest", oci.display()))
+        .output()
+        .map_err(|e| Error::Spawn("skopeo".into(), e))?;
+    if !out.status.success() {
+        return Err(Error::Run { run: 0, detail: format!("skopeo copy: {}", String::from_utf8_lossy(&out.stderr)) });
+    }
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", oci.display()))
+        .arg(dir.join("umoci-bundle"))
+        .output()
+        .map_err(|e| Error::Spawn("umoci".into(), e))?;
+    if !out.status.success() {
+        return Err(Error::Run { run: 0, detail: format!("umoci unpack: {}", String::from_utf8_lossy(&out.stderr)) });
+    }
+    let skopeo_ms = started.elapsed().as_millis().max(1) as u64;
+    let mib_s = |ms: u64| format!("{:.1}", blob_bytes as f64 / 1048576.0 / (ms.max(1) as f64 / 1000.0));
+    Ok(format!(
+        "runtimes pull image_mib={:.0} ember_ms={pull_ms} skopeo_umoci_ms={skopeo_ms}\n\
+         runtimes node_cold_ms p50={} node_warm_us p50={} python_cold_ms p50={} image_cold_ms p50={} zip_cold_ms p50={} \
+         pull_mib_s={} skopeo_mib_s={}\n",
+        blob_bytes as f64 / 1048576.0,
+        median(&r.node_cold_ms),
+        median(&r.node_warm_us),
+        median(&r.python_cold_ms),
+        median(&r.image_cold_ms),
+        median(&r.zip_cold_ms),
+        mib_s(pull_ms),
+        mib_s(skopeo_ms),
+    ))
+}
+
+/// The bytes of the files under `dir`.
+fn walk_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// The invokes of `bench runtimes` on an agent that keeps no idle instance, and the big
+/// image's pull; returns them and the pull's milliseconds.
+async fn runtime_runs(socket: &Path, registry: &str, cold_runs: usize) -> Result<(RuntimeRuns, u64), Error> {
+    use base64::Engine as _;
+    let mut conn = AgentConn::open(socket).await?;
+    let b64 = |name: &str| -> Result<String, Error> {
+        Ok(base64::engine::general_purpose::STANDARD.encode(read_function_zip(name)?))
+    };
+    let zip_fn = |name: &str, runtime: &str, handler: &str, zip: &str, keep: bool| {
+        serde_json::to_vec(&serde_json::json!({
+            "FunctionName": name, "Runtime": runtime, "Handler": handler, "MemorySize": 128, "Timeout": 60,
+            "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip},
+            "Environment": {"Variables": {"KEEP": if keep { "1" } else { "0" }}},
+        }))
+        .expect("serializes")
+    };
+    let node_zip = b64("node.zip")?;
+    let python_zip = b64("python.zip")?;
+    conn.call("POST", "/2015-03-31/functions", &zip_fn("node", "nodejs20.x", "index.echo", &node_zip, false)).await?;
+    conn.call("POST", "/2015-03-31/functions", &zip_fn("python", "python3.11", "handler.echo", &python_zip, false))
+        .await?;
+    conn.call("POST", "/2015-03-31/functions", &zip_fn("zip", "python3.11", "handler.echo", &python_zip, true)).await?;
+    let image = |name: &str, repo: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "FunctionName": name, "PackageType": "Image", "MemorySize": 128, "Timeout": 60,
+            "Role": "arn:aws:iam::000000000000:role/bench",
+            "Code": {"ImageUri": format!("{registry}/{repo}:latest")},
+            "Environment": {"Variables": {"KEEP": "1"}},
+        }))
+        .expect("serializes")
+    };
+    conn.call("POST", "/2015-03-31/functions", &image("image", "bench/echo")).await?;
+    let event = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
+    let tail = &[("X-Amz-Log-Type", "Tail")];
+    let mut r = RuntimeRuns {
+        node_cold_ms: Vec::new(),
+        node_warm_us: Vec::new(),
+        python_cold_ms: Vec::new(),
+        image_cold_ms: Vec::new(),
+        zip_cold_ms: Vec::new(),
+    };
+    // A first invoke of each, not counted (the page cache takes the images in).
+    for name in ["node", "python", "zip", "image"] {
+        conn.call_with("POST", &format!("/2015-03-31/functions/{name}/invocations"), tail, &event).await?;
+    }
+    for round in 0..cold_runs * 3 {
+        for (name, into) in [
+            ("node", &mut r.node_cold_ms),
+            ("python", &mut r.python_cold_ms),
+            ("image", &mut r.image_cold_ms),
+            ("zip", &mut r.zip_cold_ms),
+        ] {
+            if into.len() >= cold_runs {
+                continue;
+            }
+            tokio::time::sleep(AT_REST).await;
+            let started = Instant::now();
+            let (headers, body) =
+                conn.call_with("POST", &format!("/2015-03-31/functions/{name}/invocations"), tail, &event).await?;
+            if body != event {
+                return Err(Error::Run {
+                    run: round,
+                    detail: format!("{name} answered something else than the event"),
+                });
+            }
+            if report_field(&headers, "Init Duration: ").is_some() {
+                into.push(started.elapsed().as_millis() as u64);
+            }
+        }
+    }
+    if [&r.node_cold_ms, &r.python_cold_ms, &r.image_cold_ms, &r.zip_cold_ms].iter().any(|v| v.len() < cold_runs) {
+        return Err(Error::Run { run: 0, detail: "too few invokes landed on cold instances".into() });
+    }
+    // The big image's pull: a CreateFunction of it.
+    let started = Instant::now();
+    conn.call("POST", "/2015-03-31/functions", &image("big", "bench/big")).await?;
+    let pull_ms = started.elapsed().as_millis() as u64;
+    Ok((r, pull_ms))
+}
+
+/// Warm invokes of the Node.js echo (after one cold one), in microseconds.
+async fn node_warm(socket: &Path, runs: usize) -> Result<Vec<u64>, Error> {
+    use base64::Engine as _;
+    let mut conn = AgentConn::open(socket).await?;
+    let zip = base64::engine::general_purpose::STANDARD.encode(read_function_zip("node.zip")?);
+    let create = serde_json::json!({
+        "FunctionName": "node", "Runtime": "nodejs20.x", "Handler": "index.echo", "MemorySize": 128, "Timeout": 60,
+        "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip},
+    });
+    conn.call("POST", "/2015-03-31/functions", &serde_json::to_vec(&create).expect("serializes")).await?;
+    let event = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
+    let path = "/2015-03-31/functions/node/invocations";
+    conn.call("POST", path, &event).await?;
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        conn.call("POST", path, &event).await?;
+        out.push(started.elapsed().as_micros() as u64);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

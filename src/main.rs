@@ -249,6 +249,20 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         density_max: u32,
     },
+    /// Runtimes: cold and warm invokes of a 1 KiB echo in Node.js and Python, the same Python
+    /// function as a container image and as a zip, and pulling a large image beside skopeo
+    /// and umoci (needs docker-registry, skopeo and umoci).
+    Runtimes {
+        /// Warm Node.js invokes.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Cold invokes per function.
+        #[arg(long, default_value_t = 5)]
+        cold_runs: usize,
+        /// The size of the image pulled, in MiB.
+        #[arg(long, default_value_t = 500)]
+        image_mib: u64,
+    },
     /// Asynchronous invokes through a real agent: accept latency (durable), accepts per second
     /// with 1 and 8 clients, acceptance to the function's start on a warm instance; event
     /// source mapping throughput from a RabbitMQ queue; and a warm function URL request beside
@@ -569,6 +583,7 @@ fn main() -> ExitCode {
                 Bench::Vsock { runs } => ember::bench::vsock(runs),
                 Bench::Invoke { runs, cold_runs } => ember::bench::invoke(runs, cold_runs),
                 Bench::Restore { runs, cold_runs, density_max } => ember::bench::restore(runs, cold_runs, density_max),
+                Bench::Runtimes { runs, cold_runs, image_mib } => ember::bench::runtimes(runs, cold_runs, image_mib),
                 Bench::Events { runs, data_dir, amqp_url } => {
                     ember::bench::events(runs, data_dir.as_deref(), &amqp_url)
                 }

@@ -122,6 +122,22 @@ async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
     let after: HashSet<_> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after, "a failed pull leaves nothing in the cache");
 
+    // The same in a gzip layer, whose inflating fails before its end: still its digest.
+    let d4 = registry.push(&image_v("4"), "fns/corrupt-gz", "latest");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.blob_path(&d4)).unwrap()).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob = registry.blob_path(layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    for b in &mut bytes[20..60] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&blob, bytes).unwrap();
+    let e = images.pull(&format!("{}/fns/corrupt-gz:latest", registry.host), &no_log).await.unwrap_err();
+    assert!(matches!(&e, ImageError::Digest(m) if m.contains(layer)), "{e}");
+    let after: HashSet<_> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "a failed pull leaves nothing in the cache");
+
     // Missing tags and repositories, and registries not named insecure.
     let e = images.pull(&format!("{}/fns/app:nope", registry.host), &no_log).await.unwrap_err();
     assert!(matches!(e, ImageError::NotFound(_)), "{e}");

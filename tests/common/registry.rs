@@ -1,219 +1,40 @@
-//! A real OCI registry for the tests (Debian's `docker-registry`, the CNCF Distribution
-//! registry, which scripts/test.sh installs), on a loopback port with its storage in a temp
-//! directory, and test images written as OCI layouts by this code, pushed with `skopeo`.
+//! The tests' registry: `ember::agent::images::local` with the tests' conventions (a temp
+//! directory per registry, failures as panics).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
+use ember::agent::images::local::LocalRegistry;
+#[allow(unused_imports)] // not every test binary uses both
+pub use ember::agent::images::local::{Layer, OciImage};
 
-/// A running registry; killed and its storage removed on drop.
+/// A running registry (see [`LocalRegistry`]).
 pub struct Registry {
-    child: Child,
+    inner: LocalRegistry,
     /// `127.0.0.1:<port>`.
     pub host: String,
-    /// Its storage root (the filesystem driver's).
-    pub storage: PathBuf,
-    dir: PathBuf,
 }
 
 impl Registry {
-    /// Starts a registry on a free loopback port, serving once `/v2/` answers.
+    /// Starts a registry on a free loopback port.
     pub fn start(tag: &str) -> Registry {
-        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("docker-registry is not installed (scripts/test.sh installs Debian's docker-registry)");
         let dir = std::env::temp_dir().join(format!("ember-registry-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let storage = dir.join("storage");
-        std::fs::create_dir_all(&storage).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let host = format!("127.0.0.1:{port}");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
-                 enabled: true\nhttp:\n  addr: {host}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry { child, host, storage, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(&registry.host) {
-                let _ = write!(s, "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", registry.host);
-                let mut answer = String::new();
-                let _ = std::io::Read::read_to_string(&mut s, &mut answer);
-                if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                    return registry;
-                }
-            }
-            assert!(Instant::now() < deadline, "docker-registry did not answer: {}", registry.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let inner = LocalRegistry::start(&dir).expect("start docker-registry (scripts/test.sh installs it)");
+        let host = inner.host.clone();
+        Registry { inner, host }
     }
 
-    /// Its log.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
-    }
-
-    /// Where the registry keeps blob `digest` (`sha256:<hex>`).
+    /// Where the registry keeps blob `digest`.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        self.inner.blob_path(digest)
     }
 
-    /// Pushes `image` as `<host>/<repo>:<tag>` with skopeo; the pushed manifest's digest
-    /// (skopeo compresses uncompressed layers on the way, so it may differ from the layout's).
+    /// Pushes `image` as `<host>/<repo>:<tag>` with skopeo; the pushed manifest's digest.
     pub fn push(&self, image: &OciImage, repo: &str, tag: &str) -> String {
-        let layout = self.dir.join(format!("layout-{repo}-{tag}").replace('/', "_"));
-        let _ = std::fs::remove_dir_all(&layout);
-        image.write_layout(&layout, tag);
-        let digest_file = layout.with_extension("digest");
-        let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
-            .arg(&digest_file)
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/{repo}:{tag}", self.host))
-            .output()
-            .expect("run skopeo (scripts/test.sh installs it)");
-        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::remove_dir_all(&layout).unwrap();
-        let digest = std::fs::read_to_string(&digest_file).unwrap().trim().to_owned();
-        std::fs::remove_file(&digest_file).unwrap();
-        digest
+        self.inner.push(image, repo, tag).unwrap_or_else(|e| panic!("push {repo}:{tag}: {e}\n{}", self.inner.log()))
     }
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A layer of an [`OciImage`].
-pub enum Layer {
-    /// A tar, written uncompressed.
-    Tar(Vec<u8>),
-    /// A tar, gzip-compressed here.
-    Gzip(Vec<u8>),
-    /// Compressed already: the blob and the sha256 hex of its tar (the config's diff_id).
-    Gzipped(Vec<u8>, String),
-}
-
-/// An image to write: its layers, bottom first, and its run configuration.
-pub struct OciImage {
-    pub layers: Vec<Layer>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>())
-}
-
-impl OciImage {
-    /// Writes the image as an OCI image layout in `dir` with `tag`; the manifest's digest.
-    pub fn write_layout(&self, dir: &Path, tag: &str) -> String {
-        let blobs = dir.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs).unwrap();
-        let put = |data: &[u8]| {
-            let digest = sha256(data);
-            std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
-            digest
-        };
-        let mut diff_ids = Vec::new();
-        let mut layers = Vec::new();
-        for layer in &self.layers {
-            let (blob, media_type, diff_id) = match layer {
-                Layer::Tar(tar) => (tar.clone(), "application/vnd.oci.image.layer.v1.tar", sha256(tar)),
-                Layer::Gzip(tar) => {
-                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    gz.write_all(tar).unwrap();
-                    (gz.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip", sha256(tar))
-                }
-                Layer::Gzipped(blob, hex) => {
-                    (blob.clone(), "application/vnd.oci.image.layer.v1.tar+gzip", format!("sha256:{hex}"))
-                }
-            };
-            diff_ids.push(diff_id);
-            layers.push(serde_json::json!({ "mediaType": media_type, "digest": put(&blob), "size": blob.len() }));
-        }
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {
-                "Entrypoint": self.entrypoint,
-                "Cmd": self.cmd,
-                "Env": self.env,
-                "WorkingDir": self.working_dir,
-            },
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }))
-        .unwrap();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(&config), "size": config.len()},
-            "layers": layers,
-        }))
-        .unwrap();
-        let digest = put(&manifest);
-        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": digest,
-                "size": manifest.len(),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }],
-        });
-        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-        digest
-    }
-}
-
-/// A tar layer of (path, content) files (mode 0644, or 0755 when the path ends in `*`),
-/// `dir/` directories and `.wh.` whiteouts (empty files, as OCI writes them).
+/// A tar layer (see [`ember::agent::images::local::tar_layer`]).
 pub fn tar_layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in entries {
-        let mut h = tar::Header::new_gnu();
-        if path.ends_with('/') {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            b.append_data(&mut h, path, std::io::empty()).unwrap();
-        } else {
-            let (path, mode) = match path.strip_suffix('*') {
-                Some(p) => (p, 0o755),
-                None => (*path, 0o644),
-            };
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(mode);
-            h.set_size(content.len() as u64);
-            b.append_data(&mut h, path, *content).unwrap();
-        }
-    }
-    b.into_inner().unwrap()
+    ember::agent::images::local::tar_layer(entries).expect("build a tar layer")
 }

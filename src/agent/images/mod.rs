@@ -8,6 +8,7 @@
 //! an image is in the cache when its JSON is. A pull works in `images/pull-<random>/`
 //! (blobs, the unpacked tree), which goes whatever the outcome.
 
+pub mod local;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
@@ -150,35 +151,48 @@ impl Images {
         let layers = manifest.layers.len();
         let total: u64 = manifest.layers.iter().map(|(b, _)| b.size).sum();
         log(&format!("{image}: pulling {digest}: {layers} layers, {}", mib(total)));
-        // Layer i unpacks while layer i + 1 downloads.
+        // Each layer is applied as it arrives (a blocking task reading what the download
+        // hands it); its digest is checked at its end, and a mismatch fails the whole pull,
+        // whose tree then goes: nothing unchecked is ever published.
         let budget = Arc::new(Mutex::new(unpack::Budget::default()));
-        let mut unpacking: Option<tokio::task::JoinHandle<Result<(), ImageError>>> = None;
         for (i, (blob, compression)) in manifest.layers.iter().enumerate() {
-            let path = work.join(format!("layer-{i}"));
             let label = format!("{image}: layer {}/{layers} {}", i + 1, blob.digest);
-            let progress = |n: u64| log(&format!("{label}: {} of {}", mib(n), mib(blob.size)));
-            let downloaded =
-                self.registries.blob_to_file(image, &blob.digest, unpack::MAX_UNPACKED_BYTES, &path, &progress).await;
-            // The previous layer's unpacking ends first, whatever happened: the caller removes
-            // the work directory once this returns.
-            if let Some(previous) = unpacking.take() {
-                let unpacked = previous.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")));
-                if downloaded.is_ok() {
-                    unpacked??;
-                }
-            }
-            downloaded?;
+            let mut stream = self.registries.blob(image, &blob.digest, unpack::MAX_UNPACKED_BYTES).await?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
             let (root, budget, compression) = (root.clone(), Arc::clone(&budget), *compression);
-            unpacking = Some(tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::open(&path).map_err(host("open a layer"))?;
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let unpacking = tokio::task::spawn_blocking(move || {
+                let reader =
+                    std::io::BufReader::with_capacity(1 << 20, ChannelReader { rx, current: bytes::Bytes::new() });
                 let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
-                unpack::apply_layer(&root, reader, compression, &mut budget)?;
-                std::fs::remove_file(&path).map_err(host("remove a layer"))
-            }));
-        }
-        if let Some(last) = unpacking {
-            last.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")))??;
+                unpack::apply_layer(&root, reader, compression, &mut budget)
+            });
+            let mut last_report = 0u64;
+            let downloaded = loop {
+                match stream.next().await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(chunk).is_err() {
+                            break Ok(false); // the unpacking stopped: its error says why
+                        }
+                        if stream.size() - last_report >= 64 << 20 {
+                            last_report = stream.size();
+                            log(&format!("{label}: {} of {}", mib(last_report), mib(blob.size)));
+                        }
+                    }
+                    Ok(None) => break Ok(true),
+                    Err(e) => break Err(e),
+                }
+            };
+            drop(tx);
+            let unpacked = unpacking.await.map_err(|e| ImageError::Host(format!("unpacking a layer: {e}")))?;
+            let complete = downloaded?;
+            if let Err(e) = unpacked {
+                // A layer that does not unpack may just be corrupted: its digest says so first.
+                if !complete {
+                    while stream.next().await?.is_some() {}
+                }
+                return Err(e);
+            }
+            log(&format!("{label}: {} of {}", mib(stream.size()), mib(blob.size)));
         }
         let unpacked_bytes = budget.lock().unwrap_or_else(|e| e.into_inner()).bytes;
         let image_path = self.root_image(&digest);
@@ -221,6 +235,26 @@ impl Images {
             }
         }
         Ok(())
+    }
+}
+
+/// A layer's bytes as the download hands them over, for the blocking unpack.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.current = chunk,
+                Err(_) => return Ok(0), // the download ended (or failed: it says so)
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 

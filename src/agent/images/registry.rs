@@ -4,14 +4,12 @@
 //! written, and a manifest fetched by digest against that digest.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::manifest::{self, Document, Manifest, ACCEPT, MAX_DOCUMENT};
 use super::reference::{check_digest, ImageRef};
@@ -106,35 +104,9 @@ impl Registries {
         Ok(out)
     }
 
-    /// Fetches a blob of at most `max` bytes into the new file `dest`, checked against its
-    /// digest; calls `progress` with the bytes written so far now and then. Returns its size.
-    pub async fn blob_to_file(
-        &self,
-        image: &ImageRef,
-        digest: &str,
-        max: u64,
-        dest: &Path,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<u64, ImageError> {
-        let mut blob = self.blob(image, digest, max).await?;
-        let file = tokio::fs::File::create_new(dest)
-            .await
-            .map_err(|e| ImageError::Host(format!("create {}: {e}", dest.display())))?;
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let mut last_report = 0u64;
-        while let Some(chunk) = blob.next().await? {
-            writer.write_all(&chunk).await.map_err(|e| ImageError::Host(format!("write a blob: {e}")))?;
-            if blob.size - last_report >= 64 << 20 {
-                last_report = blob.size;
-                progress(blob.size);
-            }
-        }
-        writer.flush().await.map_err(|e| ImageError::Host(format!("write a blob: {e}")))?;
-        progress(blob.size);
-        Ok(blob.size)
-    }
-
-    async fn blob(&self, image: &ImageRef, digest: &str, max: u64) -> Result<Blob, ImageError> {
+    /// Opens blob `digest` of at most `max` bytes: its content as it arrives, checked against
+    /// the digest at its end.
+    pub async fn blob(&self, image: &ImageRef, digest: &str, max: u64) -> Result<Blob, ImageError> {
         let expected = check_digest(digest)?.to_owned();
         let path = format!("/v2/{}/blobs/{digest}", image.repository);
         let body = self.get(image, &path, None).await?.into_body();
@@ -193,7 +165,7 @@ impl Registries {
 }
 
 /// A blob's body as it arrives, hashed; its end checks the digest.
-struct Blob {
+pub struct Blob {
     body: hyper::body::Incoming,
     hasher: Sha256,
     size: u64,
@@ -204,8 +176,13 @@ struct Blob {
 }
 
 impl Blob {
+    /// The bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The next chunk; `None` at the end, once the content matched its digest.
-    async fn next(&mut self) -> Result<Option<Bytes>, ImageError> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ImageError> {
         while let Some(frame) = self.body.frame().await {
             let frame = frame.map_err(|e| ImageError::Registry(format!("{}: {e}", self.label)))?;
             let Ok(data) = frame.into_data() else { continue };
