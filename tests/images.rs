@@ -124,8 +124,7 @@ async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
 
     // The same in a gzip layer, whose inflating fails before its end: still its digest.
     let d4 = registry.push(&image_v("4"), "fns/corrupt-gz", "latest");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(registry.blob_path(&d4)).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(registry.blob_path(&d4)).unwrap()).unwrap();
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     let blob = registry.blob_path(layer);
     let mut bytes = std::fs::read(&blob).unwrap();
