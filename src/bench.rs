@@ -1529,10 +1529,11 @@ fn runtimes_in(dir: &Path, runs: usize, cold_runs: usize, image_mib: u64) -> Res
     let warm_dir = dir.join("warm");
     std::fs::create_dir_all(&warm_dir).map_err(io("create temp dir"))?;
     let mut agent = spawn_agent(&warm_dir, &[])?;
-    let result = bench_runtime()?.block_on(node_warm(&warm_dir.join("ember.sock"), runs));
+    let result = bench_runtime()?.block_on(warm_runs(&warm_dir.join("ember.sock"), runs));
     let _ = agent.kill();
     let _ = agent.wait();
-    r.node_warm_us = result?;
+    let python_warm_us;
+    (r.node_warm_us, python_warm_us) = result?;
 
     // The peer: skopeo's copy into an OCI layout, then umoci's unpack into a directory.
     let started = Instant::now();
@@ -1558,9 +1559,11 @@ fn runtimes_in(dir: &Path, runs: usize, cold_runs: usize, image_mib: u64) -> Res
     let skopeo_ms = started.elapsed().as_millis().max(1) as u64;
     let mib_s = |ms: u64| format!("{:.1}", blob_bytes as f64 / 1048576.0 / (ms.max(1) as f64 / 1000.0));
     Ok(format!(
-        "runtimes pull image_mib={:.0} ember_ms={pull_ms} skopeo_umoci_ms={skopeo_ms}\n\
+        "runtimes warm python_warm_us p50={}\n\
+         runtimes pull image_mib={:.0} ember_ms={pull_ms} skopeo_umoci_ms={skopeo_ms}\n\
          runtimes node_cold_ms p50={} node_warm_us p50={} python_cold_ms p50={} image_cold_ms p50={} zip_cold_ms p50={} \
          pull_mib_s={} skopeo_mib_s={}\n",
+        median(&python_warm_us),
         blob_bytes as f64 / 1048576.0,
         median(&r.node_cold_ms),
         median(&r.node_warm_us),
@@ -1643,7 +1646,7 @@ async fn runtime_runs(socket: &Path, registry: &str, cold_runs: usize) -> Result
             let started = Instant::now();
             let (headers, body) =
                 conn.call_with("POST", &format!("/2015-03-31/functions/{name}/invocations"), tail, &event).await?;
-            if body != event {
+            if serde_json::from_slice::<serde_json::Value>(&body).ok() != serde_json::from_slice(&event).ok() {
                 return Err(Error::Run {
                     run: round,
                     detail: format!("{name} answered something else than the event"),
@@ -1664,26 +1667,34 @@ async fn runtime_runs(socket: &Path, registry: &str, cold_runs: usize) -> Result
     Ok((r, pull_ms))
 }
 
-/// Warm invokes of the Node.js echo (after one cold one), in microseconds.
-async fn node_warm(socket: &Path, runs: usize) -> Result<Vec<u64>, Error> {
+/// Warm invokes of the Node.js echo and, for scale, of the Python one (after one cold one
+/// each), in microseconds.
+async fn warm_runs(socket: &Path, runs: usize) -> Result<(Vec<u64>, Vec<u64>), Error> {
     use base64::Engine as _;
     let mut conn = AgentConn::open(socket).await?;
-    let zip = base64::engine::general_purpose::STANDARD.encode(read_function_zip("node.zip")?);
-    let create = serde_json::json!({
-        "FunctionName": "node", "Runtime": "nodejs20.x", "Handler": "index.echo", "MemorySize": 128, "Timeout": 60,
-        "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip},
-    });
-    conn.call("POST", "/2015-03-31/functions", &serde_json::to_vec(&create).expect("serializes")).await?;
     let event = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(RTT_BYTES - 11) })).expect("serializes");
-    let path = "/2015-03-31/functions/node/invocations";
-    conn.call("POST", path, &event).await?;
-    let mut out = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let started = Instant::now();
-        conn.call("POST", path, &event).await?;
-        out.push(started.elapsed().as_micros() as u64);
+    let mut out = Vec::new();
+    for (name, runtime, handler, zip) in
+        [("node", "nodejs20.x", "index.echo", "node.zip"), ("python", "python3.11", "handler.echo", "python.zip")]
+    {
+        let zip = base64::engine::general_purpose::STANDARD.encode(read_function_zip(zip)?);
+        let create = serde_json::json!({
+            "FunctionName": name, "Runtime": runtime, "Handler": handler, "MemorySize": 128, "Timeout": 60,
+            "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip},
+        });
+        conn.call("POST", "/2015-03-31/functions", &serde_json::to_vec(&create).expect("serializes")).await?;
+        let path = format!("/2015-03-31/functions/{name}/invocations");
+        conn.call("POST", &path, &event).await?;
+        let mut us = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            conn.call("POST", &path, &event).await?;
+            us.push(started.elapsed().as_micros() as u64);
+        }
+        out.push(us);
     }
-    Ok(out)
+    let python = out.pop().expect("two runtimes");
+    Ok((out.pop().expect("two runtimes"), python))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ember::agent::{cgroup, functions, instance, invoke, logs, pool, snapshots, store, triggers, Agent};
+use ember::agent::{cgroup, functions, images, instance, invoke, logs, pool, snapshots, store, triggers, Agent};
 
 pub struct Fixture {
     pub runtime: tokio::runtime::Runtime,
@@ -41,7 +41,9 @@ pub fn fixture(tag: &str) -> &'static Fixture {
             let config = pool::PoolConfig { max_instances: 8, max_boots: 1, idle_memory_kib: 1 << 20 };
             let pool = pool::Pool::new(config, logs.clone(), snapshots, launcher);
             let limits = store::concurrency::HostLimits { concurrent: 8, min_unreserved: 1 };
-            let control = functions::Control::new(store.clone(), pool.clone(), logs.clone(), limits);
+            // No registry is named insecure: an image URI is refused before any connection.
+            let images = images::Images::open(&dir.join("images"), Default::default()).expect("open the images");
+            let control = functions::Control::new(store.clone(), Arc::new(images), pool.clone(), logs.clone(), limits);
             let invoker = invoke::Invoker::new(store.clone(), pool.clone());
             let delays = invoke::retry::DEFAULT_RETRY_DELAYS;
             let outbox = Arc::new(tokio::sync::Notify::new());
