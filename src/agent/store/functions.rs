@@ -435,7 +435,7 @@ impl Store {
     /// Returns `$LATEST` and the published version.
     pub fn create(
         &self,
-        new: NewFunction,
+        mut new: NewFunction,
         zip: &[u8],
         publish: bool,
     ) -> Result<(Arc<FunctionConfig>, Option<Arc<FunctionConfig>>), StoreError> {
@@ -444,33 +444,15 @@ impl Store {
         }
         let code = self.put_code(zip, &new.runtime)?;
         let layers = self.layers_for(&new.layers, code.unzipped)?;
-        let config = FunctionConfig {
-            name: new.name,
-            version: Version::LATEST,
-            runtime: new.runtime,
-            handler: new.handler,
-            role: new.role,
-            description: new.description,
-            memory_mib: new.memory_mib,
-            timeout_s: new.timeout_s,
-            ephemeral_mib: new.ephemeral_mib,
-            environment: new.environment,
-            code_sha256: code.b64.clone(),
-            code_size: code.size,
-            code_unzipped: code.unzipped,
-            code_image: self.image_path(&code.stem),
-            layers: layers.refs,
-            opt_image: layers.image.as_ref().map(|p| self.opt_path(&p.stem)),
-            revision_id: random_uuid(),
-            last_modified: ids::now(),
-            snap_start: new.snap_start,
-            dead_letter: new.dead_letter,
-            image: None,
-            state: State::Active,
-            state_reason: None,
-            state_reason_code: None,
-        };
-        let published = self.insert_new(&config, &new.tags, publish)?;
+        let tags = std::mem::take(&mut new.tags);
+        let mut config = latest_of(new);
+        config.code_sha256 = code.b64.clone();
+        config.code_size = code.size;
+        config.code_unzipped = code.unzipped;
+        config.code_image = self.image_path(&code.stem);
+        config.opt_image = layers.image.as_ref().map(|p| self.opt_path(&p.stem));
+        config.layers = layers.refs;
+        let published = self.insert_new(&config, &tags, publish)?;
         drop((code, layers.image));
         Ok((Arc::new(config), published))
     }
@@ -479,7 +461,7 @@ impl Store {
     /// configuration and its image, already pulled into the image cache (`unpacked` bytes).
     pub fn create_image(
         &self,
-        new: NewFunction,
+        mut new: NewFunction,
         image: ImageFunction,
         unpacked: u64,
         publish: bool,
@@ -490,33 +472,14 @@ impl Store {
         if !new.layers.is_empty() {
             return Err(StoreError::Invalid(IMAGE_LAYERS.into()));
         }
-        let config = FunctionConfig {
-            name: new.name,
-            version: Version::LATEST,
-            runtime: String::new(),
-            handler: String::new(),
-            role: new.role,
-            description: new.description,
-            memory_mib: new.memory_mib,
-            timeout_s: new.timeout_s,
-            ephemeral_mib: new.ephemeral_mib,
-            environment: new.environment,
-            code_sha256: image.digest.trim_start_matches("sha256:").to_owned(),
-            code_size: 0,
-            code_unzipped: unpacked,
-            code_image: self.root_image_path(&image.digest),
-            layers: Vec::new(),
-            opt_image: None,
-            revision_id: random_uuid(),
-            last_modified: ids::now(),
-            snap_start: new.snap_start,
-            dead_letter: new.dead_letter,
-            image: Some(image),
-            state: State::Active,
-            state_reason: None,
-            state_reason_code: None,
-        };
-        let published = self.insert_new(&config, &new.tags, publish)?;
+        let tags = std::mem::take(&mut new.tags);
+        let mut config = latest_of(new);
+        (config.runtime, config.handler) = (String::new(), String::new());
+        config.code_sha256 = image.digest.trim_start_matches("sha256:").to_owned();
+        config.code_unzipped = unpacked;
+        config.code_image = self.root_image_path(&image.digest);
+        config.image = Some(image);
+        let published = self.insert_new(&config, &tags, publish)?;
         Ok((Arc::new(config), published))
     }
 
@@ -1003,6 +966,36 @@ fn publish_in(
     insert_version(tx, &version)?;
     tx.execute("UPDATE functions SET next_version = ?2 WHERE name = ?1", params![latest.name, next + 1])?;
     Ok(Published { config: Arc::new(version), created: true })
+}
+
+/// A new function's `$LATEST` from its request: no code, layers or image yet.
+fn latest_of(new: NewFunction) -> FunctionConfig {
+    FunctionConfig {
+        name: new.name,
+        version: Version::LATEST,
+        runtime: new.runtime,
+        handler: new.handler,
+        role: new.role,
+        description: new.description,
+        memory_mib: new.memory_mib,
+        timeout_s: new.timeout_s,
+        ephemeral_mib: new.ephemeral_mib,
+        environment: new.environment,
+        code_sha256: String::new(),
+        code_size: 0,
+        code_unzipped: 0,
+        code_image: PathBuf::new(),
+        layers: Vec::new(),
+        opt_image: None,
+        revision_id: random_uuid(),
+        last_modified: ids::now(),
+        snap_start: new.snap_start,
+        dead_letter: new.dead_letter,
+        image: None,
+        state: State::Active,
+        state_reason: None,
+        state_reason_code: None,
+    }
 }
 
 /// Lambda's refusal of layers on an image function.
