@@ -6,7 +6,8 @@
 //! The cache is `<data dir>/images/`: `<hex>.ext4` (the root, read-only) and `<hex>.json`
 //! (how to run it), where `<hex>` is the image manifest's sha256. The JSON is written last:
 //! an image is in the cache when its JSON is. A pull works in `images/pull-<random>/`
-//! (blobs, the unpacked tree), which goes whatever the outcome.
+//! (the unpacked tree, the root image and its JSON until they are renamed into the cache),
+//! which goes whatever the outcome.
 
 pub mod local;
 pub mod manifest;
@@ -87,8 +88,6 @@ impl Images {
             let name = name.to_string_lossy();
             if name.starts_with("pull-") {
                 std::fs::remove_dir_all(entry.path())?;
-            } else if name.ends_with(".ext4.tmp") || name.ends_with(".json.tmp") {
-                std::fs::remove_file(entry.path())?;
             }
         }
         Ok(Images { dir: dir.to_owned(), registries, pulling: Mutex::new(HashMap::new()) })
@@ -129,7 +128,6 @@ impl Images {
         let work = self.dir.join(format!("pull-{}", crate::agent::ids::random_hex()));
         let result = self.pull_into(&image, resolved, &work, log).await;
         let _ = std::fs::remove_dir_all(&work);
-        let _ = std::fs::remove_file(self.root_image(&digest).with_extension("ext4.tmp"));
         self.pulling.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
         result
     }
@@ -196,7 +194,8 @@ impl Images {
         }
         let unpacked_bytes = budget.lock().unwrap_or_else(|e| e.into_inner()).bytes;
         let image_path = self.root_image(&digest);
-        let tmp = image_path.with_extension("ext4.tmp");
+        // Built in the pull's own directory (two pulls of one digest never share a file).
+        let tmp = work.join("root.ext4");
         let root_for_mkfs = root.clone();
         let tmp_for_mkfs = tmp.clone();
         tokio::task::spawn_blocking(move || unpack::make_root_image(&root_for_mkfs, &tmp_for_mkfs))
@@ -212,7 +211,7 @@ impl Images {
         };
         let json = serde_json::to_vec(&pulled).map_err(|e| ImageError::Host(e.to_string()))?;
         let json_path = self.json_path(&digest);
-        let json_tmp = json_path.with_extension("json.tmp");
+        let json_tmp = work.join("image.json");
         std::fs::write(&json_tmp, json).map_err(host("write the image's description"))?;
         std::fs::File::open(&json_tmp).and_then(|f| f.sync_all()).map_err(host("sync"))?;
         std::fs::rename(&json_tmp, &json_path).map_err(host("write the image's description"))?;
