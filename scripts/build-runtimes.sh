@@ -216,6 +216,28 @@ set_utc() {
     echo Etc/UTC >"$staging/etc/timezone"
 }
 
+# smoke_test HANDLER [KEY=VALUE...] -- EVENTS...: runs the runtime's `command` ($HANDLER
+# replaced), chrooted in the image, in /var/task, with those variables, against
+# tests/functions/fake_runtime_api.py, which hands it the EVENTS' --event values and checks
+# the --expect ones; dies with the client's output if it fails. The handler's files must be in
+# $staging/var/task (the recipe's check empties it afterwards).
+smoke_test() {
+    local handler="$1" env=() as_root=() command log="$work/smoke.log"
+    shift
+    while [[ $# -gt 0 && "$1" != -- ]]; do
+        env+=(--env "$1")
+        shift
+    done
+    shift
+    [[ "$(id -u)" == 0 ]] || as_root=(sudo --preserve-env)
+    command="$(sed "s|\$HANDLER|$handler|" "$recipe_dir/command")"
+    python3 "$repo/tests/functions/fake_runtime_api.py" "$@" "${env[@]}" --env _HANDLER="$handler" \
+        -- "${as_root[@]}" chroot "$staging" /bin/sh -c "cd /var/task && exec $command" >"$log" 2>&1 || {
+        cat "$log" >&2
+        die "the $name image failed the smoke test of $handler"
+    }
+}
+
 # /bin/sh and the usual commands from busybox-static (/bin/busybox): what `busybox --install -s`
 # would do at boot, done here since the root is read-only in the VM. One relative symlink per
 # applet at the path `busybox --list-full` gives (the binary is static: it runs on the host).

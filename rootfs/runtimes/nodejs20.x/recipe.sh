@@ -74,28 +74,17 @@ console.log("nodejs20.x image: node", process.versions.node, "openssl", process.
 ' "$ric_dir" >&2 || die "the nodejs20.x image failed its check"
 
     log "$name: smoke-testing aws-lambda-ric with tests/functions/node/"
-    local as_root=() smoke_log="$work/smoke.log"
-    [[ "$(id -u)" == 0 ]] || as_root=(sudo --preserve-env)
     cp "$repo"/tests/functions/node/*.js "$repo"/tests/functions/node/*.mjs "$staging/var/task/"
-    # smoke HANDLER EVENT EXPECT...: runs the handler in the image against the fake API.
-    smoke() {
-        local handler="$1"
-        shift
-        python3 "$repo/tests/functions/fake_runtime_api.py" "$@" \
-            --env NODE_PATH=/var/runtime/node_modules:/var/task --env _HANDLER="$handler" \
-            -- "${as_root[@]}" chroot "$staging" /bin/sh -c "cd /var/task && exec $(cat "$recipe_dir/command" | sed "s|\$HANDLER|$handler|")" \
-            >"$smoke_log" 2>&1 || {
-            cat "$smoke_log" >&2
-            die "aws-lambda-ric failed the smoke test of $handler in the nodejs20.x image"
-        }
-    }
-    smoke index.echo \
+    local paths=NODE_PATH=/var/runtime/node_modules:/var/task
+    smoke_test index.echo "$paths" -- \
         --event '{"hello": "world", "n": [1, 2.5, null]}' --expect '{"response": {"hello": "world", "n": [1, 2.5, null]}}' \
         --event '"again"' --expect '{"response": "again"}'
-    smoke index.fail --event '{}' --expect '{"error": {"errorType": "TypeError", "errorMessage": "boom"}}'
-    smoke index.callback --event '{"fail": "no"}' --expect '{"error": {"errorType": "RangeError", "errorMessage": "no"}}'
-    smoke esm.echo --event '{"esm": true}' --expect '{"response": {"esm": true}}'
-    smoke esm.context --event '{"throw": true}' --expect '{"error": {"errorType": "EmberError", "errorMessage": "from an ES module"}}'
+    smoke_test index.fail "$paths" -- --event '{}' --expect '{"error": {"errorType": "TypeError", "errorMessage": "boom"}}'
+    smoke_test index.callback "$paths" -- \
+        --event '{"fail": "no"}' --expect '{"error": {"errorType": "RangeError", "errorMessage": "no"}}'
+    smoke_test esm.echo "$paths" -- --event '{"esm": true}' --expect '{"response": {"esm": true}}'
+    smoke_test esm.context "$paths" -- \
+        --event '{"throw": true}' --expect '{"error": {"errorType": "EmberError", "errorMessage": "from an ES module"}}'
     rm -rf "${staging:?}/var/task"
     mkdir "$staging/var/task"
 }

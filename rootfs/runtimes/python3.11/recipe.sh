@@ -116,24 +116,13 @@ print("python3.11 image:", sys.version.split()[0], ssl.OPENSSL_VERSION, "awslamb
     check_shell
 
     log "$name: smoke-testing awslambdaric with tests/functions/python/handler.py"
-    local as_root=() smoke_log="$work/smoke.log"
-    [[ "$(id -u)" == 0 ]] || as_root=(sudo --preserve-env)
     install -m 0644 "$repo/tests/functions/python/handler.py" "$staging/var/task/handler.py"
-    # smoke HANDLER EVENT EXPECT...: runs the handler in the image against the fake API.
-    smoke() {
-        local handler="$1"
-        shift
-        python3 "$repo/tests/functions/fake_runtime_api.py" "$@" \
-            --env PYTHONPATH=/var/task --env PYTHONDONTWRITEBYTECODE=1 --env _HANDLER="$handler" \
-            -- "${as_root[@]}" chroot "$staging" "$python" -m awslambdaric "$handler" >"$smoke_log" 2>&1 || {
-            cat "$smoke_log" >&2
-            die "awslambdaric failed the smoke test of $handler in the python3.11 image"
-        }
-    }
-    smoke handler.echo \
+    local env=(PYTHONPATH=/var/task PYTHONDONTWRITEBYTECODE=1)
+    smoke_test handler.echo "${env[@]}" -- \
         --event '{"hello": "world", "n": [1, 2.5, null]}' --expect '{"response": {"hello": "world", "n": [1, 2.5, null]}}' \
         --event '"again"' --expect '{"response": "again"}'
-    smoke handler.fail --event '{}' --expect '{"error": {"errorType": "ValueError", "errorMessage": "boom"}}'
+    smoke_test handler.fail "${env[@]}" -- \
+        --event '{}' --expect '{"error": {"errorType": "ValueError", "errorMessage": "boom"}}'
     rm -rf "${staging:?}/var/task"
     mkdir "$staging/var/task"
 }
