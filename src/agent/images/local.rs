@@ -4,6 +4,7 @@
 //! with `skopeo`. Not used by the agent itself.
 
 use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,13 +48,20 @@ impl LocalRegistry {
             ),
         )?;
         let log = std::fs::File::create(dir.join("registry.log"))?;
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let mut command = Command::new(bin);
+        command.arg("serve").arg(&config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // SAFETY: runs in the child between fork and exec; prctl(PR_SET_PDEATHSIG) takes a
+        // signal number, changes only this process and allocates nothing. The registry goes
+        // with the thread that started it, even when a test or bench is killed with SIGKILL.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
         let registry = LocalRegistry { child, host, storage, dir: dir.to_owned() };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
