@@ -165,9 +165,9 @@ async fn hostile_guests_are_contained() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, Ordering::Relaxed);
     let before = sampler.await.unwrap().unwrap();
-    let p99_before = p99(&mut before.iter().map(|&(_, l)| l).collect::<Vec<_>>());
+    let p99_before = p99(&mut before.iter().map(|s| s.latency).collect::<Vec<_>>());
     eprintln!(
-        "hostile: bystander p99 at rest {p99_before:?} over {} invokes; slowest (start ms: ms) {}",
+        "hostile: bystander p99 at rest {p99_before:?} over {} invokes; slowest (start ms: ms (handler ms)) {}",
         before.len(),
         slowest(&before)
     );
@@ -251,10 +251,10 @@ async fn run_case(agent: &Agent, function: &str, attack: Attack, p99_before: Dur
     if during.is_empty() {
         return Err("the bystander answered nothing during the attack".into());
     }
-    let mut latencies: Vec<Duration> = during.iter().map(|&(_, l)| l).collect();
+    let mut latencies: Vec<Duration> = during.iter().map(|s| s.latency).collect();
     let p99_during = p99(&mut latencies);
     eprintln!(
-        "hostile: bystander p99 {p99_during:?} over {} invokes during {} attacks ({attack_ms:?} ms); slowest (start in its attack ms: ms) {}",
+        "hostile: bystander p99 {p99_during:?} over {} invokes during {} attacks ({attack_ms:?} ms); slowest (start in its attack ms: ms (handler ms)) {}",
         during.len(),
         attack_ms.len(),
         slowest(&during)
@@ -274,47 +274,78 @@ fn filtered(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("\nSeccomp:\t2\n"))
 }
 
-/// Waits (at most 10 s) until the agent has a spare and every spare is set up: a launch's
-/// replacement spare is started once its instance's first invocation is over, and its start
-/// (a fork of the agent, an exec, a VM created) is work of that launch's, not of what follows.
+/// Waits (at most 10 s) until no VMM start is under way: the agent has a spare, and every
+/// child of its is a running VM or a spare that has entered its jail and filter, the same
+/// children for 300 ms. A launch's replacement spare is started once its instance's first
+/// invocation is over, and its start (a fork of the agent, an exec, a VM created: hundreds of
+/// ms of CPU in the emulated host) is work of that launch's, not of the attack that follows;
+/// the other spares, set up long before, say nothing of it.
 async fn spares_set_up(agent: &Agent) {
+    use ember::vmm::process::{children, SPARE_NAME, VMM_NAME};
     let deadline = Instant::now() + Duration::from_secs(10);
-    // The same spares, all set up, for 300 ms: no start under way.
     let (mut last, mut steady) = (Vec::new(), 0);
     while Instant::now() < deadline && steady < 6 {
-        let spares = ember::vmm::process::spare_vmms(agent.child.id());
-        let settled = !spares.is_empty() && spares.iter().all(|&p| filtered(p)) && spares == last;
+        let children = children(agent.child.id());
+        let settled = children.iter().any(|(_, comm)| comm == SPARE_NAME)
+            && children.iter().all(|(pid, comm)| comm == VMM_NAME || (comm == SPARE_NAME && filtered(*pid)))
+            && children == last;
         steady = if settled { steady + 1 } else { 0 };
-        last = spares;
+        last = children;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Warm invokes of the bystander, back to back, until `stop`; when each started (from the
-/// first) and its latency (each must succeed). Back to back, so that a window of a few seconds
-/// holds over a hundred of them and its p99 is not simply its worst one.
-async fn bystander(socket: PathBuf, stop: Arc<AtomicBool>) -> Result<Vec<(Duration, Duration)>, String> {
-    let mut latencies = Vec::new();
+/// One warm invoke of the bystander: when it started (from the first of its run), how long
+/// its caller waited, and how much of that its handler ran (its REPORT line's `Duration`).
+#[derive(Clone, Copy)]
+struct Sample {
+    start: Duration,
+    latency: Duration,
+    handler: Duration,
+}
+
+/// Warm invokes of the bystander, back to back, until `stop` (each must succeed). Back to
+/// back, so that a window of a few seconds holds over a hundred of them and its p99 is not
+/// simply its worst one.
+async fn bystander(socket: PathBuf, stop: Arc<AtomicBool>) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
     let start = Instant::now();
     let path = "/2015-03-31/functions/by/invocations";
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let r = common::agent::request(&socket, "POST", path, &[], br#"{"by": 1}"#.to_vec()).await;
+        let r = common::agent::request(&socket, "POST", path, &[("X-Amz-Log-Type", "Tail")], br#"{"by": 1}"#.to_vec())
+            .await;
+        let latency = t.elapsed();
         if r.status != 200 || r.header("x-amz-function-error").is_some() {
             return Err(format!("the bystander failed during the attack: {}", String::from_utf8_lossy(&r.body)));
         }
-        latencies.push((t - start, t.elapsed()));
+        samples.push(Sample { start: t - start, latency, handler: report_duration(&r.log_tail()) });
     }
-    Ok(latencies)
+    Ok(samples)
 }
 
-/// The five slowest of a bystander's invokes, as `<start ms>: <latency ms>`, for a failure's
-/// account of when in the attack they came.
-fn slowest(invokes: &[(Duration, Duration)]) -> String {
+/// The `Duration` of a log tail's REPORT line.
+fn report_duration(tail: &str) -> Duration {
+    let ms = tail
+        .split("\tDuration: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ms").next())
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no REPORT Duration in the log tail: {tail:?}"));
+    Duration::from_secs_f64(ms / 1000.0)
+}
+
+/// The five slowest of a bystander's invokes, as `<start ms>: <latency ms> (<handler ms>)`, for
+/// a failure's account of when in the attack they came and whether the guest or the host was
+/// slow.
+fn slowest(invokes: &[Sample]) -> String {
     let mut by_latency = invokes.to_vec();
-    by_latency.sort_by_key(|&(_, l)| std::cmp::Reverse(l));
-    let shown: Vec<String> =
-        by_latency.iter().take(5).map(|(s, l)| format!("{}: {}", s.as_millis(), l.as_millis())).collect();
+    by_latency.sort_by_key(|s| std::cmp::Reverse(s.latency));
+    let shown: Vec<String> = by_latency
+        .iter()
+        .take(5)
+        .map(|s| format!("{}: {} ({})", s.start.as_millis(), s.latency.as_millis(), s.handler.as_millis()))
+        .collect();
     shown.join(", ")
 }
 

@@ -44,6 +44,11 @@ pub fn spare_vmms(parent: u32) -> Vec<u32> {
 }
 
 fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    children(parent).into_iter().filter(|(_, comm)| comm == name).map(|(pid, _)| pid).collect()
+}
+
+/// The children of `parent` with their command names, by pid.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut out = Vec::new();
     for entry in entries.flatten() {
@@ -53,10 +58,11 @@ fn children_named(parent: u32, name: &str) -> Vec<u32> {
         let Some((head, after)) = stat.rsplit_once(") ") else { continue };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
         let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
-        if comm == name && ppid == Some(parent) {
-            out.push(pid);
+        if ppid == Some(parent) {
+            out.push((pid, comm.to_owned()));
         }
     }
+    out.sort();
     out
 }
 
