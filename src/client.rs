@@ -810,6 +810,9 @@ enum Action {
     Invoke { request: ApiRequest, tail: bool, outfile: Option<PathBuf> },
     /// One request whose answer (text) is printed as is.
     Raw(ApiRequest),
+    /// Like `Send`, for a request that pulls `image_uri`: the pull's progress is printed to
+    /// stderr while it waits.
+    Pull { request: ApiRequest, image_uri: String },
 }
 
 /// Runs one client subcommand.
@@ -851,6 +854,66 @@ async fn dispatch(command: ClientCommand) -> Result<ExitCode, Failure> {
             std::io::stdout().write_all(&reply.body).map_err(|e| Failure::new("OutputError", e.to_string()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Action::Pull { request, image_uri } => {
+            let reply = with_pull_progress(connect, &image_uri, call(connect, request)).await?;
+            print_json(&parse_reply(&reply)?)
+        }
+    }
+}
+
+/// How often the CLI asks the agent how a pull is going.
+const PULL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `request` (one that makes the agent pull `image_uri`), printing the pull's progress
+/// (`GET /ember/image-pulls`) to stderr whenever it changes, until `request` is answered. An
+/// agent that cannot say (an older one) only loses the progress lines.
+async fn with_pull_progress(
+    connect: &Connect,
+    image_uri: &str,
+    request: impl Future<Output = Result<Reply, Failure>>,
+) -> Result<Reply, Failure> {
+    tokio::pin!(request);
+    let mut last = String::new();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PULL_POLL, PULL_POLL);
+    loop {
+        tokio::select! {
+            reply = &mut request => return reply,
+            _ = ticks.tick() => {
+                let Ok(pulls) = call(connect, ApiRequest::new(Method::GET, "/ember/image-pulls")).await else {
+                    return request.await;
+                };
+                let pulls: Value = serde_json::from_slice(&pulls.body).unwrap_or(Value::Null);
+                let line = pulls["Pulls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["ImageUri"] == image_uri)
+                    .map(pull_line);
+                if let Some(line) = line.filter(|l| *l != last) {
+                    eprintln!("ember: {line}");
+                    last = line;
+                }
+            }
+        }
+    }
+}
+
+/// One progress line of a pull from `GET /ember/image-pulls`.
+fn pull_line(pull: &Value) -> String {
+    let mib = |v: &Value| format!("{:.1} MiB", v.as_u64().unwrap_or(0) as f64 / 1048576.0);
+    let uri = pull["ImageUri"].as_str().unwrap_or_default();
+    match pull["Phase"].as_str() {
+        Some("BuildingRootImage") => {
+            format!("pulling {uri}: {} downloaded, building the root image", mib(&pull["TotalBytes"]))
+        }
+        _ if pull["Layers"].as_u64().unwrap_or(0) == 0 => format!("pulling {uri}: reading the manifest"),
+        _ => format!(
+            "pulling {uri}: layer {}/{}, {} of {}",
+            pull["Layer"],
+            pull["Layers"],
+            mib(&pull["DownloadedBytes"]),
+            mib(&pull["TotalBytes"])
+        ),
     }
 }
 
@@ -859,14 +922,28 @@ fn plan(command: &ClientCommand) -> Result<(&Connect, Action), Failure> {
     use ClientCommand as C;
     let send = Action::Send;
     Ok(match command {
-        C::CreateFunction(a) => (&a.connect, send(create_function(a)?)),
+        C::CreateFunction(a) => {
+            let request = create_function(a)?;
+            let image_uri =
+                a.code.as_deref().filter(|_| a.zip_file.is_none()).and_then(|c| c.strip_prefix("ImageUri="));
+            let action = match image_uri {
+                Some(image_uri) => Action::Pull { request, image_uri: image_uri.to_owned() },
+                None => send(request),
+            };
+            (&a.connect, action)
+        }
         C::UpdateFunctionCode(a) => {
             let mut body = match (&a.zip_file, &a.image_uri) {
                 (Some(zip), _) => json!({ "ZipFile": read_zip(zip)? }),
                 (None, uri) => json!({ "ImageUri": uri }),
             };
             a.publish.apply(&mut body);
-            (&a.function.connect, send(ApiRequest::json(Method::PUT, format!("{}/code", a.function.path()), body)))
+            let request = ApiRequest::json(Method::PUT, format!("{}/code", a.function.path()), body);
+            let action = match &a.image_uri {
+                Some(image_uri) => Action::Pull { request, image_uri: image_uri.clone() },
+                None => send(request),
+            };
+            (&a.function.connect, action)
         }
         C::UpdateFunctionConfiguration(a) => (&a.function.connect, send(update_configuration(a)?)),
         C::Invoke(a) => (&a.target.function.connect, invocation(a)?),
@@ -1456,6 +1533,38 @@ mod tests {
     }
 
     const ARN: &str = "arn:aws:lambda:us-east-1:000000000000:function:f";
+
+    #[test]
+    fn a_pulls_progress_reads_as_a_line() {
+        let mut pull = json!({
+            "ImageUri": "r:5000/a:1", "Digest": "sha256:ab", "Phase": "Downloading",
+            "Layer": 0, "Layers": 0, "DownloadedBytes": 0, "TotalBytes": 0,
+        });
+        assert_eq!(pull_line(&pull), "pulling r:5000/a:1: reading the manifest");
+        pull["Layer"] = json!(2);
+        pull["Layers"] = json!(3);
+        pull["DownloadedBytes"] = json!(3 << 20);
+        pull["TotalBytes"] = json!(10 << 20);
+        assert_eq!(pull_line(&pull), "pulling r:5000/a:1: layer 2/3, 3.0 MiB of 10.0 MiB");
+        pull["Phase"] = json!("BuildingRootImage");
+        assert_eq!(pull_line(&pull), "pulling r:5000/a:1: 10.0 MiB downloaded, building the root image");
+    }
+
+    #[test]
+    fn image_requests_show_their_pull() {
+        let create = action(&[
+            "create-function",
+            "--function-name",
+            "f",
+            "--package-type",
+            "Image",
+            "--code",
+            "ImageUri=r:5000/a:1",
+        ]);
+        assert!(matches!(create, Ok(Action::Pull { image_uri, .. }) if image_uri == "r:5000/a:1"));
+        let update = action(&["update-function-code", "--function-name", "f", "--image-uri", "r:5000/a:2"]);
+        assert!(matches!(update, Ok(Action::Pull { image_uri, .. }) if image_uri == "r:5000/a:2"));
+    }
 
     fn parse(args: &[&str]) -> ClientCommand {
         match Cli::try_parse_from(std::iter::once("ember").chain(args.iter().copied())) {

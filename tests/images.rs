@@ -148,3 +148,78 @@ async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
     drop(images);
     std::fs::remove_dir_all(&cache_dir).unwrap();
 }
+
+/// Forwards loopback connections on a port of its own to `upstream`, the answers at about
+/// `bytes_per_s`: a registry behind a slow link, so that a pull lasts long enough to be seen.
+async fn slow_link(upstream: String, bytes_per_s: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+                let mut buf = vec![0; 64 << 10];
+                let pause = std::time::Duration::from_secs_f64(buf.len() as f64 / bytes_per_s as f64);
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(pause.mul_f64(n as f64 / buf.len() as f64)).await;
+                }
+            });
+        }
+    });
+    host
+}
+
+/// `ember create-function --package-type Image` prints the pull's progress (from the agent's
+/// `GET /ember/image-pulls`) while it waits, and the agent lists no pull once it is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_pulls_progress() {
+    let registry = Registry::start("progress");
+    // 12 MiB that do not compress, over a 4 MiB/s link: a pull of about 3 s.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..(12 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let image = OciImage {
+        layers: vec![Layer::Gzip(tar_layer(&[("var/task/app.py", b"def h(e, c):\n    return 1\n")])), {
+            Layer::Tar(tar_layer(&[("opt/data", &data)]))
+        }],
+        ..image_v("1")
+    };
+    registry.push(&image, "fns/big", "latest");
+    let host = slow_link(registry.host.clone(), 4 << 20).await;
+    let agent = common::agent::Agent::start("image-progress", &["--insecure-registry", &host]);
+    let uri = format!("{host}/fns/big:latest");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["create-function", "--function-name", "big", "--package-type", "Image", "--role"])
+        .arg("arn:aws:iam::000000000000:role/test")
+        .arg("--code")
+        .arg(format!("ImageUri={uri}"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["PackageType"], "Image");
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&format!("ember: pulling {uri}: "))).collect();
+    assert!(progress.iter().any(|l| l.contains("layer 2/2, ") && l.contains(" of 12.0 MiB")), "{stderr}");
+    assert!(progress.len() >= 2, "the progress is printed as it changes: {stderr}");
+    let pulls = agent.request("GET", "/ember/image-pulls", &[], Vec::new()).await;
+    assert_eq!(pulls.status, 200);
+    assert_eq!(pulls.json(), serde_json::json!({ "Pulls": [] }));
+}

@@ -409,6 +409,12 @@ pub async fn code_zip(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, 
     Ok(body::bytes("application/zip", zip))
 }
 
+/// Ember's own: the container-image pulls under way (a CreateFunction or UpdateFunctionCode
+/// waiting for its image), with their progress, for the CLI's progress lines.
+pub fn image_pulls(agent: &Arc<Agent>, _req: Req<'_>) -> Result<HttpResponse, ApiError> {
+    Ok(body::json(StatusCode::OK, &serde_json::json!({ "Pulls": agent.control.image_pulls() })))
+}
+
 /// Ember's own: the end of a function's log, as text (`?bytes=N`).
 pub async fn logs(agent: &Arc<Agent>, req: Req<'_>) -> Result<HttpResponse, ApiError> {
     let bytes = match query_param(req.query, "bytes") {

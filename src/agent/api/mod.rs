@@ -247,6 +247,7 @@ where
         Op::UpdateFunctionCode => functions::update_code(agent, req).await,
         Op::GetFunctionCodeZip => functions::code_zip(agent, req).await,
         Op::GetFunctionLogs => functions::logs(agent, req).await,
+        Op::ListImagePulls => functions::image_pulls(agent, req),
         Op::PublishVersion => versions::publish(agent, req).await,
         Op::ListVersionsByFunction => versions::list(agent, req),
         Op::CreateAlias => aliases::create(agent, req).await,

@@ -21,6 +21,8 @@ pub enum Op {
     GetFunctionCodeZip,
     /// Ember's own: the end of a function's log.
     GetFunctionLogs,
+    /// Ember's own: the container-image pulls under way, with their progress.
+    ListImagePulls,
     PublishVersion,
     ListVersionsByFunction,
     CreateAlias,
@@ -127,6 +129,7 @@ const ROUTES: &[(Method, Pattern, Op)] = &[
     (Method::PUT, &["2015-03-31", "functions", P, "code"], Op::UpdateFunctionCode),
     (Method::GET, &["2015-03-31", "functions", P, "code"], Op::GetFunctionCodeZip),
     (Method::GET, &["2015-03-31", "functions", P, "logs"], Op::GetFunctionLogs),
+    (Method::GET, &["ember", "image-pulls"], Op::ListImagePulls),
     (Method::POST, &["2015-03-31", "functions", P, "invocations"], Op::Invoke),
     (Method::POST, &["2014-11-13", "functions", P, "invoke-async"], Op::InvokeAsync),
     (Method::POST, &["2015-03-31", "functions", P, "versions"], Op::PublishVersion),

@@ -623,6 +623,11 @@ impl Control {
         Ok(q.to_string())
     }
 
+    /// The container-image pulls under way.
+    pub fn image_pulls(&self) -> Vec<crate::agent::images::PullProgress> {
+        self.images.progress()
+    }
+
     /// The account's limits and usage.
     pub fn account(&self) -> Result<AccountSettings, Error> {
         let (concurrent, unreserved) = self.pool.concurrency();

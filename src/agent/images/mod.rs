@@ -17,6 +17,7 @@ pub mod unpack;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use manifest::RunConfig;
@@ -70,12 +71,55 @@ pub struct Pulled {
     pub root_image: PathBuf,
 }
 
+/// Where a pull under way is, for `ember`'s progress lines (`GET /ember/image-pulls`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PullProgress {
+    /// The image as the request named it.
+    pub image_uri: String,
+    /// `sha256:<hex>` of its manifest.
+    pub digest: String,
+    /// `Downloading` (its layers, each unpacked as it arrives) or `BuildingRootImage`.
+    pub phase: &'static str,
+    /// The layer being downloaded, from 1.
+    pub layer: usize,
+    /// How many layers the image has.
+    pub layers: usize,
+    /// Bytes of the layer blobs downloaded so far.
+    pub downloaded_bytes: u64,
+    /// Bytes of all its layer blobs.
+    pub total_bytes: u64,
+}
+
 /// The image cache and the registries it pulls from.
 pub struct Images {
     dir: PathBuf,
     registries: Registries,
     /// One pull at a time per manifest digest.
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The pulls under way, by a number of their own.
+    progress: Mutex<HashMap<u64, PullProgress>>,
+    next_pull: AtomicU64,
+}
+
+/// A pull's entry in [`Images::progress`], removed when the pull ends, however it ends.
+struct Tracked<'a> {
+    images: &'a Images,
+    id: u64,
+}
+
+impl Tracked<'_> {
+    fn update(&self, f: impl FnOnce(&mut PullProgress)) {
+        if let Some(p) = self.images.progress.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.id) {
+            f(p);
+        }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.images.progress.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
 }
 
 impl Images {
@@ -90,7 +134,36 @@ impl Images {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
-        Ok(Images { dir: dir.to_owned(), registries, pulling: Mutex::new(HashMap::new()) })
+        Ok(Images {
+            dir: dir.to_owned(),
+            registries,
+            pulling: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
+            next_pull: AtomicU64::new(0),
+        })
+    }
+
+    /// The pulls under way, oldest first.
+    pub fn progress(&self) -> Vec<PullProgress> {
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<&u64> = progress.keys().collect();
+        ids.sort();
+        ids.into_iter().map(|id| progress[id].clone()).collect()
+    }
+
+    fn track(&self, uri: &str, digest: &str) -> Tracked<'_> {
+        let id = self.next_pull.fetch_add(1, Ordering::Relaxed);
+        let entry = PullProgress {
+            image_uri: uri.to_owned(),
+            digest: digest.to_owned(),
+            phase: "Downloading",
+            layer: 0,
+            layers: 0,
+            downloaded_bytes: 0,
+            total_bytes: 0,
+        };
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).insert(id, entry);
+        Tracked { images: self, id }
     }
 
     /// The root image of the manifest `digest`.
@@ -126,7 +199,9 @@ impl Images {
             return Ok(pulled);
         }
         let work = self.dir.join(format!("pull-{}", crate::agent::ids::random_hex()));
-        let result = self.pull_into(&image, resolved, &work, log).await;
+        let tracked = self.track(uri, &digest);
+        let result = self.pull_into(&image, resolved, &work, &tracked, log).await;
+        drop(tracked);
         let _ = std::fs::remove_dir_all(&work);
         self.pulling.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
         result
@@ -137,6 +212,7 @@ impl Images {
         image: &ImageRef,
         resolved: registry::Resolved,
         work: &Path,
+        tracked: &Tracked<'_>,
         log: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Pulled, ImageError> {
         let host = |what: &'static str| move |e: std::io::Error| ImageError::Host(format!("{what}: {e}"));
@@ -149,12 +225,15 @@ impl Images {
         let layers = manifest.layers.len();
         let total: u64 = manifest.layers.iter().map(|(b, _)| b.size).sum();
         log(&format!("{image}: pulling {digest}: {layers} layers, {}", mib(total)));
+        tracked.update(|p| (p.layers, p.total_bytes) = (layers, total));
+        let mut done_before = 0;
         // Each layer is applied as it arrives (a blocking task reading what the download
         // hands it); its digest is checked at its end, and a mismatch fails the whole pull,
         // whose tree then goes: nothing unchecked is ever published.
         let budget = Arc::new(Mutex::new(unpack::Budget::default()));
         for (i, (blob, compression)) in manifest.layers.iter().enumerate() {
             let label = format!("{image}: layer {}/{layers} {}", i + 1, blob.digest);
+            tracked.update(|p| (p.layer, p.downloaded_bytes) = (i + 1, done_before));
             let mut stream = self.registries.blob(image, &blob.digest, unpack::MAX_UNPACKED_BYTES).await?;
             let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
             let (root, budget, compression) = (root.clone(), Arc::clone(&budget), *compression);
@@ -171,6 +250,7 @@ impl Images {
                         if tx.send(chunk).is_err() {
                             break Ok(false); // the unpacking stopped: its error says why
                         }
+                        tracked.update(|p| p.downloaded_bytes = done_before + stream.size());
                         if stream.size() - last_report >= 64 << 20 {
                             last_report = stream.size();
                             log(&format!("{label}: {} of {}", mib(last_report), mib(blob.size)));
@@ -191,7 +271,9 @@ impl Images {
                 return Err(e);
             }
             log(&format!("{label}: {} of {}", mib(stream.size()), mib(blob.size)));
+            done_before += stream.size();
         }
+        tracked.update(|p| (p.phase, p.downloaded_bytes) = ("BuildingRootImage", done_before));
         let unpacked_bytes = budget.lock().unwrap_or_else(|e| e.into_inner()).bytes;
         let image_path = self.root_image(&digest);
         // Built in the pull's own directory (two pulls of one digest never share a file).
