@@ -16,7 +16,7 @@ step() { printf '\n== [%s] %s\n' "$(date +%T)" "$*"; }
 
 step "installing packages"
 ember_apt_install e2fsprogs qemu-system-x86 busybox-static cpio kmod xz-utils file rabbitmq-server \
-    docker-registry skopeo
+    docker-registry skopeo apache2-utils openssl
 # The image tests start their own registries (tests/common/registry.rs), on loopback ports.
 if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
     systemctl stop docker-registry || true

@@ -197,6 +197,14 @@ struct ServeArgs {
     /// URIs name it); repeat for several. Only these are pulled from.
     #[arg(long, value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
+    /// A PEM file of CA certificates to trust for HTTPS registries, besides the system's;
+    /// repeat for several.
+    #[arg(long, value_name = "PATH")]
+    registry_ca: Vec<PathBuf>,
+    /// Registry credentials: a Docker `config.json` (`{"auths": {"HOST:PORT": {"auth":
+    /// base64("user:password")}}}`), answered to registries that ask.
+    #[arg(long, value_name = "PATH")]
+    registry_credentials: Option<PathBuf>,
 }
 
 /// `A,B` in seconds.
@@ -505,6 +513,8 @@ fn serve(mut args: ServeArgs) -> ExitCode {
         jail: (!args.no_jail)
             .then_some(ember::agent::JailOptions { uid_base: args.jail_uid_base, uid_count: args.jail_uid_count }),
         insecure_registries: args.insecure_registry,
+        registry_cas: args.registry_ca,
+        registry_credentials: args.registry_credentials,
     };
     // While this process has one thread: the jails' mounts go in a mount namespace of the
     // agent's own (without it, the agent says VMMs are not jailed, and why).

@@ -1,8 +1,9 @@
 //! Pulling container images from a real OCI registry (Debian's docker-registry, started by the
 //! test on a loopback port), images written as OCI layouts and pushed with skopeo: the root
 //! image built from the layers in order with whiteouts honoured, its run configuration, a tag
-//! that moves, a corrupted blob refused by its digest with nothing left behind, and registries
-//! not named insecure refused. No VM: the KVM tests run image functions end to end.
+//! that moves, a corrupted blob refused by its digest with nothing left behind, registries not
+//! named insecure spoken to over HTTPS only, an HTTPS registry that asks for credentials, and
+//! the CLI's progress lines. No VM: the KVM tests run image functions end to end.
 
 mod common;
 
@@ -64,7 +65,7 @@ fn no_log(_: &str) {}
 async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
     let registry = Registry::start("pull");
     let cache_dir = temp("cache");
-    let registries = Registries { insecure: HashSet::from([registry.host.clone()]) };
+    let registries = Registries::new([registry.host.clone()], &[], None).unwrap();
     let images = Images::open(&cache_dir, registries).unwrap();
 
     // v1: the root image has the layers in order, the whiteouts applied.
@@ -137,11 +138,16 @@ async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
     let after: HashSet<_> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after, "a failed pull leaves nothing in the cache");
 
-    // Missing tags and repositories, and registries not named insecure.
+    // Missing tags and repositories; a registry not named insecure is spoken to over HTTPS,
+    // which this plain-HTTP one does not answer.
     let e = images.pull(&format!("{}/fns/app:nope", registry.host), &no_log).await.unwrap_err();
     assert!(matches!(e, ImageError::NotFound(_)), "{e}");
-    let e = images.pull("registry.example:5000/fns/app:v1", &no_log).await.unwrap_err();
-    assert!(matches!(e, ImageError::Invalid(ref m) if m.contains("--insecure-registry")), "{e}");
+    let strict_dir = temp("strict");
+    let strict = Images::open(&strict_dir, Registries::new([], &[], None).unwrap()).unwrap();
+    let e = strict.pull(&format!("{}/fns/app:v1", registry.host), &no_log).await.unwrap_err();
+    assert!(matches!(e, ImageError::Registry(ref m) if m.contains("TLS")), "{e}");
+    drop(strict);
+    std::fs::remove_dir_all(&strict_dir).unwrap();
     let e = images.pull("no-registry", &no_log).await.unwrap_err();
     assert!(matches!(e, ImageError::Invalid(_)), "{e}");
 
@@ -222,4 +228,100 @@ async fn the_cli_shows_a_pulls_progress() {
     let pulls = agent.request("GET", "/ember/image-pulls", &[], Vec::new()).await;
     assert_eq!(pulls.status, 200);
     assert_eq!(pulls.json(), serde_json::json!({ "Pulls": [] }));
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, by openssl, in `dir`: (ca.pem, cert, key).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ember test CA"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// A registry over HTTPS that asks for credentials: pulled from with its CA and the
+/// credentials of a Docker config.json; without the CA, the certificate is refused; without
+/// credentials, or with wrong ones, the registry's refusal says how to give them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registries_that_ask_for_credentials() {
+    use base64::Engine as _;
+    use ember::agent::images::local::{LocalRegistry, Secured};
+    let certs = temp("certs");
+    let (ca, certificate, key) = certificates(&certs);
+    let secured = Secured { certificate: &certificate, key: &key, user: ("puller", "s3cret pass") };
+    let registry_dir = temp("secured-registry");
+    let registry = LocalRegistry::start_secured(&registry_dir, &secured).expect("start a secured docker-registry");
+    let digest =
+        registry.push(&image_v("tls"), "fns/private", "v1").unwrap_or_else(|e| panic!("{e}\n{}", registry.log()));
+    let uri = format!("{}/fns/private:v1", registry.host);
+    let config = |user: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(user);
+        let path = certs.join(format!("config-{}.json", user.len()));
+        std::fs::write(&path, format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.host)).unwrap();
+        path
+    };
+
+    let good = config("puller:s3cret pass");
+    let images =
+        Images::open(&temp("secured-cache"), Registries::new([], std::slice::from_ref(&ca), Some(&good)).unwrap())
+            .unwrap();
+    let pulled = images.pull(&uri, &no_log).await.unwrap();
+    assert_eq!(pulled.digest, digest);
+    assert_eq!(cat(&pulled.root_image, "/var/task/version").as_deref(), Some("tls"));
+
+    let untrusted = Images::open(&temp("untrusted-cache"), Registries::new([], &[], Some(&good)).unwrap()).unwrap();
+    let e = untrusted.pull(&uri, &no_log).await.unwrap_err();
+    assert!(matches!(&e, ImageError::Registry(m) if m.contains("TLS") && m.contains("certificate")), "{e}");
+
+    let anonymous =
+        Images::open(&temp("anonymous-cache"), Registries::new([], std::slice::from_ref(&ca), None).unwrap()).unwrap();
+    let e = anonymous.pull(&uri, &no_log).await.unwrap_err();
+    assert!(matches!(&e, ImageError::Registry(m) if m.contains("--registry-credentials")), "{e}");
+
+    let wrong = config("puller:guess");
+    let refused = Images::open(&temp("refused-cache"), Registries::new([], &[ca], Some(&wrong)).unwrap()).unwrap();
+    let e = refused.pull(&uri, &no_log).await.unwrap_err();
+    assert!(matches!(&e, ImageError::Registry(m) if m.contains("401") && m.contains("--registry-credentials")), "{e}");
+
+    // The settings themselves: a CA file that holds no certificate, credentials not JSON.
+    let e = Registries::new([], &[certificate.with_extension("csr")], None).err().expect("a CSR is no CA");
+    assert!(e.to_string().contains("--registry-ca"), "{e}");
+    std::fs::write(certs.join("bad.json"), "{").unwrap();
+    let e = Registries::new([], &[], Some(&certs.join("bad.json"))).err().expect("not JSON");
+    assert!(e.to_string().contains("--registry-credentials"), "{e}");
+    drop(registry);
+    for dir in ["certs", "secured-cache", "untrusted-cache", "anonymous-cache", "refused-cache"] {
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("ember-images-{dir}-{}", std::process::id())));
+    }
 }

@@ -1,13 +1,15 @@
 //! What a container image brings from outside: the `ImageUri` of a request
 //! (`ImageRef::parse`), a registry's manifests and image configurations
-//! (`manifest::parse_document`, `manifest::parse_config`), and a layer's tar stream applied onto
-//! a root (`unpack::apply_layer`, plain and gzip). Nothing may panic; a parsed URI prints back
+//! (`manifest::parse_document`, `manifest::parse_config`), a layer's tar stream applied onto
+//! a root (`unpack::apply_layer`, plain and gzip), a registry's `WWW-Authenticate` challenge
+//! (`registry::parse_challenge`) and a Docker `config.json` of credentials
+//! (`registry::docker_auths`). Nothing may panic; a parsed URI prints back
 //! as one that parses the same; and no layer, however crafted (`..`, absolute and looping
 //! symbolic links, hard links out, whiteouts through links), writes outside the root: a
 //! sentinel directory beside the root must stay empty.
 //!
-//! Input: byte 0 picks the parser (mod 4: URI, manifest with a content type from byte 1,
-//! configuration, layer); the rest is its input. For a layer, the root is emptied first and
+//! Input: byte 0 picks the parser (mod 6: URI, manifest with a content type from byte 1,
+//! configuration, layer, challenge, credentials); the rest is its input. For a layer, the root is emptied first and
 //! given a link to the sentinel, so that an input can try to write through it.
 #![no_main]
 
@@ -16,6 +18,7 @@ use std::sync::OnceLock;
 
 use ember::agent::images::manifest::{self, Compression};
 use ember::agent::images::reference::ImageRef;
+use ember::agent::images::registry;
 use ember::agent::images::unpack::{apply_layer, Budget};
 use libfuzzer_sys::fuzz_target;
 
@@ -42,7 +45,7 @@ fn dirs() -> &'static (PathBuf, PathBuf) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
-    match which % 4 {
+    match which % 6 {
         0 => {
             let Ok(uri) = std::str::from_utf8(rest) else { return };
             if let Ok(r) = ImageRef::parse(uri) {
@@ -57,6 +60,17 @@ fuzz_target!(|data: &[u8]| {
         }
         2 => {
             let _ = manifest::parse_config(rest);
+        }
+        4 => {
+            let Ok(header) = std::str::from_utf8(rest) else { return };
+            if let Some((scheme, _)) = registry::parse_challenge(header) {
+                assert!(!scheme.is_empty());
+            }
+        }
+        5 => {
+            if let Ok(auths) = registry::docker_auths(rest) {
+                assert!(auths.values().all(|c| c.contains(':')), "credentials are user:password");
+            }
         }
         _ => {
             let Some((&how, layer)) = rest.split_first() else { return };

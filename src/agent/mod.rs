@@ -85,6 +85,11 @@ pub struct ServeOptions {
     pub jail: Option<JailOptions>,
     /// Registries images may be pulled from over plain HTTP (`--insecure-registry HOST:PORT`).
     pub insecure_registries: Vec<String>,
+    /// CA certificates (PEM files) trusted for HTTPS registries besides the system's
+    /// (`--registry-ca`).
+    pub registry_cas: Vec<std::path::PathBuf>,
+    /// Registry credentials, a Docker `config.json` (`--registry-credentials`).
+    pub registry_credentials: Option<std::path::PathBuf>,
 }
 
 /// The uids jailed VMMs run as (`--jail-uid-base`, `--jail-uid-count`).
@@ -110,6 +115,9 @@ pub enum ServeError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// The registries' CA or credentials files cannot be used.
+    #[error(transparent)]
+    Registries(#[from] images::registry::SettingsError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -240,7 +248,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         concurrent: u32::try_from(options.pool.max_instances).unwrap_or(u32::MAX),
         min_unreserved: options.min_unreserved.unwrap_or_else(|| default_min_unreserved(options.pool.max_instances)),
     };
-    let registries = images::registry::Registries { insecure: options.insecure_registries.iter().cloned().collect() };
+    let registries = images::registry::Registries::new(
+        options.insecure_registries.iter().cloned(),
+        &options.registry_cas,
+        options.registry_credentials.as_deref(),
+    )?;
     let images_dir = options.data_dir.join(images::DIR);
     let images = images::Images::open(&images_dir, registries)
         .map_err(|source| ServeError::Io { what: format!("open {}", images_dir.display()), source })?;

@@ -23,12 +23,33 @@ pub struct LocalRegistry {
     /// Its storage root (the filesystem driver's).
     pub storage: PathBuf,
     dir: PathBuf,
+    /// `user:password` that pushes must give, if it asks for credentials.
+    credentials: Option<String>,
+}
+
+/// What makes a [`LocalRegistry`] a secured one.
+pub struct Secured<'a> {
+    /// Its TLS certificate and key (PEM files).
+    pub certificate: &'a Path,
+    /// The certificate's key.
+    pub key: &'a Path,
+    /// The only user, and its password (htpasswd, bcrypt, by Debian's `htpasswd`).
+    pub user: (&'a str, &'a str),
 }
 
 impl LocalRegistry {
-    /// Starts a registry in `dir` (made; removed on drop) on a free loopback port; returns
-    /// once `/v2/` answers.
+    /// Starts a registry in `dir` (made; removed on drop) on a free loopback port, over plain
+    /// HTTP and open to all; returns once `/v2/` answers.
     pub fn start(dir: &Path) -> io::Result<LocalRegistry> {
+        Self::start_with(dir, None)
+    }
+
+    /// Starts a registry over HTTPS that asks for credentials (`Basic`, an htpasswd file).
+    pub fn start_secured(dir: &Path, secured: &Secured<'_>) -> io::Result<LocalRegistry> {
+        Self::start_with(dir, Some(secured))
+    }
+
+    fn start_with(dir: &Path, secured: Option<&Secured<'_>>) -> io::Result<LocalRegistry> {
         let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -39,14 +60,28 @@ impl LocalRegistry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
-                 enabled: true\nhttp:\n  addr: {host}\n",
-                storage.display()
-            ),
-        )?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
+             enabled: true\nhttp:\n  addr: {host}\n",
+            storage.display()
+        );
+        let mut credentials = None;
+        if let Some(s) = secured {
+            let htpasswd = dir.join("htpasswd");
+            let out = Command::new("htpasswd").args(["-Bbn", s.user.0, s.user.1]).output()?;
+            if !out.status.success() {
+                return Err(other(format!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr))));
+            }
+            std::fs::write(&htpasswd, out.stdout)?;
+            yaml += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: ember-test\n    path: {}\n",
+                s.certificate.display(),
+                s.key.display(),
+                htpasswd.display()
+            );
+            credentials = Some(format!("{}:{}", s.user.0, s.user.1));
+        }
+        std::fs::write(&config, yaml)?;
         let log = std::fs::File::create(dir.join("registry.log"))?;
         let mut command = Command::new(bin);
         command.arg("serve").arg(&config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -62,9 +97,13 @@ impl LocalRegistry {
             });
         }
         let child = command.spawn()?;
-        let registry = LocalRegistry { child, host, storage, dir: dir.to_owned() };
+        let registry = LocalRegistry { child, host, storage, dir: dir.to_owned(), credentials };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // A secured registry answers TLS only: that it accepts connections is enough.
+            if registry.credentials.is_some() && std::net::TcpStream::connect(&registry.host).is_ok() {
+                return Ok(registry);
+            }
             if let Ok(mut s) = std::net::TcpStream::connect(&registry.host) {
                 let _ = write!(s, "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", registry.host);
                 let mut answer = String::new();
@@ -105,8 +144,13 @@ impl LocalRegistry {
     /// Pushes the OCI layout `layout`'s `tag` as `<host>/<repo>:<tag>`; the manifest's digest.
     pub fn push_layout(&self, layout: &Path, tag: &str, repo: &str) -> io::Result<String> {
         let digest_file = layout.with_extension("digest");
-        let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--format", "oci", "--dest-tls-verify=false", "--digestfile"])
+        let mut skopeo = Command::new("skopeo");
+        skopeo.args(["copy", "--quiet", "--format", "oci", "--dest-tls-verify=false"]);
+        if let Some(credentials) = &self.credentials {
+            skopeo.arg("--dest-creds").arg(credentials);
+        }
+        let out = skopeo
+            .arg("--digestfile")
             .arg(&digest_file)
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.host))
