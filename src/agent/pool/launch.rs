@@ -120,24 +120,22 @@ impl VmmLauncher {
             Some(image) => {
                 cmdline.push_str(&format!(" {}=1", ember_proto::cmdline::IMAGE_ROOT));
                 let (argv, env, cwd) = image.command();
-                let mut runtime = runtime_config(f, id, &argv, &env);
-                runtime.cwd = cwd;
-                let set = |runtime: &mut Config, key: &str, value: String| match runtime
-                    .env
-                    .iter_mut()
-                    .find(|(k, _)| k == key)
-                {
-                    Some(entry) => entry.1 = value,
-                    None => runtime.env.push((key.to_owned(), value)),
-                };
-                if let Some((_, path)) = env.iter().find(|(k, _)| k == "PATH") {
-                    set(&mut runtime, "PATH", path.clone());
-                }
                 // What Lambda shows as the handler of an image: its command's first word.
                 let handler = image.overrides.command.as_ref().unwrap_or(&image.run.cmd).first().cloned();
-                set(&mut runtime, "_HANDLER", handler.unwrap_or_default());
-                runtime.env.retain(|(k, _)| k != "PYTHONUNBUFFERED" || env.iter().any(|(e, _)| e == k));
-                runtime
+                let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+                runtime_config(
+                    f,
+                    id,
+                    Process {
+                        argv: &argv,
+                        env: &env,
+                        cwd,
+                        handler: handler.unwrap_or_default(),
+                        path: path.unwrap_or_else(|| DEFAULT_PATH.into()),
+                        // The image's own PYTHONUNBUFFERED, if it has one.
+                        unbuffered_python: false,
+                    },
+                )
             }
             None => {
                 let (argv, env) = runtime_files(&config.guest_dir, &f.runtime).map_err(|e| {
@@ -147,7 +145,7 @@ impl VmmLauncher {
                         config.guest_dir.display()
                     ))
                 })?;
-                runtime_config(f, id, &argv, &env)
+                runtime_config(f, id, Process::of_runtime(f, &argv, &env))
             }
         };
         let mut restore = None;
@@ -271,22 +269,49 @@ fn runtime_files(guest_dir: &Path, runtime: &str) -> std::io::Result<(Vec<String
     Ok((argv, env))
 }
 
-/// The runtime's command and environment: the image's own, the function's variables, and the
-/// Lambda variables (which the function's cannot override).
-fn runtime_config(
-    f: &FunctionConfig,
-    instance_id: &str,
-    image_argv: &[String],
-    image_env: &[(String, String)],
-) -> Config {
-    let argv = image_argv.iter().map(|w| if w == "$HANDLER" { f.handler.clone() } else { w.clone() }).collect();
+/// The `PATH` of a runtime's process, unless its container image has its own.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/opt/bin";
+
+/// What a function's runtime process is, before Lambda's variables are added.
+struct Process<'a> {
+    /// Its command; a `$HANDLER` word becomes the handler.
+    argv: &'a [String],
+    /// Its own environment (the runtime's, or the container image's).
+    env: &'a [(String, String)],
+    cwd: String,
+    /// `_HANDLER`.
+    handler: String,
+    /// `PATH`.
+    path: String,
+    /// Whether `PYTHONUNBUFFERED=1` is set, as Lambda's runtimes set it.
+    unbuffered_python: bool,
+}
+
+impl<'a> Process<'a> {
+    /// The process of a zip function's runtime (its image's `.command` and `.env`).
+    fn of_runtime(f: &FunctionConfig, argv: &'a [String], env: &'a [(String, String)]) -> Process<'a> {
+        Process {
+            argv,
+            env,
+            cwd: "/var/task".into(),
+            handler: f.handler.clone(),
+            path: DEFAULT_PATH.into(),
+            unbuffered_python: true,
+        }
+    }
+}
+
+/// The runtime's command and environment: its own environment, the function's variables, and
+/// the Lambda variables (which the function's cannot override).
+fn runtime_config(f: &FunctionConfig, instance_id: &str, p: Process<'_>) -> Config {
+    let argv = p.argv.iter().map(|w| if w == "$HANDLER" { p.handler.clone() } else { w.clone() }).collect();
     let date = timestamp();
     let stream = format!("{}/{}/{}/[{}]{instance_id}", &date[0..4], &date[5..7], &date[8..10], f.version);
     let region = ids::region().to_owned();
-    let mut env: Env = image_env.to_vec();
+    let mut env: Env = p.env.to_vec();
     env.extend(f.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
     let ours = [
-        ("_HANDLER", f.handler.clone()),
+        ("_HANDLER", p.handler),
         ("LAMBDA_TASK_ROOT", "/var/task".into()),
         ("LAMBDA_RUNTIME_DIR", "/var/runtime".into()),
         ("AWS_LAMBDA_FUNCTION_NAME", f.name.clone()),
@@ -298,15 +323,17 @@ fn runtime_config(
         ("AWS_REGION", region.clone()),
         ("AWS_DEFAULT_REGION", region),
         ("TZ", ":UTC".into()),
-        ("PATH", "/usr/local/bin:/usr/bin:/bin:/opt/bin".into()),
-        ("PYTHONUNBUFFERED", "1".into()),
+        ("PATH", p.path),
     ];
     // Later entries win: keep only the last of each name.
     env.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    if p.unbuffered_python {
+        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    }
     let mut seen = std::collections::HashSet::new();
     let mut env: Vec<_> = env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
     env.reverse();
-    Config { argv, env, cwd: "/var/task".into(), wall_clock_ms: 0 }
+    Config { argv, env, cwd: p.cwd, wall_clock_ms: 0 }
 }
 
 #[cfg(test)]
@@ -321,7 +348,8 @@ mod tests {
         f.environment.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "spoofed".into());
         f.environment.insert("MY_VAR".into(), "1".into());
         let argv = vec!["/usr/bin/python3.11".to_owned(), "-m".into(), "awslambdaric".into(), "$HANDLER".into()];
-        let c = runtime_config(&f, "abc", &argv, &[("LANG".into(), "C.UTF-8".into())]);
+        let env = [("LANG".to_owned(), "C.UTF-8".to_owned())];
+        let c = runtime_config(&f, "abc", Process::of_runtime(&f, &argv, &env));
         assert_eq!(c.argv[3], "handler.main");
         let get = |k: &str| c.env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
         assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), ["f"]);
@@ -331,5 +359,31 @@ mod tests {
         assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), ["256"]);
         assert!(get("PATH")[0].ends_with(":/opt/bin"));
         assert!(get("AWS_LAMBDA_LOG_STREAM_NAME")[0].ends_with("/[4]abc"));
+        assert_eq!(get("PYTHONUNBUFFERED"), ["1"]);
+        assert_eq!(c.cwd, "/var/task");
+    }
+
+    #[test]
+    fn an_image_keeps_its_path_cwd_and_python_buffering() {
+        let f = crate::agent::store::tests::config_for("f");
+        let env = [("PATH".to_owned(), "/app/bin:/usr/bin".to_owned()), ("GREETING".to_owned(), "hi".to_owned())];
+        let argv = ["/app/bin/run".to_owned(), "app.handler".to_owned()];
+        let process = Process {
+            argv: &argv,
+            env: &env,
+            cwd: "/app".into(),
+            handler: "app.handler".into(),
+            path: "/app/bin:/usr/bin".into(),
+            unbuffered_python: false,
+        };
+        let c = runtime_config(&f, "abc", process);
+        let get = |k: &str| c.env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(c.argv, argv);
+        assert_eq!(c.cwd, "/app");
+        assert_eq!(get("PATH"), ["/app/bin:/usr/bin"]);
+        assert_eq!(get("_HANDLER"), ["app.handler"]);
+        assert_eq!(get("GREETING"), ["hi"]);
+        assert!(get("PYTHONUNBUFFERED").is_empty());
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), ["f"]);
     }
 }
