@@ -236,8 +236,9 @@ async fn create_validation_and_unsupported_members() {
             "Source image f is not valid",
         ),
         (
+            // The test agent reaches no registry (its Registries are the offline default).
             json!({ "PackageType": "Image", "Runtime": null, "Handler": null, "Code": { "ImageUri": "h.example:5000/f:1" } }),
-            "--insecure-registry",
+            "pulls from no registry",
         ),
         (
             json!({ "PackageType": "Image", "Runtime": null, "Handler": null, "Code": { "ImageUri": "h.example/f:1" },

@@ -969,7 +969,7 @@ fn publish_in(
 }
 
 /// A new function's `$LATEST` from its request: no code, layers or image yet.
-fn latest_of(new: NewFunction) -> FunctionConfig {
+pub(super) fn latest_of(new: NewFunction) -> FunctionConfig {
     FunctionConfig {
         name: new.name,
         version: Version::LATEST,

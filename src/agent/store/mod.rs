@@ -337,32 +337,14 @@ pub(crate) mod tests {
 
     /// A configuration as the store would return it, for tests elsewhere.
     pub(crate) fn config_for(name: &str) -> FunctionConfig {
-        FunctionConfig {
-            name: name.into(),
-            version: Version::LATEST,
-            runtime: "python3.11".into(),
+        let new = NewFunction {
             handler: "handler.main".into(),
             role: String::new(),
-            description: String::new(),
             memory_mib: 256,
-            timeout_s: 3,
-            ephemeral_mib: 512,
-            environment: Default::default(),
-            code_sha256: String::new(),
-            code_size: 0,
-            code_unzipped: 0,
-            code_image: PathBuf::new(),
-            layers: Vec::new(),
-            opt_image: None,
-            revision_id: "r".into(),
-            last_modified: String::new(),
-            snap_start: false,
-            dead_letter: None,
-            image: None,
-            state: State::Active,
-            state_reason: None,
-            state_reason_code: None,
-        }
+            environment: BTreeMap::new(),
+            ..new_function(name)
+        };
+        FunctionConfig { revision_id: "r".into(), last_modified: String::new(), ..functions::latest_of(new) }
     }
 
     /// The blob files in a data dir, sorted.
