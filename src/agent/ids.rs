@@ -175,7 +175,11 @@ impl FunctionRef {
                 }
                 split_rest(rest).ok_or_else(missing)?
             }
-            [account, "function", rest @ ..] => {
+            // `<12 digits>:function:name[:qualifier]`, as Lambda's pattern has it; anything
+            // else of two parts (`00000:function`) is a name and a qualifier.
+            [account, "function", rest @ ..]
+                if !rest.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 if *account != ACCOUNT_ID {
                     return Err(missing());
                 }
@@ -345,6 +349,11 @@ mod tests {
         assert_eq!(parse(&format!("{arn}:prod")), ok("my-fn", Some("prod")));
         assert_eq!(parse("000000000000:function:my-fn"), ok("my-fn", None));
         assert_eq!(parse("000000000000:function:my-fn:3"), ok("my-fn", Some("3")));
+        // An alias may be named `function` (found by the function_json fuzz target: the
+        // short form of `000000000000:function:00000:function` did not parse).
+        assert_eq!(parse("00000:function"), ok("00000", Some("function")));
+        assert_eq!(parse("000000000000:function:00000:function"), ok("00000", Some("function")));
+        assert_eq!(parse("000000000000:function"), ok("000000000000", Some("function")));
         for bad in [
             "",
             "bad name",
