@@ -2,7 +2,7 @@
 //! reports batch item failures answers (`{"batchItemFailures": [{"itemIdentifier": id}]}`).
 //! Pure: the consumer ([`super::consume`]) brings the deliveries and acts on the answer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use base64::Engine;
 use md5::Digest;
@@ -107,15 +107,20 @@ pub fn failed(response: &[u8], messages: &[Message]) -> Failed {
         Some(Value::Array(items)) => items,
         Some(_) => return Failed::All,
     };
+    // The batch's indices by message id, once: a function's answer may name ids by the
+    // hundred thousand, and a batch holds up to 10,000 messages.
+    let mut by_id: HashMap<&str, Vec<usize>> = HashMap::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        by_id.entry(m.message_id.as_str()).or_default().push(i);
+    }
     let mut failed = BTreeSet::new();
     for item in items {
         let Some(id) = item.get("itemIdentifier").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
             return Failed::All;
         };
-        let before = failed.len();
-        failed.extend(messages.iter().enumerate().filter(|(_, m)| m.message_id == id).map(|(i, _)| i));
-        if failed.len() == before && !messages.iter().any(|m| m.message_id == id) {
-            return Failed::All;
+        match by_id.get(id) {
+            Some(indices) => failed.extend(indices),
+            None => return Failed::All,
         }
     }
     if failed.is_empty() {
@@ -193,5 +198,19 @@ mod tests {
         ] {
             assert_eq!(failed(bad.as_bytes(), &batch), Failed::All, "{bad}");
         }
+        // Messages that share an id (a broker may redeliver one) fail together.
+        let twice = [message("a", "1"), message("a", "2"), message("b", "3")];
+        assert_eq!(
+            failed(br#"{"batchItemFailures": [{"itemIdentifier": "a"}]}"#, &twice),
+            Failed::Items(BTreeSet::from([0, 1]))
+        );
+    }
+
+    #[test]
+    fn a_full_batch_s_answer_naming_every_message_is_read() {
+        let batch: Vec<Message> = (0..10_000).map(|i| message(&format!("m{i}"), "x")).collect();
+        let items: Vec<Value> = (0..10_000).rev().map(|i| json!({ "itemIdentifier": format!("m{i}") })).collect();
+        let answer = serde_json::to_vec(&json!({ "batchItemFailures": items })).unwrap();
+        assert_eq!(failed(&answer, &batch), Failed::Items((0..10_000).collect()));
     }
 }
