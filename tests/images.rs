@@ -325,3 +325,27 @@ async fn https_registries_that_ask_for_credentials() {
             std::fs::remove_dir_all(std::env::temp_dir().join(format!("ember-images-{dir}-{}", std::process::id())));
     }
 }
+
+/// Image functions through the real clients: boto3 (CreateFunction, GetFunction,
+/// UpdateFunctionCode, UpdateFunctionConfiguration and Lambda's refusals) and the aws CLI
+/// (`create-function --package-type Image --code ImageUri=...`), by tests/api/test_images.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_and_the_aws_cli_manage_image_functions() {
+    let aws = std::env::var("EMBER_AWS_CLI").expect(
+        "EMBER_AWS_CLI must name the aws CLI (scripts/test.sh installs it from PyPI into ~/.cache/ember/awscli)",
+    );
+    let registry = Registry::start("clients");
+    let d1 = registry.push(&image_v("1"), "fns/app", "v1");
+    let d2 = registry.push(&image_v("2"), "fns/app", "v2");
+    let agent = common::agent::Agent::start_listening("image-clients", &["--insecure-registry", &registry.host]);
+    let out = tokio::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/test_images.py"))
+        .arg(format!("http://127.0.0.1:{}", agent.tcp_port.unwrap()))
+        .args([format!("{}/fns/app:v1", registry.host), d1, format!("{}/fns/app:v2", registry.host), d2, aws])
+        .output()
+        .await
+        .expect("run python3 tests/api/test_images.py (boto3 is installed by scripts/test.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}

@@ -59,6 +59,15 @@ impl Agent {
         Self::start_with(name, extra, |_| {})
     }
 
+    /// Starts an agent that also listens on a free loopback TCP port (`tcp_port`), for the AWS
+    /// SDKs.
+    pub fn start_listening(name: &str, extra: &[&str]) -> Agent {
+        let mut agent = Self::unstarted(name, extra);
+        agent.tcp_port = Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        agent.spawn();
+        agent
+    }
+
     /// Starts an agent whose data dir `prepare` has filled first.
     pub fn start_with(name: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Agent {
         let mut agent = Self::unstarted(name, extra);

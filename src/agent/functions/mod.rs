@@ -263,6 +263,7 @@ impl Control {
         let n = name.to_owned();
         self.blocking(move |s| {
             let mut config = (*s.get(&n, Version::LATEST)?).clone();
+            super::store::functions::refuse_zip_on_image(&config)?;
             let manifest = super::codezip::check(&zip, &config.runtime).map_err(StoreError::from)?;
             config.code_sha256 = super::store::code::code_sha256(&zip);
             config.code_size = zip.len() as u64;

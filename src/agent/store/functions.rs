@@ -574,6 +574,7 @@ impl Store {
     ) -> Result<(Arc<FunctionConfig>, Option<Arc<FunctionConfig>>), StoreError> {
         let current = self.get(name, Version::LATEST)?;
         check_revision(&current.revision_id, revision_id)?;
+        refuse_zip_on_image(&current)?;
         let code = self.put_code(zip, &current.runtime)?;
         let (config, published, old_hex) = {
             let mut conn = lock(&self.writer);
@@ -995,6 +996,16 @@ pub(super) fn latest_of(new: NewFunction) -> FunctionConfig {
         state: State::Active,
         state_reason: None,
         state_reason_code: None,
+    }
+}
+
+/// A zip for a container-image function is refused, as Lambda refuses it.
+pub fn refuse_zip_on_image(config: &FunctionConfig) -> Result<(), StoreError> {
+    match config.image {
+        Some(_) => {
+            Err(StoreError::Invalid("Please provide ImageUri when updating a function with packageType Image.".into()))
+        }
+        None => Ok(()),
     }
 }
 
