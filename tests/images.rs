@@ -94,6 +94,12 @@ async fn pulls_unpack_in_order_follow_tags_and_refuse_corruption() {
     assert!(lines.iter().any(|l| l.contains("pulling") && l.contains("2 layers")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("pulled")), "{lines:?}");
 
+    // A tar+zstd layer, OCI's third compression.
+    let zstd_image = OciImage { layers: vec![Layer::Zstd(tar_layer(&[("opt/zstd/file", b"zstd")]))], ..image_v("z") };
+    registry.push(&zstd_image, "fns/zstd", "v1");
+    let z = images.pull(&format!("{}/fns/zstd:v1", registry.host), &no_log).await.unwrap();
+    assert_eq!(cat(&z.root_image, "/opt/zstd/file").as_deref(), Some("zstd"));
+
     // A second pull of the same image uses the cache; a pull by digest gives the same.
     let again = images.pull(&format!("{}/fns/app@{d1}", registry.host), &no_log).await.unwrap();
     assert_eq!(again, pulled);

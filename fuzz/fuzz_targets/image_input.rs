@@ -1,7 +1,7 @@
 //! What a container image brings from outside: the `ImageUri` of a request
 //! (`ImageRef::parse`), a registry's manifests and image configurations
 //! (`manifest::parse_document`, `manifest::parse_config`), a layer's tar stream applied onto
-//! a root (`unpack::apply_layer`, plain and gzip), a registry's `WWW-Authenticate` challenge
+//! a root (`unpack::apply_layer`, plain, gzip and zstd), a registry's `WWW-Authenticate` challenge
 //! (`registry::parse_challenge`) and a Docker `config.json` of credentials
 //! (`registry::docker_auths`). Nothing may panic; a parsed URI prints back
 //! as one that parses the same; and no layer, however crafted (`..`, absolute and looping
@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
             std::fs::create_dir_all(root).expect("root");
             let _ = std::os::unix::fs::symlink(sentinel, root.join("out"));
             let _ = std::os::unix::fs::symlink("../sentinel", root.join("up"));
-            let compression = if how & 1 == 0 { Compression::None } else { Compression::Gzip };
+            let compression = [Compression::None, Compression::Gzip, Compression::Zstd][usize::from(how % 3)];
             let _ = apply_layer(root, layer, compression, &mut Budget::default());
             let leaked: Vec<_> = std::fs::read_dir(sentinel).expect("sentinel").collect();
             assert!(leaked.is_empty(), "a layer wrote outside the root: {leaked:?}");

@@ -180,6 +180,8 @@ pub enum Layer {
     Gzip(Vec<u8>),
     /// Compressed already: the blob and the sha256 hex of its tar (the config's diff_id).
     Gzipped(Vec<u8>, String),
+    /// A tar, zstd-compressed when written.
+    Zstd(Vec<u8>),
 }
 
 /// An image to write: its layers, bottom first, and its run configuration.
@@ -222,6 +224,10 @@ impl OciImage {
                 }
                 Layer::Gzipped(blob, hex) => {
                     (blob.clone(), "application/vnd.oci.image.layer.v1.tar+gzip", format!("sha256:{hex}"))
+                }
+                Layer::Zstd(tar) => {
+                    let blob = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+                    (blob, "application/vnd.oci.image.layer.v1.tar+zstd", sha256(tar))
                 }
             };
             diff_ids.push(diff_id);

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -47,6 +47,78 @@ fn bad_layer(why: String) -> ImageError {
     ImageError::Layer(why)
 }
 
+/// A zstd stream of frames (skippable ones skipped), decoded by ruzstd. Each frame's window,
+/// which the decoder keeps in memory, is at most ruzstd's 100 MiB: a header that asks for more
+/// (up to terabytes) is refused before anything is held.
+struct Zstd<R: BufRead> {
+    source: R,
+    decoder: Option<ruzstd::decoding::FrameDecoder>,
+    in_frame: bool,
+}
+
+impl<R: BufRead> Zstd<R> {
+    fn new(source: R) -> Self {
+        Zstd { source, decoder: None, in_frame: false }
+    }
+
+    /// A decoder whose every frame has its window checked: ruzstd checks it when a decoder
+    /// starts its second frame and later ones, not its first; so the first is an empty one.
+    fn decoder() -> io::Result<ruzstd::decoding::FrameDecoder> {
+        static EMPTY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let empty = EMPTY
+            .get_or_init(|| ruzstd::encoding::compress_to_vec(&[][..], ruzstd::encoding::CompressionLevel::Fastest));
+        let mut decoder = ruzstd::decoding::FrameDecoder::new();
+        decoder.init(&empty[..]).map_err(io::Error::other)?;
+        Ok(decoder)
+    }
+}
+
+impl<R: BufRead> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        use ruzstd::decoding::BlockDecodingStrategy;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => self.decoder.insert(Self::decoder()?),
+        };
+        loop {
+            if !self.in_frame {
+                if self.source.fill_buf()?.is_empty() {
+                    return Ok(0);
+                }
+                match decoder.reset(&mut self.source) {
+                    Ok(()) => self.in_frame = true,
+                    Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                        length, ..
+                    })) => {
+                        let skipped = io::copy(&mut (&mut self.source).take(u64::from(length)), &mut io::sink())?;
+                        if skipped < u64::from(length) {
+                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a skippable frame is cut short"));
+                        }
+                    }
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+                continue;
+            }
+            while decoder.can_collect() < buf.len() && !decoder.is_finished() {
+                let wanted = buf.len() - decoder.can_collect();
+                decoder
+                    .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBytes(wanted))
+                    .map_err(io::Error::other)?;
+            }
+            let n = decoder.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            // The frame is over and drained: the next one, if any.
+            self.in_frame = false;
+        }
+    }
+}
+
 /// Applies one layer blob (`reader` gives its bytes as stored) on top of `root`.
 pub fn apply_layer(
     root: &Path,
@@ -57,6 +129,7 @@ pub fn apply_layer(
     match compression {
         Compression::Gzip => apply_tar(root, flate2::read::GzDecoder::new(reader), budget),
         Compression::None => apply_tar(root, reader, budget),
+        Compression::Zstd => apply_tar(root, Zstd::new(io::BufReader::new(reader)), budget),
     }
 }
 
@@ -383,6 +456,35 @@ pub(crate) mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    #[test]
+    fn zstd_layers_in_one_frame_or_several() {
+        let root = temp_dir("unpack-zstd");
+        apply_layer(&root, &zstd(&layer(&[("a", "1")]))[..], Compression::Zstd, &mut Budget::default()).unwrap();
+        assert_eq!(read(&root, "a").as_deref(), Some("1"));
+        // A tar cut in two frames, a skippable frame between them: all of it applies.
+        let tar = layer(&[("b", "2"), ("c", &"x".repeat(5000))]);
+        let (first, second) = tar.split_at(700);
+        let mut blob = zstd(first);
+        blob.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 9, 9, 9]);
+        blob.extend(zstd(second));
+        apply_layer(&root, &blob[..], Compression::Zstd, &mut Budget::default()).unwrap();
+        assert_eq!(read(&root, "b").as_deref(), Some("2"));
+        assert_eq!(read(&root, "c").map(|c| c.len()), Some(5000));
+        // A frame that asks for a 2 TiB window: refused before anything is held. Its header:
+        // the magic, a descriptor without a single segment, a window descriptor of 2^41.
+        let huge = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8, 0, 0, 0, 0, 0, 0];
+        let e = apply_layer(&root, &huge[..], Compression::Zstd, &mut Budget::default()).unwrap_err();
+        assert!(matches!(&e, ImageError::Layer(m) if m.to_lowercase().contains("window")), "{e}");
+        assert!(apply_layer(&root, &b"garbage"[..], Compression::Zstd, &mut Budget::default()).is_err());
+        let cut = zstd(&layer(&[("d", &"y".repeat(9000))]));
+        assert!(apply_layer(&root, &cut[..cut.len() / 2], Compression::Zstd, &mut Budget::default()).is_err());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     fn apply(root: &Path, entries: &[(&str, &str)]) -> Result<(), ImageError> {
