@@ -29,6 +29,9 @@ use super::ImageError;
 const MAX_REDIRECTS: usize = 5;
 /// The largest token-service answer read.
 const MAX_TOKEN_ANSWER: usize = 64 << 10;
+/// How long a registry may stay silent (to connect, to shake hands, to answer, between two
+/// chunks of a body) before the pull gives up on it.
+const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The registries Ember pulls from, and how it reaches and authenticates to them.
 #[derive(Clone)]
@@ -44,6 +47,8 @@ pub struct Registries {
     credentials: HashMap<String, String>,
     /// Bearer tokens from token services, by registry host and repository.
     tokens: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// See [`DEFAULT_STALL`].
+    stall: std::time::Duration,
 }
 
 impl Default for Registries {
@@ -55,6 +60,7 @@ impl Default for Registries {
             tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(rustls::RootCertStore::empty()))),
             credentials: HashMap::new(),
             tokens: Arc::default(),
+            stall: DEFAULT_STALL,
         }
     }
 }
@@ -132,6 +138,24 @@ impl Registries {
             tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(roots))),
             credentials,
             tokens: Arc::default(),
+            stall: DEFAULT_STALL,
+        })
+    }
+
+    /// The same, giving up on a registry silent for `stall` (instead of a minute).
+    pub fn with_stall_timeout(self, stall: std::time::Duration) -> Registries {
+        Registries { stall, ..self }
+    }
+
+    /// `what` (a step of talking to `host`), unless the registry stays silent too long.
+    async fn in_time<T>(
+        &self,
+        host: &str,
+        what: &str,
+        step: impl std::future::Future<Output = Result<T, ImageError>>,
+    ) -> Result<T, ImageError> {
+        tokio::time::timeout(self.stall, step).await.unwrap_or_else(|_| {
+            Err(ImageError::Registry(format!("registry {host} was silent for {:?} ({what})", self.stall)))
         })
     }
 
@@ -171,7 +195,7 @@ impl Registries {
         let response = self.get(image, &path, Some(ACCEPT)).await?;
         let content_type =
             response.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let out = read_limited(response, MAX_DOCUMENT)
+        let out = read_limited(response, MAX_DOCUMENT, self.stall)
             .await
             .map_err(|e| ImageError::Registry(format!("{image}: reading the manifest: {e}")))?;
         Ok((content_type, out))
@@ -193,7 +217,15 @@ impl Registries {
         let expected = check_digest(digest)?.to_owned();
         let path = format!("/v2/{}/blobs/{digest}", image.repository);
         let body = self.get(image, &path, None).await?.into_body();
-        Ok(Blob { body, hasher: Sha256::new(), size: 0, max, expected, label: format!("{image}: blob {digest}") })
+        Ok(Blob {
+            body,
+            hasher: Sha256::new(),
+            size: 0,
+            max,
+            expected,
+            label: format!("{image}: blob {digest}"),
+            stall: self.stall,
+        })
     }
 
     /// GET `path` on the image's registry, following redirects (credentials go to the
@@ -326,7 +358,7 @@ impl Registries {
                     response.status()
                 )));
             }
-            let body = read_limited(response, MAX_TOKEN_ANSWER)
+            let body = read_limited(response, MAX_TOKEN_ANSWER, self.stall)
                 .await
                 .map_err(|e| ImageError::Registry(format!("token service {service_host}: {e}")))?;
             let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -348,9 +380,12 @@ impl Registries {
     ) -> Result<hyper::Response<hyper::body::Incoming>, ImageError> {
         let Target { secure, host, path } = target;
         let (name, port) = split_host(host, if *secure { 443 } else { 80 });
-        let stream = tokio::net::TcpStream::connect((name, port))
-            .await
-            .map_err(|e| ImageError::Registry(format!("cannot connect to registry {host}: {e}")))?;
+        let connecting = async {
+            tokio::net::TcpStream::connect((name, port))
+                .await
+                .map_err(|e| ImageError::Registry(format!("cannot connect to registry {host}: {e}")))
+        };
+        let stream = self.in_time(host, "connecting", connecting).await?;
         let _ = stream.set_nodelay(true);
         let mut request =
             Request::get(path.as_str()).header(hyper::header::HOST, host.as_str()).header("user-agent", "ember");
@@ -362,16 +397,18 @@ impl Registries {
         }
         let request = request.body(Empty::<Bytes>::new()).map_err(|e| ImageError::Registry(e.to_string()))?;
         if !secure {
-            return exchange(stream, host, request).await;
+            return self.in_time(host, "answering", exchange(stream, host, request)).await;
         }
         let server = ServerName::try_from(name.trim_start_matches('[').trim_end_matches(']').to_owned())
             .map_err(|e| ImageError::Invalid(format!("registry {host}: {e}")))?;
-        let tls = self
-            .tls
-            .connect(server, stream)
-            .await
-            .map_err(|e| ImageError::Registry(format!("TLS with registry {host}: {e}")))?;
-        exchange(tls, host, request).await
+        let handshake = async {
+            self.tls
+                .connect(server, stream)
+                .await
+                .map_err(|e| ImageError::Registry(format!("TLS with registry {host}: {e}")))
+        };
+        let tls = self.in_time(host, "the TLS handshake", handshake).await?;
+        self.in_time(host, "answering", exchange(tls, host, request)).await
     }
 }
 
@@ -392,10 +429,17 @@ where
 }
 
 /// A response's body, at most `max` bytes of it.
-async fn read_limited(response: hyper::Response<hyper::body::Incoming>, max: usize) -> Result<Vec<u8>, String> {
+async fn read_limited(
+    response: hyper::Response<hyper::body::Incoming>,
+    max: usize,
+    stall: std::time::Duration,
+) -> Result<Vec<u8>, String> {
     let mut body = response.into_body();
     let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next =
+            tokio::time::timeout(stall, body.frame()).await.map_err(|_| format!("the answer stopped for {stall:?}"))?;
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| e.to_string())?;
         if let Some(data) = frame.data_ref() {
             out.extend_from_slice(data);
@@ -532,6 +576,8 @@ pub struct Blob {
     /// The hex the content must hash to.
     expected: String,
     label: String,
+    /// How long the registry may pause in the middle of the body.
+    stall: std::time::Duration,
 }
 
 impl Blob {
@@ -542,7 +588,11 @@ impl Blob {
 
     /// The next chunk; `None` at the end, once the content matched its digest.
     pub async fn next(&mut self) -> Result<Option<Bytes>, ImageError> {
-        while let Some(frame) = self.body.frame().await {
+        loop {
+            let next = tokio::time::timeout(self.stall, self.body.frame()).await.map_err(|_| {
+                ImageError::Registry(format!("{}: the registry was silent for {:?}", self.label, self.stall))
+            })?;
+            let Some(frame) = next else { break };
             let frame = frame.map_err(|e| ImageError::Registry(format!("{}: {e}", self.label)))?;
             let Ok(data) = frame.into_data() else { continue };
             self.size += data.len() as u64;
@@ -643,6 +693,26 @@ mod tests {
         let image = ImageRef::parse("registry.example:5000/fn:latest").unwrap();
         let e = Registries::default().resolve(&image).await.unwrap_err();
         assert!(matches!(e, ImageError::Invalid(m) if m.contains("pulls from no registry")));
+    }
+
+    #[tokio::test]
+    async fn a_silent_registry_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        // Accepts, reads, never answers.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let image = ImageRef::parse(&format!("{host}/fn:latest")).unwrap();
+        let stall = std::time::Duration::from_millis(300);
+        for insecure in [vec![host.clone()], vec![]] {
+            let registries = Registries::new(insecure, &[], None).unwrap().with_stall_timeout(stall);
+            let e = registries.resolve(&image).await.unwrap_err();
+            assert!(matches!(&e, ImageError::Registry(m) if m.contains("silent")), "{e}");
+        }
     }
 
     #[tokio::test]
