@@ -3,9 +3,12 @@ one or several in one process, a boto3 Lambda client for a local endpoint, zips 
 CodeSha256, the check of an expected error, and the events a test function logged."""
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import os
+import subprocess
 import sys
 import time
 import traceback
@@ -141,3 +144,28 @@ def wait_for(what, fn, timeout_s, every_s=0.5):
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(every_s)
+
+
+@contextlib.contextmanager
+def aws_lambda_cli(aws, endpoint):
+    """Yields `cli(*args)`, which runs `aws --endpoint-url ENDPOINT --output json lambda ARGS`
+    with the unmodified aws CLI (`aws` in its own virtualenv), checks it succeeded and returns
+    its JSON answer. The commands run one after another in one process of the CLI's Python
+    (aws_cli_session.py): a process each would cost ~15 s of imports in the emulated host."""
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDEMBERTEST", AWS_SECRET_ACCESS_KEY="ember-test-secret",
+               AWS_DEFAULT_REGION="us-east-1", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    session = subprocess.Popen([os.path.join(os.path.dirname(aws), "python"), os.path.join(here, "aws_cli_session.py")],
+                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def cli(*args):
+        session.stdin.write(json.dumps(["--endpoint-url", endpoint, "--output", "json", "lambda", *args]) + "\n")
+        session.stdin.flush()
+        line = session.stdout.readline()
+        check(line, f"aws lambda {' '.join(args)}: the aws CLI's process ended")
+        out = json.loads(line)
+        check(out["rc"] == 0, f"aws lambda {' '.join(args)}: exit status {out['rc']}: {out['stderr']}")
+        return json.loads(out["stdout"]) if out["stdout"].strip() else {}
+
+    with session:
+        yield cli

@@ -12,15 +12,10 @@ when all checks pass, 1 at the first that fails.
 
 import argparse
 import io
-import json
-import os
-import subprocess
 import sys
 import zipfile
 
-from lambda_checks import ROLE, check, checks, expect_error, lambda_client, message
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from lambda_checks import ROLE, aws_lambda_cli, check, checks, expect_error, lambda_client, message
 
 
 def step(what):
@@ -85,21 +80,7 @@ def boto3_checks(lam, uri1, digest1, uri2, digest2):
 
 def aws_cli_checks(aws, endpoint, uri1, digest1):
     step("the aws CLI: create-function --package-type Image --code ImageUri=..., get-function")
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDEMBERTEST", AWS_SECRET_ACCESS_KEY="ember-test-secret",
-               AWS_DEFAULT_REGION="us-east-1", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
-    session = subprocess.Popen([os.path.join(os.path.dirname(aws), "python"), os.path.join(HERE, "aws_cli_session.py")],
-                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def cli(*args):
-        session.stdin.write(json.dumps(["--endpoint-url", endpoint, "--output", "json", "lambda", *args]) + "\n")
-        session.stdin.flush()
-        line = session.stdout.readline()
-        check(line, f"aws lambda {' '.join(args)}: the aws CLI's process ended")
-        out = json.loads(line)
-        check(out["rc"] == 0, f"aws lambda {' '.join(args)}: exit status {out['rc']}: {out['stderr']}")
-        return json.loads(out["stdout"]) if out["stdout"].strip() else {}
-
-    with session:
+    with aws_lambda_cli(aws, endpoint) as cli:
         c = cli("create-function", "--function-name", "img-cli", "--package-type", "Image", "--code",
                 f"ImageUri={uri1}", "--role", ROLE)
         check(c["PackageType"] == "Image" and c["CodeSha256"] == digest1.split(":", 1)[1], f"create-function: {c}")
@@ -107,7 +88,6 @@ def aws_cli_checks(aws, endpoint, uri1, digest1):
         check(g["Code"]["ImageUri"] == uri1 and g["Code"]["ResolvedImageUri"] == resolved(uri1, digest1),
               f"get-function: {g['Code']}")
         cli("delete-function", "--function-name", "img-cli")
-        session.stdin.close()
 
 
 def main():

@@ -29,7 +29,6 @@ import base64
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,13 +37,13 @@ import zipfile
 
 from botocore.exceptions import ClientError
 
-from lambda_checks import ROLE, check, expect_error, lambda_client, message, run_phases, sha256_b64, with_extra_file
+from lambda_checks import (ROLE, aws_lambda_cli, check, expect_error, lambda_client, message, run_phases, sha256_b64,
+                           with_extra_file)
 
 PY, LAYERED, RS, SNAP, SNAP_FAIL, PC, CLI = (
     "rel-py", "rel-layers", "rel-rs", "rel-snap", "rel-snapfail", "rel-pc", "rel-cli",
 )
 LAYERS = ("rel-layer-a", "rel-layer-b")
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def step(what):
@@ -360,24 +359,7 @@ def unsupported(lam, python_zip):
 
 def aws_cli(aws, endpoint, rust_zip, run):
     step("the aws CLI: create, publish, alias, invoke by alias, list")
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDEMBERTEST", AWS_SECRET_ACCESS_KEY="ember-test-secret",
-               AWS_DEFAULT_REGION="us-east-1", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
-
-    # The CLI's commands run one after another in one process of its own Python (see
-    # aws_cli_session.py): a process each would cost ~15 s of imports apiece in the emulated host.
-    session = subprocess.Popen([os.path.join(os.path.dirname(aws), "python"), os.path.join(HERE, "aws_cli_session.py")],
-                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def cli(*args):
-        session.stdin.write(json.dumps(["--endpoint-url", endpoint, "--output", "json", "lambda", *args]) + "\n")
-        session.stdin.flush()
-        line = session.stdout.readline()
-        check(line, f"aws lambda {' '.join(args)}: the aws CLI's process ended")
-        out = json.loads(line)
-        check(out["rc"] == 0, f"aws lambda {' '.join(args)}: exit status {out['rc']}: {out['stderr']}")
-        return json.loads(out["stdout"]) if out["stdout"].strip() else {}
-
-    with session, tempfile.TemporaryDirectory() as tmp:
+    with aws_lambda_cli(aws, endpoint) as cli, tempfile.TemporaryDirectory() as tmp:
         zip_path = os.path.join(tmp, "rust.zip")
         with open(zip_path, "wb") as f:
             f.write(rust_zip)
