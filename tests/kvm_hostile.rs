@@ -274,25 +274,45 @@ fn filtered(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("\nSeccomp:\t2\n"))
 }
 
-/// Waits (at most 10 s) until no VMM start is under way: the agent has a spare, and every
-/// child of its is a running VM or a spare that has entered its jail and filter, the same
-/// children for 300 ms. A launch's replacement spare is started once its instance's first
+/// Waits (at most 10 s) until no VMM start is under way and the host is quiet: the agent has a
+/// spare, every child of its is a running VM or a spare that has entered its jail and filter
+/// (the same children for 300 ms), and the host's CPUs were idle at least half of each of the
+/// last two 100 ms. A launch's replacement spare is started once its instance's first
 /// invocation is over, and its start (a fork of the agent, an exec, a VM created: hundreds of
-/// ms of CPU in the emulated host) is work of that launch's, not of the attack that follows;
-/// the other spares, set up long before, say nothing of it.
+/// ms of CPU in the emulated host) is work of that launch's; the kernel's teardown of the
+/// last round's VMM (its network namespace, cgroup and KVM state, deferred to its workers:
+/// ~300 ms of CPU there) is that round's. Neither belongs to the attack that follows.
 async fn spares_set_up(agent: &Agent) {
     use ember::vmm::process::{children, SPARE_NAME, VMM_NAME};
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut last, mut steady) = (Vec::new(), 0);
-    while Instant::now() < deadline && steady < 6 {
+    let (mut last, mut steady, mut quiet) = (Vec::new(), 0, 0);
+    let mut cpu = cpu_times();
+    while Instant::now() < deadline && (steady < 6 || quiet < 2) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let children = children(agent.child.id());
         let settled = children.iter().any(|(_, comm)| comm == SPARE_NAME)
             && children.iter().all(|(pid, comm)| comm == VMM_NAME || (comm == SPARE_NAME && filtered(*pid)))
             && children == last;
         steady = if settled { steady + 1 } else { 0 };
         last = children;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if steady % 2 == 0 {
+            let now = cpu_times();
+            let (busy, idle) = (now.0 - cpu.0, now.1 - cpu.1);
+            quiet = if steady > 0 && idle >= busy { quiet + 1 } else { 0 };
+            cpu = now;
+        }
     }
+}
+
+/// The host's CPU time so far, busy and idle (idle and iowait), in ticks, from /proc/stat.
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    // user nice system (idle iowait) irq softirq steal; guest time is inside user already.
+    let busy = fields.iter().take(8).sum::<u64>() - idle;
+    (busy, idle)
 }
 
 /// One warm invoke of the bystander: when it started (from the first of its run), how long
