@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let e = event(&messages, "arn:aws:sqs:us-east-1:000000000000:q", "us-east-1");
-    assert!(serde_json::from_slice::<serde_json::Value>(&e).is_ok());
+    assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&e).is_ok());
     if let Failed::Items(items) = failed(answer, &messages) {
         assert!(items.iter().all(|&i| i < messages.len()));
     }

@@ -2,11 +2,14 @@
 //! reports batch item failures answers (`{"batchItemFailures": [{"itemIdentifier": id}]}`).
 //! Pure: the consumer ([`super::consume`]) brings the deliveries and acts on the answer.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use base64::Engine;
 use md5::Digest;
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::Value;
 
 /// A message attribute (an AMQP header of the message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,43 +45,104 @@ pub struct Message {
 
 /// The hex MD5 of a body (`md5OfBody`).
 fn md5_hex(bytes: &[u8]) -> String {
-    md5::Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = md5::Md5::digest(bytes);
+    let mut hex = String::with_capacity(2 * digest.len());
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
 }
 
-fn attribute(a: &Attribute) -> Value {
-    let (data_type, key, value) = match a {
-        Attribute::String(s) => ("String", "stringValue", json!(s)),
-        Attribute::Number(n) => ("Number", "stringValue", json!(n)),
-        Attribute::Binary(b) => ("Binary", "binaryValue", json!(base64::engine::general_purpose::STANDARD.encode(b))),
-    };
-    json!({ key: value, "stringListValues": [], "binaryListValues": [], "dataType": data_type })
+/// A record of the event, serialized straight from the message it shows (no JSON tree in
+/// between: a batch holds up to 10,000 messages).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Record<'a> {
+    message_id: &'a str,
+    receipt_handle: &'a str,
+    body: Cow<'a, str>,
+    attributes: RecordAttributes<'a>,
+    message_attributes: MessageAttributes<'a>,
+    md5_of_body: String,
+    event_source: &'static str,
+    #[serde(rename = "eventSourceARN")]
+    event_source_arn: &'a str,
+    aws_region: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RecordAttributes<'a> {
+    approximate_receive_count: String,
+    sent_timestamp: String,
+    sender_id: &'a str,
+    approximate_first_receive_timestamp: String,
+}
+
+/// `messageAttributes`: each as `{"stringValue"|"binaryValue": ..., "stringListValues": [],
+/// "binaryListValues": [], "dataType": ...}`.
+struct MessageAttributes<'a>(&'a BTreeMap<String, Attribute>);
+
+impl Serialize for MessageAttributes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, &AttributeValue(value))?;
+        }
+        map.end()
+    }
+}
+
+struct AttributeValue<'a>(&'a Attribute);
+
+impl Serialize for AttributeValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (data_type, key, value) = match self.0 {
+            Attribute::String(s) => ("String", "stringValue", Cow::Borrowed(s.as_str())),
+            Attribute::Number(n) => ("Number", "stringValue", Cow::Borrowed(n.as_str())),
+            Attribute::Binary(b) => {
+                ("Binary", "binaryValue", Cow::Owned(base64::engine::general_purpose::STANDARD.encode(b)))
+            }
+        };
+        let none: [(); 0] = [];
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry(key, &value)?;
+        map.serialize_entry("stringListValues", &none)?;
+        map.serialize_entry("binaryListValues", &none)?;
+        map.serialize_entry("dataType", data_type)?;
+        map.end()
+    }
 }
 
 /// The event for `messages` from the queue `source_arn`.
 pub fn event(messages: &[Message], source_arn: &str, region: &str) -> Vec<u8> {
-    let records: Vec<Value> = messages
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Event<'a> {
+        records: Vec<Record<'a>>,
+    }
+    let records = messages
         .iter()
-        .map(|m| {
-            let attributes: Map<String, Value> = m.attributes.iter().map(|(k, v)| (k.clone(), attribute(v))).collect();
-            json!({
-                "messageId": m.message_id,
-                "receiptHandle": m.receipt_handle,
-                "body": String::from_utf8_lossy(&m.body),
-                "attributes": {
-                    "ApproximateReceiveCount": m.receive_count.to_string(),
-                    "SentTimestamp": m.sent_ms.to_string(),
-                    "SenderId": m.sender,
-                    "ApproximateFirstReceiveTimestamp": m.first_receive_ms.to_string(),
-                },
-                "messageAttributes": attributes,
-                "md5OfBody": md5_hex(&m.body),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": source_arn,
-                "awsRegion": region,
-            })
+        .map(|m| Record {
+            message_id: &m.message_id,
+            receipt_handle: &m.receipt_handle,
+            body: String::from_utf8_lossy(&m.body),
+            attributes: RecordAttributes {
+                approximate_receive_count: m.receive_count.to_string(),
+                sent_timestamp: m.sent_ms.to_string(),
+                sender_id: &m.sender,
+                approximate_first_receive_timestamp: m.first_receive_ms.to_string(),
+            },
+            message_attributes: MessageAttributes(&m.attributes),
+            md5_of_body: md5_hex(&m.body),
+            event_source: "aws:sqs",
+            event_source_arn: source_arn,
+            aws_region: region,
         })
         .collect();
-    serde_json::to_vec(&json!({ "Records": records })).expect("a JSON value serializes")
+    serde_json::to_vec(&Event { records }).expect("the event serializes")
 }
 
 /// Which messages of a batch failed, by a successful function's answer.
@@ -132,6 +196,8 @@ pub fn failed(response: &[u8], messages: &[Message]) -> Failed {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn message(id: &str, body: &str) -> Message {
