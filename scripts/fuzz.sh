@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/fuzz.sh [--seconds N] [--verbose] [TARGET...]
+# scripts/fuzz.sh [--seconds N] [--jobs J] [--verbose] [TARGET...]
 # Builds Ember's cargo-fuzz targets (fuzz/, see fuzz/README.md) and runs each TARGET (default:
 # every target in fuzz/Cargo.toml) for N seconds (default 60), one after the other. cargo-fuzz
 # is installed first if it is missing (`cargo install cargo-fuzz --locked`); the targets are
@@ -12,11 +12,15 @@
 # output goes to fuzz/logs/<target>.log (the build's to fuzz/logs/build.log); --verbose sends
 # both to stderr as well. Crashing inputs land in fuzz/artifacts/<target>/.
 #
-# Several may run at once on different targets (their builds take turns).
+# Several may run at once on different targets (their builds take turns). --jobs J (default 1)
+# runs J libFuzzer processes side by side on each target for the N seconds (libFuzzer's -jobs=J
+# -workers=J: one corpus, which each reloads to take up what the others found), for a machine's
+# other cores; their logs are appended to the target's log.
 #
 # stdout gets exactly one line per target, in this format (other tools parse it):
 #   fuzz target=<name> execs=<n> crashes=<n> seconds=<s>
-# execs is libFuzzer's final count of executed inputs, crashes the number of crash, leak,
+# execs is libFuzzer's final count of executed inputs (with --jobs, the sum of the processes'
+# counts), crashes the number of crash, leak,
 # timeout and out-of-memory inputs it wrote in this run, seconds the run's wall time.
 # Exits 1 if any target crashed (or failed to run), 2 on a usage error.
 set -euo pipefail
@@ -32,11 +36,13 @@ usage() {
     exit 2
 }
 
-seconds=60 verbose= targets=()
+seconds=60 jobs=1 verbose= targets=()
 while [ $# -gt 0 ]; do
     case $1 in
     --seconds) seconds=${2:-}; [ $# -ge 2 ] || usage; shift 2 ;;
     --seconds=*) seconds=${1#--seconds=}; shift ;;
+    --jobs) jobs=${2:-}; [ $# -ge 2 ] || usage; shift 2 ;;
+    --jobs=*) jobs=${1#--jobs=}; shift ;;
     -v | --verbose) verbose=1; shift ;;
     -h | --help) usage ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; usage ;;
@@ -47,6 +53,9 @@ case $seconds in
 '' | *[!0-9]*) echo "fuzz.sh: --seconds needs a whole number of seconds, not '$seconds'" >&2; exit 2 ;;
 esac
 [ "$seconds" -gt 0 ] || { echo "fuzz.sh: --seconds must be at least 1" >&2; exit 2; }
+case $jobs in
+'' | *[!0-9]* | 0) echo "fuzz.sh: --jobs needs a whole number of processes, at least 1, not '$jobs'" >&2; exit 2 ;;
+esac
 
 # Every [[bin]] of the fuzz crate is a target.
 mapfile -t all < <(awk '/^\[\[bin\]\]/ { bin = 1; next } /^\[/ { bin = 0 } bin && /^name *=/ { gsub(/.*= *"|".*/, ""); print }' "$fuzz_dir/Cargo.toml")
@@ -117,16 +126,44 @@ for t in "${targets[@]}"; do
     if [ -d "$seeds" ]; then
         dirs+=("$seeds")
     fi
+    # Where the fuzzer runs: with --jobs, libFuzzer writes each process's log there
+    # (fuzz-<job>.log).
+    work=$fuzz_dir
+    parallel=()
+    if [ "$jobs" -gt 1 ]; then
+        work=$fuzz_dir/logs/$t.jobs
+        rm -rf "$work"
+        mkdir -p "$work"
+        parallel=(-jobs="$jobs" -workers="$jobs")
+    fi
     touch "$stamp"
     start=$(date +%s)
     status=0
-    (cd "$fuzz_dir" && cargo fuzz run -O "$t" "${dirs[@]}" -- \
+    (cd "$work" && cargo fuzz run --fuzz-dir "$fuzz_dir" -O "$t" "${dirs[@]}" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
-        -artifact_prefix="$artifacts/") 2>&1 | to_log "$log" || status=$?
+        "${parallel[@]}" -artifact_prefix="$artifacts/") 2>&1 | to_log "$log" || status=$?
     elapsed=$(($(date +%s) - start))
     crashes=$(new_artifacts "$artifacts" "$stamp")
-    execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
-    echo "fuzz target=$t execs=${execs:-0} crashes=$crashes seconds=$elapsed"
+    # Each process's final count (the last in its log), summed.
+    logs=("$log")
+    if [ "$jobs" -gt 1 ]; then
+        logs=()
+        for l in "$work"/fuzz-*.log; do
+            [ -f "$l" ] && logs+=("$l")
+        done
+    fi
+    execs=0
+    for l in "${logs[@]}"; do
+        n=$(sed -n 's/^stat::number_of_executed_units: *\([0-9][0-9]*\).*/\1/p' "$l" | tail -n 1)
+        execs=$((execs + ${n:-0}))
+    done
+    if [ "$jobs" -gt 1 ]; then
+        for l in "${logs[@]}"; do
+            { echo "== $(basename "$l")"; cat "$l"; } >>"$log"
+        done
+        rm -rf "$work"
+    fi
+    echo "fuzz target=$t execs=$execs crashes=$crashes seconds=$elapsed"
     if [ "$crashes" -gt 0 ]; then
         failed=1
         echo "fuzz.sh: $t: $crashes new input(s) in $artifacts (log: $log)" >&2
