@@ -404,17 +404,23 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
 /// The host's CPU time, by kind, from the `cpu` line of `/proc/stat`: what the guests ran
 /// (KVM counts it as `guest`), the rest of user time (the agent, the VMMs' own code, the bench
 /// client), the kernel's (system calls, KVM's exits, interrupts) and idle. In ticks when read,
-/// in microseconds per invoke once divided.
+/// in microseconds per invoke once divided. Also what the hostile-guest suite waits on for a
+/// quiet host.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct CpuTimes {
-    guest: u64,
-    user: u64,
-    kernel: u64,
-    idle: u64,
+pub struct CpuTimes {
+    /// What the guests ran (`guest` and `guest_nice`).
+    pub guest: u64,
+    /// The rest of user time (`user` and `nice` without the guests').
+    pub user: u64,
+    /// The kernel's: `system`, `irq` and `softirq`.
+    pub kernel: u64,
+    /// Idle and iowait.
+    pub idle: u64,
 }
 
 impl CpuTimes {
-    fn read() -> Result<Self, Error> {
+    /// The host's times so far, in ticks.
+    pub fn read() -> Result<Self, Error> {
         let stat = std::fs::read_to_string("/proc/stat").map_err(io("read /proc/stat"))?;
         Self::parse(&stat).ok_or_else(|| Error::Io("parse /proc/stat", std::io::ErrorKind::InvalidData.into()))
     }
@@ -434,7 +440,13 @@ impl CpuTimes {
         })
     }
 
-    fn since(&self, before: &Self) -> Self {
+    /// The time not idle (guests, user and kernel; not steal).
+    pub fn busy(&self) -> u64 {
+        self.guest + self.user + self.kernel
+    }
+
+    /// The times between `before` and these.
+    pub fn since(&self, before: &Self) -> Self {
         CpuTimes {
             guest: self.guest.saturating_sub(before.guest),
             user: self.user.saturating_sub(before.user),
