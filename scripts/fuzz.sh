@@ -112,6 +112,13 @@ new_artifacts() {
         -newer "$2" | wc -l
 }
 
+# libFuzzer's final count of executed inputs in log $1 (0 if it has none).
+final_count() {
+    local n
+    n=$(sed -n 's/^stat::number_of_executed_units: *\([0-9][0-9]*\).*/\1/p' "$1" | tail -n 1)
+    echo "${n:-0}"
+}
+
 stamp=$(mktemp)
 trap 'rm -f "$stamp"' EXIT
 
@@ -144,24 +151,17 @@ for t in "${targets[@]}"; do
         "${parallel[@]}" -artifact_prefix="$artifacts/") 2>&1 | to_log "$log" || status=$?
     elapsed=$(($(date +%s) - start))
     crashes=$(new_artifacts "$artifacts" "$stamp")
-    # Each process's final count (the last in its log), summed.
-    logs=("$log")
+    # Each process's final count, summed; with --jobs, their logs follow the target's.
     if [ "$jobs" -gt 1 ]; then
-        logs=()
+        execs=0
         for l in "$work"/fuzz-*.log; do
-            [ -f "$l" ] && logs+=("$l")
-        done
-    fi
-    execs=0
-    for l in "${logs[@]}"; do
-        n=$(sed -n 's/^stat::number_of_executed_units: *\([0-9][0-9]*\).*/\1/p' "$l" | tail -n 1)
-        execs=$((execs + ${n:-0}))
-    done
-    if [ "$jobs" -gt 1 ]; then
-        for l in "${logs[@]}"; do
+            [ -f "$l" ] || continue
+            execs=$((execs + $(final_count "$l")))
             { echo "== $(basename "$l")"; cat "$l"; } >>"$log"
         done
         rm -rf "$work"
+    else
+        execs=$(final_count "$log")
     fi
     echo "fuzz target=$t execs=$execs crashes=$crashes seconds=$elapsed"
     if [ "$crashes" -gt 0 ]; then
