@@ -56,7 +56,7 @@ fi
 
 # The same command line as ember's default (DEFAULT_CMDLINE in src/vmm/mod.rs), so that both
 # VMMs boot the same kernel the same way.
-append="console=ttyS0 quiet reboot=k panic=-1 io_delay=none no_timer_check random.trust_cpu=on"
+append="console=ttyS0 quiet reboot=k panic=-1 io_delay=none no_timer_check random.trust_cpu=on noreplace-smp"
 append+=" root=/dev/vda ro rootfstype=ext4"
 # acpi=off: only then does QEMU append the virtio_mmio.device= entries for the disk to the
 # command line (with ACPI it describes the devices in tables that our guest kernel does not read).

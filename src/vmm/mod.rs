@@ -63,9 +63,13 @@ pub const MAX_MEMORY_MIB: u32 = 10240;
 /// The kernel command line used when none is given. `reboot=k panic=-1`: a panic resets the
 /// VM through the i8042 at once, which the VMM sees. `io_delay=none
 /// no_timer_check`: no probing that only costs VM exits. `random.trust_cpu=on`: the guest's
-/// RNG is ready without waiting for entropy.
+/// RNG is ready without waiting for entropy. `noreplace-smp`: a guest with one vCPU keeps the
+/// lock prefixes of its kernel's atomic instructions instead of rewriting them (2,600 sites
+/// on 485 of the 1,536 pages of kernel code) into their uniprocessor form at boot, so that
+/// those pages stay the kernel file's own, shared by every instance in the host's page cache,
+/// instead of becoming each instance's private copy (see `load_kernel`).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 io_delay=none \
-     no_timer_check random.trust_cpu=on root=/dev/vda ro rootfstype=ext4";
+     no_timer_check random.trust_cpu=on noreplace-smp root=/dev/vda ro rootfstype=ext4";
 
 /// Where the guest kernel and images are by default: $EMBER_GUEST_DIR, else target/guest beside
 /// the running binary's target directory, else ./target/guest.
