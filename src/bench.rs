@@ -334,8 +334,9 @@ fn vsock_in(dir: &Path, runs: usize) -> Result<String, Error> {
 
 /// `ember bench invoke`: a 1 KiB echo in the provided runtime through a real agent (`ember
 /// serve` on a Unix socket): cold invokes (boot included), warm invokes one at a time on a
-/// kept-alive connection, warm throughput with 1 and 8 clients, and the bare vsock round trip
-/// measured in the same run.
+/// kept-alive connection, warm throughput with 1 and 8 clients (on instances booted each on
+/// its own, then on SnapStart clones of one snapshot), and the bare vsock round trip measured
+/// in the same run.
 pub fn invoke(runs: usize, cold_runs: usize) -> Result<String, Error> {
     if runs == 0 || cold_runs == 0 {
         return Err(Error::NoRuns);
@@ -384,12 +385,17 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
     Ok(format!(
         "invoke warm_split in_instance_us p50={} outside_us p50={}\n\
          invoke cpu_us_per_invoke c1 {} c8 {}\n\
+         invoke snapstart_clones rps_c1={} rps_c8={} cpu_us_per_invoke c1 {} c8 {}\n\
          invoke qualified alias_warm_us p50={} latest_warm_us p50={}\n\
          invoke cold_ms p50={} warm_us p50={} p99={} rps_c1={} rps_c8={} vsock_rtt_us={}\n",
         median(&r.in_instance_us),
         median(&r.outside_us),
         r.cpu_c1,
         r.cpu_c8,
+        r.clones_c1,
+        r.clones_c8,
+        r.clones_cpu_c1,
+        r.clones_cpu_c8,
         median(&r.alias_warm_us),
         median(&r.latest_warm_us),
         median(&r.cold_ms),
@@ -478,6 +484,11 @@ struct InvokeRuns {
     /// The host's CPU time per warm invoke, by kind, with one client and with eight.
     cpu_c1: CpuTimes,
     cpu_c8: CpuTimes,
+    /// The same, on instances restored from one SnapStart snapshot.
+    clones_c1: u64,
+    clones_c8: u64,
+    clones_cpu_c1: CpuTimes,
+    clones_cpu_c8: CpuTimes,
     /// Of a warm invoke, the time in the instance: REPORT's Duration, from the event's hand-off
     /// to the instance's actor to its answer (the VMM, the vsock, the guest and its runtime).
     in_instance_us: Vec<u64>,
@@ -875,6 +886,76 @@ async fn requests_per_s(
     Ok((total as f64 / started.elapsed().as_secs_f64()) as u64)
 }
 
+/// One client's warm invokes of `path`, after warming its instance: the latencies, the
+/// invokes per second and the host's CPU time per invoke.
+async fn one_client(
+    conn: &mut AgentConn,
+    path: &str,
+    event: &[u8],
+    runs: usize,
+) -> Result<(Vec<u64>, u64, CpuTimes), Error> {
+    for _ in 0..runs.min(100) {
+        conn.call("POST", path, event).await?;
+    }
+    let mut latencies = Vec::with_capacity(runs);
+    let cpu_before = CpuTimes::read()?;
+    let started = Instant::now();
+    for _ in 0..runs {
+        let t = Instant::now();
+        conn.call("POST", path, event).await?;
+        latencies.push(t.elapsed().as_micros() as u64);
+    }
+    let rps = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
+    Ok((latencies, rps, CpuTimes::read()?.since(&cpu_before).per_invoke(runs as u64)))
+}
+
+/// Eight clients' warm invokes of `path`: first brings up eight instances (eight overlapping
+/// slow invokes) and warms each as [`one_client`] warms its one (the same number of invokes,
+/// not timed: a new instance's first invokes page its runtime in), then counts the warm
+/// invokes they finish in a fixed window. The invokes per second and the host's CPU time per
+/// invoke.
+async fn eight_clients(socket: &Path, path: &'static str, event: &[u8], runs: usize) -> Result<(u64, CpuTimes), Error> {
+    let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
+    let joined = |e: tokio::task::JoinError| Error::Io("join", std::io::Error::other(e));
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(AgentConn::open(socket).await?);
+    }
+    let warmups: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let slow = slow.clone();
+            tokio::spawn(async move { c.call("POST", path, &slow).await.map(|_| c) })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for w in warmups {
+        conns.push(w.await.map_err(joined)??);
+    }
+    let warmups: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let event = event.to_vec();
+            let n = runs.min(100);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    c.call("POST", path, &event).await?;
+                }
+                Ok::<_, Error>(c)
+            })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for w in warmups {
+        conns.push(w.await.map_err(joined)??);
+    }
+    let cpu_before = CpuTimes::read()?;
+    let started = Instant::now();
+    let rps = requests_per_s(conns, path, &[], event).await?;
+    let invokes = (rps as f64 * started.elapsed().as_secs_f64()) as u64;
+    Ok((rps, CpuTimes::read()?.since(&cpu_before).per_invoke(invokes)))
+}
+
 /// Publishes `function`'s `$LATEST` and waits until the version is `Active` (a SnapStart
 /// version is `Pending` while its snapshot is made). Returns the version's number.
 async fn publish_active(conn: &mut AgentConn, function: &str) -> Result<String, Error> {
@@ -904,13 +985,14 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     use base64::Engine as _;
     let mut conn = AgentConn::open(socket).await?;
     let zip = base64::engine::general_purpose::STANDARD.encode(zip);
-    let create = |name: &str| {
+    let create = |name: &str, snap: bool| {
         serde_json::to_vec(&serde_json::json!({
             "FunctionName": name, "Runtime": "provided.al2023", "Handler": "bootstrap",
             "Role": "arn:aws:iam::000000000000:role/bench", "Code": {"ZipFile": zip}, "Timeout": 60,
             // One whole vCPU's share (Lambda's 1769 MB), so that what is measured is Ember's
             // overhead and not the CPU cap of a small function.
             "MemorySize": 1769,
+            "SnapStart": {"ApplyOn": if snap { "PublishedVersions" } else { "None" }},
         }))
         .expect("serializes")
     };
@@ -919,28 +1001,16 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     let mut cold = Vec::with_capacity(cold_runs);
     for i in 0..cold_runs {
         let name = format!("cold{i}");
-        conn.call("POST", "/2015-03-31/functions", &create(&name)).await?;
+        conn.call("POST", "/2015-03-31/functions", &create(&name, false)).await?;
         let started = Instant::now();
         conn.call("POST", &format!("/2015-03-31/functions/{name}/invocations"), &event).await?;
         cold.push(started.elapsed().as_millis() as u64);
         conn.call("DELETE", &format!("/2015-03-31/functions/{name}"), b"").await?;
     }
 
-    conn.call("POST", "/2015-03-31/functions", &create("warm")).await?;
+    conn.call("POST", "/2015-03-31/functions", &create("warm", false)).await?;
     let path = "/2015-03-31/functions/warm/invocations";
-    for _ in 0..runs.min(100) {
-        conn.call("POST", path, &event).await?;
-    }
-    let mut warm = Vec::with_capacity(runs);
-    let cpu_before = CpuTimes::read()?;
-    let started = Instant::now();
-    for _ in 0..runs {
-        let t = Instant::now();
-        conn.call("POST", path, &event).await?;
-        warm.push(t.elapsed().as_micros() as u64);
-    }
-    let rps_c1 = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
-    let cpu_c1 = CpuTimes::read()?.since(&cpu_before).per_invoke(runs as u64);
+    let (warm, rps_c1, cpu_c1) = one_client(&mut conn, path, &event, runs).await?;
 
     // The split of a warm invoke, on further invokes that ask for the log tail (which the ones
     // timed above do not, to time exactly what a client that does not ask pays).
@@ -985,48 +1055,19 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         latest_warm_us.push(t.elapsed().as_micros() as u64);
     }
 
-    // Eight clients: first bring up eight instances (eight overlapping slow invokes), warm
-    // each as the one client's instance was warmed (the same number of invokes, not timed: a
-    // new instance's first invokes page its runtime in), then count the warm invokes they
-    // finish in a fixed window.
-    let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
-    let mut conns = Vec::new();
-    for _ in 0..8 {
-        conns.push(AgentConn::open(socket).await?);
-    }
-    let warmups: Vec<_> = conns
-        .into_iter()
-        .map(|mut c| {
-            let slow = slow.clone();
-            tokio::spawn(async move { c.call("POST", path, &slow).await.map(|_| c) })
-        })
-        .collect();
-    let mut conns = Vec::new();
-    for w in warmups {
-        conns.push(w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??);
-    }
-    let warmups: Vec<_> = conns
-        .into_iter()
-        .map(|mut c| {
-            let event = event.clone();
-            let n = runs.min(100);
-            tokio::spawn(async move {
-                for _ in 0..n {
-                    c.call("POST", path, &event).await?;
-                }
-                Ok::<_, Error>(c)
-            })
-        })
-        .collect();
-    let mut conns = Vec::new();
-    for w in warmups {
-        conns.push(w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??);
-    }
-    let cpu_before = CpuTimes::read()?;
-    let started = Instant::now();
-    let rps_c8 = requests_per_s(conns, path, &[], &event).await?;
-    let invokes = (rps_c8 as f64 * started.elapsed().as_secs_f64()) as u64;
-    let cpu_c8 = CpuTimes::read()?.since(&cpu_before).per_invoke(invokes);
+    let (rps_c8, cpu_c8) = eight_clients(socket, path, &event, runs).await?;
+    conn.call("DELETE", "/2015-03-31/functions/warm", b"").await?;
+
+    // The same two counts on SnapStart clones: every instance restored from one snapshot of
+    // the same function, so that all of them run their kernel and runtime from the same host
+    // pages. Beside the counts above, this separates what eight clients cost the agent from
+    // what eight guests with their own copies of the same code cost the host (on the emulated
+    // host, QEMU translates each copy's code anew).
+    conn.call("POST", "/2015-03-31/functions", &create("clones", true)).await?;
+    publish_active(&mut conn, "clones").await?;
+    let clones = "/2015-03-31/functions/clones:1/invocations";
+    let (_, clones_c1, clones_cpu_c1) = one_client(&mut conn, clones, &event, runs).await?;
+    let (clones_c8, clones_cpu_c8) = eight_clients(socket, clones, &event, runs).await?;
     Ok(InvokeRuns {
         cold_ms: cold,
         warm_us: warm,
@@ -1034,6 +1075,10 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         rps_c8,
         cpu_c1,
         cpu_c8,
+        clones_c1,
+        clones_c8,
+        clones_cpu_c1,
+        clones_cpu_c8,
         in_instance_us,
         outside_us,
         alias_warm_us,
