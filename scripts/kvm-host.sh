@@ -360,6 +360,12 @@ done < <(compgen -e | grep -E '^(EMBER_|RUST_|CARGO_TERM_)')
         # Forwarded connections arrive at eth0's address: relay them to loopback.
         echo "python3 $(q "$here/l1/tcp-forward.py") 10.0.2.15 ${fwd_ports[*]} &"
     fi
+    # With more than one CPU, hold the kernel's static branches that VMs and cgroups flip
+    # (see scripts/l1/hold-static-keys.py: the emulation does not patch code safely then).
+    if [ "${EMBER_L1_CPUS:-1}" -gt 1 ]; then
+        echo "python3 $(q "$here/l1/hold-static-keys.py") ||"
+        echo "    { echo 'kvm-host: cannot hold the static branches' >&2; exit 125; }"
+    fi
     # The watchdog's heartbeat (see below), from a timer of L1's own.
     # (touch, not a write: the modification time reaches this side at once, data through
     # the share's cache may not).
