@@ -10,9 +10,10 @@ sometimes lets the other CPU run the breakpoint after the rewrite is over, and L
 ("Oops: int3") and panics. The branches that flipped there under load are KVM's local-APIC
 ones (their count goes 0 -> 1 when a VM's vCPU is created, back to 0 once its guest enables
 the APIC) and the scheduler's CFS bandwidth one (0 -> 1 when a cgroup gets a CPU quota, as
-every instance's does). This holds each count above zero for L1's life, so that they never flip again: a VM
-with an in-kernel irqchip and one vCPU that never runs (its APIC stays software-disabled),
-and a cgroup with a CPU quota that has no process in it. Neither changes what the tests see.
+every instance's does). This holds each count above zero for L1's life, so that they never
+flip again: a VM with an in-kernel irqchip and one vCPU that never runs (its APIC stays
+software-disabled), and a cgroup with a CPU quota that has no process in it. Neither changes
+what the tests see.
 """
 import fcntl
 import os
@@ -37,15 +38,14 @@ def main():
         f.write("1000000 100000")
     if os.fork() != 0:
         return 0
-    # The holder: keeps the VM's descriptors open until L1 ends.
+    # The holder: the child inherits the VM's descriptors (kvm, vm, vcpu) and keeps them open
+    # until L1 ends.
     os.setsid()
     devnull = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    keep = (kvm, vm, vcpu)
-    while keep:
+    while True:
         signal.pause()
-    return 0
 
 
 if __name__ == "__main__":
