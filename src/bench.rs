@@ -390,19 +390,19 @@ fn invoke_in(dir: &Path, runs: usize, cold_runs: usize) -> Result<String, Error>
          invoke cold_ms p50={} warm_us p50={} p99={} rps_c1={} rps_c8={} vsock_rtt_us={}\n",
         median(&r.in_instance_us),
         median(&r.outside_us),
-        r.cpu_c1,
-        r.cpu_c8,
-        r.clones_c1,
-        r.clones_c8,
-        r.clones_cpu_c1,
-        r.clones_cpu_c8,
+        r.booted.cpu_c1,
+        r.booted.cpu_c8,
+        r.clones.rps_c1,
+        r.clones.rps_c8,
+        r.clones.cpu_c1,
+        r.clones.cpu_c8,
         median(&r.alias_warm_us),
         median(&r.latest_warm_us),
         median(&r.cold_ms),
         median(&r.warm_us),
         percentile(&r.warm_us, 99),
-        r.rps_c1,
-        r.rps_c8,
+        r.booted.rps_c1,
+        r.booted.rps_c8,
         median(&rtts)
     ))
 }
@@ -451,6 +451,16 @@ impl CpuTimes {
         self.guest + self.user + self.kernel
     }
 
+    /// These times and `other`'s together.
+    fn plus(&self, other: &Self) -> Self {
+        CpuTimes {
+            guest: self.guest + other.guest,
+            user: self.user + other.user,
+            kernel: self.kernel + other.kernel,
+            idle: self.idle + other.idle,
+        }
+    }
+
     /// The times between `before` and these.
     pub fn since(&self, before: &Self) -> Self {
         CpuTimes {
@@ -479,16 +489,11 @@ impl std::fmt::Display for CpuTimes {
 struct InvokeRuns {
     cold_ms: Vec<u64>,
     warm_us: Vec<u64>,
-    rps_c1: u64,
-    rps_c8: u64,
-    /// The host's CPU time per warm invoke, by kind, with one client and with eight.
-    cpu_c1: CpuTimes,
-    cpu_c8: CpuTimes,
-    /// The same, on instances restored from one SnapStart snapshot.
-    clones_c1: u64,
-    clones_c8: u64,
-    clones_cpu_c1: CpuTimes,
-    clones_cpu_c8: CpuTimes,
+    /// Warm invokes per second with one client and eight, and the host's CPU time per warm
+    /// invoke, on booted instances...
+    booted: Scaling,
+    /// ...and on instances restored from one SnapStart snapshot.
+    clones: Scaling,
     /// Of a warm invoke, the time in the instance: REPORT's Duration, from the event's hand-off
     /// to the instance's actor to its answer (the VMM, the vsock, the guest and its runtime).
     in_instance_us: Vec<u64>,
@@ -855,14 +860,14 @@ impl AgentConn {
     }
 }
 
-/// Requests per second that `conns` (one client each) complete together in a 3 s window,
-/// each sending `body` to `path` again and again.
+/// The requests that `conns` (one client each) complete together in a 3 s window, each
+/// sending `body` to `path` again and again: per second, in all, and the connections back.
 async fn requests_per_s(
     conns: Vec<AgentConn>,
     path: &'static str,
     headers: &'static [(&'static str, &'static str)],
     body: &[u8],
-) -> Result<u64, Error> {
+) -> Result<(u64, u64, Vec<AgentConn>), Error> {
     let window = Duration::from_secs(3);
     let started = Instant::now();
     let workers: Vec<_> = conns
@@ -875,46 +880,41 @@ async fn requests_per_s(
                     c.call_with("POST", path, headers, &body).await?;
                     n += 1;
                 }
-                Ok::<u64, Error>(n)
+                Ok::<_, Error>((n, c))
             })
         })
         .collect();
-    let mut total = 0;
+    let (mut total, mut conns) = (0, Vec::new());
     for w in workers {
-        total += w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
+        let (n, c) = w.await.map_err(|e| Error::Io("join", std::io::Error::other(e)))??;
+        total += n;
+        conns.push(c);
     }
-    Ok((total as f64 / started.elapsed().as_secs_f64()) as u64)
+    Ok(((total as f64 / started.elapsed().as_secs_f64()) as u64, total, conns))
 }
 
-/// One client's warm invokes of `path`, after warming its instance: the latencies, the
-/// invokes per second and the host's CPU time per invoke.
-async fn one_client(
-    conn: &mut AgentConn,
-    path: &str,
-    event: &[u8],
-    runs: usize,
-) -> Result<(Vec<u64>, u64, CpuTimes), Error> {
+/// One client's warm invokes of `path`, after warming its instance: their latencies.
+async fn one_client(conn: &mut AgentConn, path: &str, event: &[u8], runs: usize) -> Result<Vec<u64>, Error> {
     for _ in 0..runs.min(100) {
         conn.call("POST", path, event).await?;
     }
     let mut latencies = Vec::with_capacity(runs);
-    let cpu_before = CpuTimes::read()?;
-    let started = Instant::now();
     for _ in 0..runs {
         let t = Instant::now();
         conn.call("POST", path, event).await?;
         latencies.push(t.elapsed().as_micros() as u64);
     }
-    let rps = (runs as f64 / started.elapsed().as_secs_f64()) as u64;
-    Ok((latencies, rps, CpuTimes::read()?.since(&cpu_before).per_invoke(runs as u64)))
+    Ok(latencies)
 }
 
-/// Eight clients' warm invokes of `path`: first brings up eight instances (eight overlapping
-/// slow invokes) and warms each as [`one_client`] warms its one (the same number of invokes,
-/// not timed: a new instance's first invokes page its runtime in), then counts the warm
-/// invokes they finish in a fixed window. The invokes per second and the host's CPU time per
-/// invoke.
-async fn eight_clients(socket: &Path, path: &'static str, event: &[u8], runs: usize) -> Result<(u64, CpuTimes), Error> {
+/// Warm invokes of `path` per second with one client and with eight, and the host's CPU time
+/// per invoke in each case. First brings up eight instances (eight overlapping slow invokes)
+/// and warms each (a new instance's first invokes page its runtime in); then alternates a
+/// window of one client (on one of those instances: the agent takes the most recently used)
+/// with a window of all eight, three times, and takes each side's median. Alternating, so
+/// that a passing event on the host (on the emulated one, QEMU flushing its whole cache of
+/// translated code once it fills) cannot land on one side only.
+async fn scaling(socket: &Path, path: &'static str, event: &[u8], runs: usize) -> Result<Scaling, Error> {
     let slow = serde_json::to_vec(&serde_json::json!({ "sleep_ms": 2000 })).expect("serializes");
     let joined = |e: tokio::task::JoinError| Error::Io("join", std::io::Error::other(e));
     let mut conns = Vec::new();
@@ -949,11 +949,31 @@ async fn eight_clients(socket: &Path, path: &'static str, event: &[u8], runs: us
     for w in warmups {
         conns.push(w.await.map_err(joined)??);
     }
-    let cpu_before = CpuTimes::read()?;
-    let started = Instant::now();
-    let rps = requests_per_s(conns, path, &[], event).await?;
-    let invokes = (rps as f64 * started.elapsed().as_secs_f64()) as u64;
-    Ok((rps, CpuTimes::read()?.since(&cpu_before).per_invoke(invokes)))
+    let (mut sides, mut cpu, mut invokes) = ([Vec::new(), Vec::new()], [CpuTimes::default(); 2], [0u64; 2]);
+    for _ in 0..3 {
+        for side in [0, 1] {
+            let clients = if side == 0 { conns.split_off(conns.len() - 1) } else { std::mem::take(&mut conns) };
+            let before = CpuTimes::read()?;
+            let (rps, n, mut back) = requests_per_s(clients, path, &[], event).await?;
+            cpu[side] = cpu[side].plus(&CpuTimes::read()?.since(&before));
+            invokes[side] += n;
+            sides[side].push(rps);
+            conns.append(&mut back);
+        }
+    }
+    let [c1, c8] = sides.map(|mut v| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    });
+    Ok(Scaling { rps_c1: c1, rps_c8: c8, cpu_c1: cpu[0].per_invoke(invokes[0]), cpu_c8: cpu[1].per_invoke(invokes[1]) })
+}
+
+/// What [`scaling`] measured.
+struct Scaling {
+    rps_c1: u64,
+    rps_c8: u64,
+    cpu_c1: CpuTimes,
+    cpu_c8: CpuTimes,
 }
 
 /// Publishes `function`'s `$LATEST` and waits until the version is `Active` (a SnapStart
@@ -1010,7 +1030,7 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
 
     conn.call("POST", "/2015-03-31/functions", &create("warm", false)).await?;
     let path = "/2015-03-31/functions/warm/invocations";
-    let (warm, rps_c1, cpu_c1) = one_client(&mut conn, path, &event, runs).await?;
+    let warm = one_client(&mut conn, path, &event, runs).await?;
 
     // The split of a warm invoke, on further invokes that ask for the log tail (which the ones
     // timed above do not, to time exactly what a client that does not ask pays).
@@ -1055,7 +1075,9 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
         latest_warm_us.push(t.elapsed().as_micros() as u64);
     }
 
-    let (rps_c8, cpu_c8) = eight_clients(socket, path, &event, runs).await?;
+    let booted = scaling(socket, path, &event, runs).await?;
+    // A fresh connection: the agent closes one left idle for 30 s, as this one was meanwhile.
+    let mut conn = AgentConn::open(socket).await?;
     conn.call("DELETE", "/2015-03-31/functions/warm", b"").await?;
 
     // The same two counts on SnapStart clones: every instance restored from one snapshot of
@@ -1066,19 +1088,12 @@ async fn invoke_runs(socket: &Path, zip: &[u8], runs: usize, cold_runs: usize) -
     conn.call("POST", "/2015-03-31/functions", &create("clones", true)).await?;
     publish_active(&mut conn, "clones").await?;
     let clones = "/2015-03-31/functions/clones:1/invocations";
-    let (_, clones_c1, clones_cpu_c1) = one_client(&mut conn, clones, &event, runs).await?;
-    let (clones_c8, clones_cpu_c8) = eight_clients(socket, clones, &event, runs).await?;
+    let clones = scaling(socket, clones, &event, runs).await?;
     Ok(InvokeRuns {
         cold_ms: cold,
         warm_us: warm,
-        rps_c1,
-        rps_c8,
-        cpu_c1,
-        cpu_c8,
-        clones_c1,
-        clones_c8,
-        clones_cpu_c1,
-        clones_cpu_c8,
+        booted,
+        clones,
         in_instance_us,
         outside_us,
         alias_warm_us,
@@ -1352,7 +1367,7 @@ async fn event_runs(
     for _ in 0..8 {
         conns.push(AgentConn::open(socket).await?);
     }
-    let accepts_c8 = requests_per_s(conns, path, async_header, &event).await?;
+    let (accepts_c8, _, _) = requests_per_s(conns, path, async_header, &event).await?;
     Ok(EventRuns {
         accept_us,
         accepts_c1,
