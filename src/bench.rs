@@ -951,21 +951,22 @@ async fn scaling(socket: &Path, path: &'static str, event: &[u8], runs: usize) -
     }
     let (mut sides, mut cpu, mut invokes) = ([Vec::new(), Vec::new()], [CpuTimes::default(); 2], [0u64; 2]);
     for _ in 0..3 {
-        for side in [0, 1] {
-            let clients = if side == 0 { conns.split_off(conns.len() - 1) } else { std::mem::take(&mut conns) };
+        for (side, clients) in [(0, 1), (1, 8)] {
+            let taken = conns.split_off(conns.len() - clients);
             let before = CpuTimes::read()?;
-            let (rps, n, mut back) = requests_per_s(clients, path, &[], event).await?;
+            let (rps, n, mut back) = requests_per_s(taken, path, &[], event).await?;
             cpu[side] = cpu[side].plus(&CpuTimes::read()?.since(&before));
             invokes[side] += n;
             sides[side].push(rps);
             conns.append(&mut back);
         }
     }
-    let [c1, c8] = sides.map(|mut v| {
-        v.sort_unstable();
-        v[v.len() / 2]
-    });
-    Ok(Scaling { rps_c1: c1, rps_c8: c8, cpu_c1: cpu[0].per_invoke(invokes[0]), cpu_c8: cpu[1].per_invoke(invokes[1]) })
+    Ok(Scaling {
+        rps_c1: median(&sides[0]),
+        rps_c8: median(&sides[1]),
+        cpu_c1: cpu[0].per_invoke(invokes[0]),
+        cpu_c8: cpu[1].per_invoke(invokes[1]),
+    })
 }
 
 /// What [`scaling`] measured.
