@@ -152,6 +152,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How often [`Store::open`] tries the data dir's lock, 50 ms apart, before calling it held.
+const LOCK_TRIES: u32 = 20;
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a connection leaves nothing half-done that SQLite did not roll back.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -166,8 +169,15 @@ impl Store {
         fs::create_dir_all(&code_dir).map_err(io_err(format!("create {}", code_dir.display())))?;
         let lock_path = data_dir.join("ember.lock");
         let lock_file = File::create(&lock_path).map_err(io_err(format!("open {}", lock_path.display())))?;
-        if lock_file.try_lock().is_err() {
-            return Err(StoreError::Locked(data_dir.to_path_buf()));
+        // The lock belongs to the open file, and a process forked from the one that held it keeps
+        // a copy until it execs or exits: a holder that has just let go may still be seen briefly.
+        let mut tries = 0;
+        while lock_file.try_lock().is_err() {
+            tries += 1;
+            if tries == LOCK_TRIES {
+                return Err(StoreError::Locked(data_dir.to_path_buf()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         code::remove_temp_files(&code_dir)?;
 
